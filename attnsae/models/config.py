@@ -1,0 +1,82 @@
+"""The few numbers that define a model's architecture, for every supported family."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+FAMILIES = ("gpt2", "llama", "gemma3")
+
+
+@dataclass
+class ModelConfig:
+    family: str  # one of FAMILIES
+    n_layers: int
+    d_model: int
+    n_heads: int
+    d_head: int
+    d_mlp: int
+    d_vocab: int
+    n_ctx: int = 2048
+    n_kv_heads: int | None = None  # grouped-query attention; None means n_heads
+    norm_eps: float = 1e-5
+    rope_theta: float | None = None  # None: learned absolute positions (GPT-2)
+    rope_local_theta: float | None = None  # Gemma 3 sliding-window layers use another base
+    sliding_window: int | None = None
+    layer_types: list[str] | None = None  # per layer: "full_attention" | "sliding_attention"
+    attn_scale: float | None = None  # None means 1/sqrt(d_head)
+    final_logit_softcap: float | None = None
+    tied_embeddings: bool = True
+    bos_token_id: int | None = None
+    name: str = "custom"
+
+    def __post_init__(self):
+        if self.family not in FAMILIES:
+            raise ValueError(f"unknown model family {self.family!r}; supported: {FAMILIES}")
+        if self.n_kv_heads is None:
+            self.n_kv_heads = self.n_heads
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
+        if self.attn_scale is None:
+            self.attn_scale = self.d_head**-0.5
+
+    @property
+    def d_attn(self) -> int:
+        """Width of hook_z flattened over heads: n_heads * d_head."""
+        return self.n_heads * self.d_head
+
+    @property
+    def group_size(self) -> int:
+        """Query heads that share one key/value head."""
+        return self.n_heads // self.n_kv_heads
+
+    def kv_head(self, head: int) -> int:
+        """The key/value head that query head `head` reads (same rule as HF's repeat_kv)."""
+        return head // self.group_size
+
+    def is_sliding(self, layer: int) -> bool:
+        return bool(self.layer_types) and self.layer_types[layer] == "sliding_attention"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass
+class Processing:
+    """How weights were transformed after loading. hook_z depends on it, so SAEs record it."""
+
+    fold_value_biases: bool = False  # z -> z - b_V per head; b_O absorbs W_O b_V
+    weights: str = "unknown"  # where the numbers came from, e.g. "gguf:Q4_1" or "hf:float32"
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def activation_key(self) -> dict:
+        """The parts that change activations; two models must agree on these to share an SAE."""
+        return {"fold_value_biases": self.fold_value_biases, "weights": self.weights}

@@ -1,0 +1,370 @@
+"""One readable decoder-only transformer for GPT-2, Llama (SmolLM2) and Gemma 3, with hooks.
+
+Every intermediate has a TransformerLens name and passes through `run.hook(name, x)`, which
+caches it, lets an intervention replace it, or stops the forward once nothing later is needed.
+Weights are stored TransformerLens-style (x @ W), fused over heads for speed; per-head views
+are available as properties (`W_O_heads`, ...).
+
+Hook shapes: hook_q [b, p, n_heads, d_head]; hook_k, hook_v [b, p, n_kv_heads, d_head]
+(pre-rotary; hook_rot_q / hook_rot_k after); hook_z [b, p, n_heads, d_head];
+hook_attn_scores / hook_pattern [b, n_heads, dest, src]; residual hooks [b, p, d_model].
+hook_attn_out is what the attention layer adds to the residual stream (for Gemma 3 that is
+after its post-attention norm, as in TransformerLens); attn.hook_result is W_O z + b_O.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig, Processing
+
+HookFn = Callable[[torch.Tensor, str], "torch.Tensor | None"]
+
+
+class _StopForward(Exception):
+    pass
+
+
+class Run:
+    """Per-forward hook state: which names to cache, which to intervene on, when to stop."""
+
+    def __init__(self, cache: Iterable[str] = (), hooks: dict[str, list[HookFn]] | None = None, stop_early=False):
+        self.hooks = hooks or {}
+        self.wanted = set(cache)
+        self.cache: dict[str, torch.Tensor] = {}
+        self.active = self.wanted | set(self.hooks)
+        self.stop_early = stop_early and not self.hooks  # interventions need the rest of the forward
+
+    def needs(self, name: str) -> bool:
+        return name in self.active
+
+    def hook(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        if name not in self.active:
+            return x
+        for fn in self.hooks.get(name, ()):
+            out = fn(x, name)
+            if out is not None:
+                if out.shape != x.shape:
+                    raise ValueError(f"hook on {name} returned shape {tuple(out.shape)}, expected {tuple(x.shape)}")
+                x = out
+        if name in self.wanted:
+            self.cache[name] = x
+            if self.stop_early and len(self.cache) == len(self.wanted):
+                raise _StopForward
+        return x
+
+
+def _rms_norm(x, w, eps, gemma: bool):
+    # Gemma normalises in fp32 and scales by (1 + w); Llama scales by w in the input dtype.
+    xf = x.float()
+    scale = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    if gemma:
+        return (xf * scale * (1.0 + w.float())).to(x.dtype), scale
+    return w * (xf * scale).to(x.dtype), scale
+
+
+def _rotate_half(x):
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.cfg, self.layer = cfg, layer
+        d, h, kv, dh = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.d_head
+        z = lambda *s: nn.Parameter(torch.zeros(*s))  # noqa: E731
+        self.W_Q, self.W_K, self.W_V, self.W_O = z(d, h * dh), z(d, kv * dh), z(d, kv * dh), z(h * dh, d)
+        self.ln1_w, self.ln2_w = z(d), z(d)
+        self.W_out = z(cfg.d_mlp, d)
+        self.W_in = z(d, cfg.d_mlp)
+        if cfg.family == "gpt2":
+            self.b_Q, self.b_K, self.b_V, self.b_O = z(h * dh), z(kv * dh), z(kv * dh), z(d)
+            self.ln1_b, self.ln2_b, self.b_in, self.b_out = z(d), z(d), z(cfg.d_mlp), z(d)
+        else:
+            self.W_gate = z(d, cfg.d_mlp)
+        if cfg.family == "gemma3":
+            self.q_norm_w, self.k_norm_w = z(dh), z(dh)
+            self.ln1_post_w, self.ln2_post_w = z(d), z(d)
+        self.p = f"blocks.{layer}."
+
+    # ---- per-head views (read-only conveniences for analysis code) ----
+    @property
+    def W_O_heads(self):  # [n_heads, d_head, d_model]
+        return self.W_O.view(self.cfg.n_heads, self.cfg.d_head, self.cfg.d_model)
+
+    @property
+    def W_V_heads(self):  # [n_kv_heads, d_model, d_head]
+        c = self.cfg
+        return self.W_V.view(c.d_model, c.n_kv_heads, c.d_head).transpose(0, 1)
+
+    @property
+    def W_Q_heads(self):  # [n_heads, d_model, d_head]
+        c = self.cfg
+        return self.W_Q.view(c.d_model, c.n_heads, c.d_head).transpose(0, 1)
+
+    @property
+    def W_K_heads(self):  # [n_kv_heads, d_model, d_head]
+        c = self.cfg
+        return self.W_K.view(c.d_model, c.n_kv_heads, c.d_head).transpose(0, 1)
+
+    def norm(self, x, which: str, run: Run):
+        c = self.cfg
+        if c.family == "gpt2":
+            xf = x.float()
+            xc = xf - xf.mean(-1, keepdim=True)
+            scale = torch.rsqrt(xc.pow(2).mean(-1, keepdim=True) + c.norm_eps)
+            run.hook(f"{self.p}{which}.hook_scale", scale)
+            out = (xc * scale).to(x.dtype) * getattr(self, f"{which}_w") + getattr(self, f"{which}_b")
+        else:
+            out, scale = _rms_norm(x, getattr(self, f"{which}_w"), c.norm_eps, c.family == "gemma3")
+            run.hook(f"{self.p}{which}.hook_scale", scale)
+        return run.hook(f"{self.p}{which}.hook_normalized", out)
+
+    def attention(self, x, run: Run, rope):
+        c, p = self.cfg, self.p + "attn."
+        b, n, _ = x.shape
+        q = x @ self.W_Q
+        k = x @ self.W_K
+        v = x @ self.W_V
+        if c.family == "gpt2":
+            q, k, v = q + self.b_Q, k + self.b_K, v + self.b_V
+        q = q.view(b, n, c.n_heads, c.d_head)
+        k = k.view(b, n, c.n_kv_heads, c.d_head)
+        v = v.view(b, n, c.n_kv_heads, c.d_head)
+        if c.family == "gemma3":
+            q = _rms_norm(q, self.q_norm_w, c.norm_eps, True)[0]
+            k = _rms_norm(k, self.k_norm_w, c.norm_eps, True)[0]
+        q, k, v = run.hook(p + "hook_q", q), run.hook(p + "hook_k", k), run.hook(p + "hook_v", v)
+        if rope is not None:
+            cos, sin = rope
+            q = run.hook(p + "hook_rot_q", q * cos + _rotate_half(q) * sin)
+            k = run.hook(p + "hook_rot_k", k * cos + _rotate_half(k) * sin)
+        # [b, heads, pos, d_head]; kv heads repeated so query head h reads kv head h // group_size
+        qh = q.transpose(1, 2)
+        kh = k.transpose(1, 2).repeat_interleave(c.group_size, dim=1)
+        vh = v.transpose(1, 2).repeat_interleave(c.group_size, dim=1)
+        mask = self._mask(n, x.device)
+        if run.needs(p + "hook_attn_scores") or run.needs(p + "hook_pattern"):
+            scores = (qh @ kh.transpose(-1, -2)) * c.attn_scale
+            scores = run.hook(p + "hook_attn_scores", scores.masked_fill(~mask, float("-inf")))
+            pattern = run.hook(p + "hook_pattern", torch.softmax(scores.float(), dim=-1).to(x.dtype))
+            zh = pattern @ vh
+        else:
+            zh = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=c.attn_scale)
+        z = run.hook(p + "hook_z", zh.transpose(1, 2))
+        out = z.reshape(b, n, c.d_attn) @ self.W_O
+        if c.family == "gpt2":
+            out = out + self.b_O
+        return run.hook(p + "hook_result", out)
+
+    def _mask(self, n, device):
+        mask = torch.ones(n, n, dtype=torch.bool, device=device).tril()
+        if self.cfg.is_sliding(self.layer) and self.cfg.sliding_window and n > self.cfg.sliding_window:
+            mask = mask.triu(-(self.cfg.sliding_window - 1))
+        return mask
+
+    def mlp(self, x, run: Run):
+        c, p = self.cfg, self.p + "mlp."
+        if c.family == "gpt2":
+            post = F.gelu(run.hook(p + "hook_pre", x @ self.W_in + self.b_in), approximate="tanh")
+        else:  # gated: act(x W_gate) * (x W_in), names as TransformerLens
+            act = F.silu if c.family == "llama" else (lambda t: F.gelu(t, approximate="tanh"))
+            pre = run.hook(p + "hook_pre", x @ self.W_gate)
+            post = act(pre) * run.hook(p + "hook_pre_linear", x @ self.W_in)
+        post = run.hook(p + "hook_post", post)
+        out = post @ self.W_out
+        return out + self.b_out if c.family == "gpt2" else out
+
+    def forward(self, resid, run: Run, rope):
+        p, gemma = self.p, self.cfg.family == "gemma3"
+        resid = run.hook(p + "hook_resid_pre", resid)
+        attn = self.attention(self.norm(resid, "ln1", run), run, rope)
+        if gemma:
+            attn = self.norm(attn, "ln1_post", run)
+        resid = run.hook(p + "hook_resid_mid", resid + run.hook(p + "hook_attn_out", attn))
+        mlp = self.mlp(self.norm(resid, "ln2", run), run)
+        if gemma:
+            mlp = self.norm(mlp, "ln2_post", run)
+        return run.hook(p + "hook_resid_post", resid + run.hook(p + "hook_mlp_out", mlp))
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig, processing: Processing | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.processing = processing or Processing()
+        self.W_E = nn.Parameter(torch.zeros(cfg.d_vocab, cfg.d_model))
+        if cfg.family == "gpt2":
+            self.W_pos = nn.Parameter(torch.zeros(cfg.n_ctx, cfg.d_model))
+            self.ln_final_b = nn.Parameter(torch.zeros(cfg.d_model))
+        self.ln_final_w = nn.Parameter(torch.zeros(cfg.d_model))
+        if not cfg.tied_embeddings:
+            self.W_U_untied = nn.Parameter(torch.zeros(cfg.d_model, cfg.d_vocab))
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
+        self.tokenizer = None  # set by the loader; analysis code asks the model for it
+
+    @property
+    def W_U(self) -> torch.Tensor:  # [d_model, d_vocab]
+        return self.W_E.T if self.cfg.tied_embeddings else self.W_U_untied
+
+    @property
+    def dtype(self):
+        return self.W_E.dtype
+
+    @property
+    def device(self):
+        return self.W_E.device
+
+    def hook_names(self) -> list[str]:
+        """All hook names this model emits, in forward order (a full forward with pattern hooks on)."""
+        seen: list[str] = []
+
+        def rec(x, name):
+            seen.append(name)
+
+        names = self._probe_names()
+        self.run_with_hooks(torch.zeros(1, 2, dtype=torch.long, device=self.device), [(n, rec) for n in names])
+        return seen
+
+    def _probe_names(self):
+        per_block = [
+            "hook_resid_pre", "ln1.hook_scale", "ln1.hook_normalized", "attn.hook_q", "attn.hook_k",
+            "attn.hook_v", "attn.hook_rot_q", "attn.hook_rot_k", "attn.hook_attn_scores", "attn.hook_pattern",
+            "attn.hook_z", "attn.hook_result", "ln1_post.hook_scale", "ln1_post.hook_normalized",
+            "hook_attn_out", "hook_resid_mid", "ln2.hook_scale", "ln2.hook_normalized", "mlp.hook_pre",
+            "mlp.hook_pre_linear", "mlp.hook_post",
+            "ln2_post.hook_scale", "ln2_post.hook_normalized", "hook_mlp_out", "hook_resid_post",
+        ]
+        names = ["hook_embed", "hook_pos_embed", "ln_final.hook_scale", "ln_final.hook_normalized"]
+        return names + [f"blocks.{i}.{n}" for i in range(self.cfg.n_layers) for n in per_block]
+
+    def check_hook_name(self, name: str) -> None:
+        if not hasattr(self, "_valid_names"):
+            self._valid_names = set(self.hook_names())
+        if name not in self._valid_names:
+            import difflib
+
+            close = difflib.get_close_matches(name, self._valid_names, n=3)
+            hint = f" Did you mean {close}?" if close else ""
+            raise KeyError(
+                f"{name!r} is not a hook of this {self.cfg.family} model with {self.cfg.n_layers} layers.{hint} "
+                f"Hooks follow TransformerLens names, e.g. 'blocks.0.attn.hook_z'."
+            )
+
+    def _rope(self, n, layer, dtype, device):
+        c = self.cfg
+        if c.rope_theta is None:
+            return None
+        theta = c.rope_local_theta if (c.is_sliding(layer) and c.rope_local_theta) else c.rope_theta
+        key = (n, theta, dtype, device)
+        cache = self.__dict__.setdefault("_rope_cache", {})
+        if key not in cache:
+            inv = 1.0 / (theta ** (torch.arange(0, c.d_head, 2, dtype=torch.float32, device=device) / c.d_head))
+            freqs = torch.arange(n, dtype=torch.float32, device=device)[:, None] * inv[None]
+            emb = torch.cat((freqs, freqs), dim=-1)[:, None, :]  # [pos, 1, d_head] broadcasts over heads
+            cache[key] = (emb.cos().to(dtype), emb.sin().to(dtype))
+        return cache[key]
+
+    def forward_run(self, tokens: torch.Tensor, run: Run) -> torch.Tensor | None:
+        c = self.cfg
+        if tokens.dim() == 1:
+            tokens = tokens[None]
+        tokens = tokens.to(self.device)
+        n = tokens.shape[1]
+        if c.family == "gpt2" and n > c.n_ctx:
+            raise ValueError(f"sequence length {n} exceeds the model's context {c.n_ctx}")
+        try:
+            x = self.W_E[tokens]
+            if c.family == "gemma3":
+                x = x * torch.tensor(c.d_model**0.5, dtype=x.dtype)
+            x = run.hook("hook_embed", x)
+            if c.family == "gpt2":
+                x = x + run.hook("hook_pos_embed", self.W_pos[:n][None].expand_as(x))
+            for i, block in enumerate(self.blocks):
+                x = block(x, run, self._rope(n, i, x.dtype, x.device))
+            if c.family == "gpt2":
+                xf = x.float()
+                xc = xf - xf.mean(-1, keepdim=True)
+                scale = torch.rsqrt(xc.pow(2).mean(-1, keepdim=True) + c.norm_eps)
+                run.hook("ln_final.hook_scale", scale)
+                x = (xc * scale).to(x.dtype) * self.ln_final_w + self.ln_final_b
+            else:
+                x, scale = _rms_norm(x, self.ln_final_w, c.norm_eps, c.family == "gemma3")
+                run.hook("ln_final.hook_scale", scale)
+            x = run.hook("ln_final.hook_normalized", x)
+            logits = (x @ self.W_U).float()
+            if c.final_logit_softcap:
+                logits = torch.tanh(logits / c.final_logit_softcap) * c.final_logit_softcap
+            return logits
+        except _StopForward:
+            return None
+
+    # ---- the public entry points, TransformerLens-shaped ----
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.forward_run(tokens, Run())
+
+    @torch.no_grad()
+    def run_with_cache(self, tokens, names: Iterable[str], stop_early: bool = True):
+        """Returns (logits or None, {name: activation}). With stop_early, the forward stops
+        right after the last requested hook and logits are None."""
+        names = list(names)
+        for name in names:
+            self.check_hook_name(name)
+        run = Run(cache=names, stop_early=stop_early)
+        logits = self.forward_run(tokens, run)
+        return logits, run.cache
+
+    def run_with_hooks(self, tokens, hooks: list[tuple[str, HookFn]], cache: Iterable[str] = ()):
+        """Forward with interventions: each fn(x, name) may return a replacement for x."""
+        table: dict[str, list[HookFn]] = {}
+        for name, fn in hooks:
+            table.setdefault(name, []).append(fn)
+        run = Run(cache=cache, hooks=table)
+        logits = self.forward_run(tokens, run)
+        return (logits, run.cache) if cache else logits
+
+    def loss(self, tokens, hooks: list[tuple[str, HookFn]] = (), per_token=False):
+        """Next-token cross-entropy in nats (mean, or [b, p-1] per token)."""
+        tokens = tokens.to(self.device)
+        logits = self.run_with_hooks(tokens, list(hooks)) if hooks else self(tokens)
+        ce = F.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten(), reduction="none")
+        ce = ce.view(tokens.shape[0], -1)
+        return ce if per_token else ce.mean()
+
+
+# ---- interventions, for run_with_hooks ----
+def zero_ablate(x: torch.Tensor, name: str) -> torch.Tensor:
+    return torch.zeros_like(x)
+
+
+def replace_with(value: torch.Tensor) -> HookFn:
+    return lambda x, name: value.to(x.dtype).expand_as(x).clone()
+
+
+def add(delta: torch.Tensor) -> HookFn:
+    return lambda x, name: x + delta.to(x.dtype)
+
+
+def init_random(model: Transformer, seed: int = 0) -> Transformer:
+    """Small random weights, for tests and benchmarks where real weights don't exist here.
+    Norm gains are perturbed too, so tests notice a norm applied the wrong way."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g)
+            if name.endswith("_w"):  # norm gains; Gemma stores them as (gain - 1)
+                p.copy_(0.1 * noise + (0.0 if model.cfg.family == "gemma3" else 1.0))
+            else:
+                p.copy_(0.02 * noise if p.dim() >= 2 else 0.01 * noise)
+    return model
+
+
+def param_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
