@@ -1,0 +1,117 @@
+"""Run the model over token windows and stream chosen hook activations into a store.
+
+All requested hooks come from ONE forward pass per batch, which stops right after the last
+of them. Hook specs are TransformerLens names, optionally with a head index for per-head
+vectors: "blocks.5.attn.hook_z" (flattened over heads), "blocks.5.attn.hook_q[3]".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .store import StoreError, StoreWriter
+
+_SPEC = re.compile(r"^(?P<name>[\w.]+?)(?:\[(?P<head>\d+)\])?$")
+
+
+def parse_hook(spec: str) -> tuple[str, int | None]:
+    m = _SPEC.match(spec)
+    if not m:
+        raise ValueError(f"bad hook spec {spec!r}; expected e.g. 'blocks.5.attn.hook_z' or 'blocks.5.attn.hook_q[3]'")
+    return m["name"], None if m["head"] is None else int(m["head"])
+
+
+def hook_width(model, spec: str) -> int:
+    name, head = parse_hook(spec)
+    model.check_hook_name(name)
+    c = model.cfg
+    if name.endswith(("attn.hook_z", "attn.hook_q", "attn.hook_rot_q")):
+        return c.d_head if head is not None else c.d_attn
+    if name.endswith(("attn.hook_k", "attn.hook_v", "attn.hook_rot_k")):
+        return c.d_head if head is not None else c.n_kv_heads * c.d_head
+    if head is not None:
+        raise ValueError(f"{name} has no head dimension; drop the [{head}]")
+    return c.d_model
+
+
+def flatten_hook(x: torch.Tensor, head: int | None) -> torch.Tensor:
+    """[b, p, (heads, d_head) | d] -> [b, p, d_in]: one head's vector, or heads concatenated."""
+    if head is not None:
+        if head >= x.shape[2]:
+            raise ValueError(f"head {head} out of range: this hook has {x.shape[2]} heads")
+        return x[:, :, head]
+    return x.flatten(2) if x.dim() == 4 else x
+
+
+def collect(model, tokens: torch.Tensor, specs: list[str], first_pos: int = 0) -> dict[str, torch.Tensor]:
+    """{spec: [b * (p - first_pos), d]} from one forward pass that stops after the last hook."""
+    parsed = {s: parse_hook(s) for s in specs}
+    _, cache = model.run_with_cache(tokens, {n for n, _ in parsed.values()}, stop_early=True)
+    return {s: flatten_hook(cache[n], h)[:, first_pos:].flatten(0, 1) for s, (n, h) in parsed.items()}
+
+
+def windows_digest(windows: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(windows).tobytes()).hexdigest()[:16]
+
+
+def harvest(
+    model,
+    windows: np.ndarray,
+    root,
+    hooks: list[str],
+    dtype: str = "bfloat16",
+    batch_size: int = 32,
+    windows_per_shard: int = 1024,
+    skip_bos: bool = True,
+    extra_meta: dict | None = None,
+    progress: bool = True,
+):
+    """Harvest `hooks` over `windows` into the store at `root`; resumes a killed harvest.
+
+    Rows are (window, position) in order, positions 1.. when `skip_bos` (the BOS position's z is the
+    same constant in every window and would only waste a feature)."""
+    from .store import ActivationStore
+
+    root = Path(root)
+    widths = {h: hook_width(model, h) for h in hooks}
+    meta = {
+        "model": model.cfg.name,
+        "processing": model.processing.to_dict(),
+        "compute_dtype": str(model.dtype).replace("torch.", ""),
+        "context_size": int(windows.shape[1]),
+        "first_pos": 1 if skip_bos else 0,
+        "windows_sha": windows_digest(windows),
+        "n_windows": int(len(windows)),
+        **(extra_meta or {}),
+    }
+    writer = StoreWriter(root, meta, widths, dtype)
+    if not (root / "windows.npy").exists():
+        np.save(root / "windows.npy.tmp.npy", windows)
+        (root / "windows.npy.tmp.npy").replace(root / "windows.npy")
+    start = writer.start_window
+    if writer.manifest["complete"]:
+        return ActivationStore(root)
+    first_pos = meta["first_pos"]
+    bar = tqdm(total=len(windows), initial=start, desc=f"harvest {','.join(hooks)}", unit="win", disable=not progress)
+    with torch.inference_mode():
+        for s in range(start, len(windows), windows_per_shard):
+            e = min(s + windows_per_shard, len(windows))
+            parts: dict[str, list[torch.Tensor]] = {h: [] for h in hooks}
+            for b in range(s, e, batch_size):
+                tokens = torch.from_numpy(np.asarray(windows[b:min(b + batch_size, e)], dtype=np.int64))
+                for h, x in collect(model, tokens, hooks, first_pos).items():
+                    parts[h].append(x.float() if dtype == "float32" else x)
+                bar.update(len(tokens))
+            writer.add_shard((s, e), {h: torch.cat(v) for h, v in parts.items()})
+    bar.close()
+    writer.finish()
+    store = ActivationStore(root)
+    if len(store) != len(windows) * (windows.shape[1] - first_pos):
+        raise StoreError(f"store has {len(store)} rows, expected {len(windows) * (windows.shape[1] - first_pos)}")
+    return store

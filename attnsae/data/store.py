@@ -1,0 +1,211 @@
+"""On-disk activation store: sharded raw arrays, a manifest with checksums, shuffled reads.
+
+Layout of a store folder:
+    manifest.json            model, processing, hooks (shape, dtype), shards with sha256 per file
+    windows.npy              the token windows harvested, in order (row r of a shard maps back to
+                             a window and position, see `positions`)
+    {hook}/shard_00000.bin   raw little-endian rows [n_tokens, d] in the store dtype
+
+Shards are written to a temporary name and renamed, and the manifest is rewritten atomically
+after each shard, so a killed harvest loses at most the shard in flight and resumes after the
+last complete one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+DTYPES = {"float32": (torch.float32, np.float32), "bfloat16": (torch.bfloat16, np.int16), "float16": (torch.float16, np.float16)}
+MANIFEST = "manifest.json"
+
+
+class StoreError(RuntimeError):
+    pass
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def read_manifest(root: Path) -> dict:
+    path = Path(root) / MANIFEST
+    if not path.exists():
+        raise StoreError(f"{root} is not an activation store (no {MANIFEST})")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise StoreError(f"{path} is corrupt: {e}") from e
+
+
+class StoreWriter:
+    """Appends shards; `start_window` tells a resumed harvest where to continue."""
+
+    def __init__(self, root, meta: dict, hooks: dict[str, int], dtype: str = "bfloat16"):
+        if dtype not in DTYPES:
+            raise ValueError(f"store dtype must be one of {list(DTYPES)}, not {dtype!r}")
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        if (self.root / MANIFEST).exists():
+            self.manifest = read_manifest(self.root)
+            want = {"meta": meta, "hooks": {h: {"d": d} for h, d in hooks.items()}, "dtype": dtype}
+            have = {k: self.manifest[k] for k in want}
+            if have != want:
+                raise StoreError(
+                    f"{self.root} holds a different harvest ({have}); refusing to mix it with {want}. "
+                    "Use a new folder or delete this one."
+                )
+        else:
+            self.manifest = {
+                "version": 1, "meta": meta, "hooks": {h: {"d": d} for h, d in hooks.items()},
+                "dtype": dtype, "shards": [], "n_tokens": 0, "complete": False,
+            }
+            self._write_manifest()
+
+    @property
+    def start_window(self) -> int:
+        shards = self.manifest["shards"]
+        return shards[-1]["windows"][1] if shards else 0
+
+    def _write_manifest(self):
+        _atomic_write_text(self.root / MANIFEST, json.dumps(self.manifest, indent=1))
+
+    def add_shard(self, window_range: tuple[int, int], acts: dict[str, torch.Tensor]) -> None:
+        torch_dtype, np_dtype = DTYPES[self.manifest["dtype"]]
+        idx = len(self.manifest["shards"])
+        files, n = {}, None
+        for hook, x in acts.items():
+            d = self.manifest["hooks"][hook]["d"]
+            if x.dim() != 2 or x.shape[1] != d:
+                raise StoreError(f"shard for {hook} has shape {tuple(x.shape)}, expected [n, {d}]")
+            if not torch.isfinite(x).all():
+                raise StoreError(f"activations at {hook} in windows {window_range} contain NaN/inf; not storing them")
+            n = x.shape[0] if n is None else n
+            arr = x.detach().to("cpu", torch_dtype).contiguous().view(torch.int16 if np_dtype is np.int16 else torch_dtype).numpy()
+            folder = self.root / hook
+            folder.mkdir(exist_ok=True)
+            path = folder / f"shard_{idx:05d}.bin"
+            tmp = path.with_suffix(".tmp")
+            with tmp.open("wb") as f:
+                f.write(arr.tobytes())
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            files[hook] = {"file": f"{hook}/{path.name}", "bytes": path.stat().st_size, "sha256": _sha256(path)}
+        self.manifest["shards"].append({"index": idx, "windows": list(window_range), "n_tokens": n, "files": files})
+        self.manifest["n_tokens"] += n
+        self._write_manifest()
+
+    def finish(self) -> None:
+        self.manifest["complete"] = True
+        self._write_manifest()
+
+
+class ActivationStore:
+    """Read side: verified, memory-mapped shards and shuffled batches."""
+
+    def __init__(self, root, verify: bool = True):
+        self.root = Path(root)
+        self.manifest = read_manifest(self.root)
+        self.torch_dtype, self.np_dtype = DTYPES[self.manifest["dtype"]]
+        self.meta = self.manifest["meta"]
+        self.hooks = list(self.manifest["hooks"])
+        self.shards = self.manifest["shards"]
+        if not self.shards:
+            raise StoreError(f"{self.root} has no complete shards")
+        self._maps: dict[str, list[np.memmap]] = {}
+        for shard in self.shards:
+            for hook, info in shard["files"].items():
+                self._check(shard, hook, info, verify)
+        self.offsets = np.cumsum([0] + [s["n_tokens"] for s in self.shards])
+
+    def _check(self, shard, hook, info, verify):
+        path = self.root / info["file"]
+        if not path.exists():
+            raise StoreError(f"shard {shard['index']} of {hook} is missing: {path}")
+        size = path.stat().st_size
+        d = self.manifest["hooks"][hook]["d"]
+        expect = shard["n_tokens"] * d * np.dtype(self.np_dtype).itemsize
+        if size != info["bytes"] or size != expect:
+            raise StoreError(
+                f"shard {path} is truncated or has the wrong size: {size} bytes, manifest says {info['bytes']} "
+                f"({shard['n_tokens']} rows x {d}). Re-harvest (the harvest resumes from the last good shard "
+                "if you delete this shard's manifest entry) or delete the store."
+            )
+        if verify and _sha256(path) != info["sha256"]:
+            raise StoreError(f"shard {path} is corrupt: its sha256 does not match the manifest. Re-harvest it.")
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def d(self, hook: str | None = None) -> int:
+        return self.manifest["hooks"][hook or self.hooks[0]]["d"]
+
+    def _shard_maps(self, hook: str) -> list[np.memmap]:
+        if hook not in self._maps:
+            if hook not in self.manifest["hooks"]:
+                raise KeyError(f"{hook!r} is not in this store; it holds {self.hooks}")
+            d = self.d(hook)
+            self._maps[hook] = [
+                np.memmap(self.root / s["files"][hook]["file"], dtype=self.np_dtype, mode="r", shape=(s["n_tokens"], d))
+                for s in self.shards
+            ]
+        return self._maps[hook]
+
+    def _to_torch(self, arr: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(np.ascontiguousarray(arr))
+        return t.view(torch.bfloat16) if self.torch_dtype is torch.bfloat16 else t
+
+    def rows(self, idx: np.ndarray, hook: str | None = None) -> torch.Tensor:
+        """Rows at global indices `idx` (any order), as a torch tensor in the store dtype."""
+        hook = hook or self.hooks[0]
+        maps = self._shard_maps(hook)
+        order = np.argsort(idx, kind="stable")
+        sorted_idx = idx[order]
+        which = np.searchsorted(self.offsets, sorted_idx, side="right") - 1
+        out = np.empty((len(idx), self.d(hook)), dtype=self.np_dtype)
+        for s in np.unique(which):
+            sel = which == s
+            out[order[sel]] = maps[s][sorted_idx[sel] - self.offsets[s]]
+        return self._to_torch(out)
+
+    def permutation(self, seed: int, epoch: int) -> np.ndarray:
+        return np.random.default_rng([seed, epoch]).permutation(len(self))
+
+    def batches(self, batch_size: int, seed: int = 0, hook: str | None = None, start: int = 0) -> Iterator[torch.Tensor]:
+        """Shuffled batches forever; batch number `start` onward (so a resumed run sees the same order).
+        Each epoch is a fresh permutation; the ragged tail of an epoch is dropped."""
+        per_epoch = len(self) // batch_size
+        if per_epoch == 0:
+            raise StoreError(f"store has {len(self)} rows, fewer than one batch of {batch_size}")
+        step = start
+        while True:
+            epoch, i = divmod(step, per_epoch)
+            perm = self.permutation(seed, epoch)
+            while i < per_epoch:
+                yield self.rows(perm[i * batch_size:(i + 1) * batch_size], hook)
+                i += 1
+                step += 1
+
+    def windows(self) -> np.ndarray:
+        return np.load(self.root / "windows.npy", mmap_mode="r")
+
+    def all_rows(self, hook: str | None = None, limit: int | None = None) -> torch.Tensor:
+        n = len(self) if limit is None else min(limit, len(self))
+        return self.rows(np.arange(n), hook)

@@ -1,0 +1,67 @@
+"""Documents -> fixed-length token windows with BOS at position 0, and a held-out split.
+
+The documents are tokenized, joined with BOS between them, and cut into windows of
+`ctx - 1` tokens, each prefixed with BOS (as the paper's and SAELens' pipelines do).
+The split is a fixed random subset of windows (by seed), so training never sees held-out text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Iterable
+
+import numpy as np
+from tqdm.auto import tqdm
+
+
+@dataclass
+class WindowSpec:
+    corpus: str = "default"
+    ctx: int = 128
+    prepend_bos: bool = True
+    heldout_frac: float = 0.05
+    seed: int = 0
+    max_tokens: int | None = None  # stop tokenizing after this many tokens
+
+    def to_dict(self):
+        return asdict(self)
+
+
+def make_windows(docs: Iterable[str], tokenizer, spec: WindowSpec, bos_id: int) -> np.ndarray:
+    """[n_windows, ctx] int32 token ids."""
+    body = spec.ctx - 1 if spec.prepend_bos else spec.ctx
+    stream: list[int] = []
+    limit = spec.max_tokens or float("inf")
+    for doc in tqdm(docs, desc="tokenizing", unit="doc", leave=False):
+        stream.extend(tokenizer(doc, add_special_tokens=False).input_ids)
+        stream.append(bos_id)
+        if len(stream) >= limit:
+            break
+    n = len(stream) // body
+    if spec.max_tokens:
+        n = min(n, max(1, spec.max_tokens // spec.ctx))
+    if n == 0:
+        raise ValueError(f"the corpus has {len(stream)} tokens, fewer than one window of {spec.ctx}")
+    tokens = np.asarray(stream[: n * body], dtype=np.int32).reshape(n, body)
+    if spec.prepend_bos:
+        tokens = np.concatenate([np.full((n, 1), bos_id, dtype=np.int32), tokens], axis=1)
+    return tokens
+
+
+def split_windows(windows: np.ndarray, heldout_frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, heldout), a fixed random subset of windows held out."""
+    heldout = np.random.default_rng(seed).random(len(windows)) < heldout_frac
+    return windows[~heldout], windows[heldout]
+
+
+def load_windows(model, spec: WindowSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Tokenize `spec.corpus` with the model's tokenizer; returns (train, heldout) windows."""
+    from .corpus import iter_documents
+
+    if model.tokenizer is None:
+        raise ValueError("this model has no tokenizer; pass token windows directly")
+    bos = model.cfg.bos_token_id
+    if bos is None:
+        bos = model.tokenizer.bos_token_id if model.tokenizer.bos_token_id is not None else model.tokenizer.eos_token_id
+    windows = make_windows(iter_documents(spec.corpus), model.tokenizer, spec, bos)
+    return split_windows(windows, spec.heldout_frac, spec.seed)

@@ -1,0 +1,69 @@
+"""Plots a person would rather look at than read (matplotlib, written to PNG)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def density_histogram(density: np.ndarray, path, title: str = "feature density", dead_threshold: float = 1e-5):
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    d = np.asarray(density, dtype=float)
+    ax.hist(np.log10(d + 1e-10), bins=60, color="#3b6ea8")
+    ax.axvline(np.log10(dead_threshold), color="#b33", ls="--", lw=1, label=f"dead < {dead_threshold:g}")
+    ax.set_xlabel("log10 firing frequency (dead features sit at -10)")
+    ax.set_ylabel("features")
+    ax.set_title(f"{title} ({int((d < dead_threshold).sum())} of {len(d)} below threshold)")
+    ax.legend(frameon=False)
+    fig.tight_layout()
+    fig.savefig(Path(path), dpi=110)
+    plt.close(fig)
+
+
+def training_curves(history: list[dict], path):
+    plt = _plt()
+    steps = [h["step"] for h in history]
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
+    for ax, key, label in zip(axes, ("l0", "explained_var", "dead"), ("L0", "explained variance", "dead features (window)")):
+        ax.plot(steps, [h[key] for h in history], color="#3b6ea8")
+        ax.set_xlabel("step")
+        ax.set_title(label)
+    fig.tight_layout()
+    fig.savefig(Path(path), dpi=110)
+    plt.close(fig)
+
+
+def frontier(points: list[dict], path, x="l0", y="ce_recovered"):
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot([p[x] for p in points], [100 * p[y] for p in points], "o-", color="#3b6ea8")
+    for p in points:
+        ax.annotate(f"l1={p['l1_coeff']:g}", (p[x], 100 * p[y]), fontsize=7, textcoords="offset points", xytext=(4, 4))
+    ax.set_xlabel("L0")
+    ax.set_ylabel("% CE recovered")
+    fig.tight_layout()
+    fig.savefig(Path(path), dpi=110)
+    plt.close(fig)
+
+
+def zero_ablation_by_layer(rows: list[dict], path):
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 3))
+    ax.bar([r["layer"] for r in rows], [r["delta_ce_zero"] for r in rows], color="#3b6ea8")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("CE(zero-ablate hook_z) - CE(clean), nats")
+    ax.set_yscale("log")
+    fig.tight_layout()
+    fig.savefig(Path(path), dpi=110)
+    plt.close(fig)

@@ -1,0 +1,85 @@
+"""Splice an SAE into a model's forward pass at its hook, after checking they belong together."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from ..data.harvest import hook_width, parse_hook
+
+
+class IncompatibleSAE(ValueError):
+    pass
+
+
+def check_compatible(model, sae, strict_model: bool = True) -> None:
+    """Refuse, with the reason, an SAE trained on another hook, width, model or processing."""
+    cfg = sae.cfg
+    if not cfg.hook_name:
+        raise IncompatibleSAE("the SAE's config names no hook_name, so it cannot be spliced")
+    try:
+        model.check_hook_name(cfg.hook_name)
+    except KeyError as e:
+        raise IncompatibleSAE(f"SAE hook {cfg.hook_name!r} does not exist in this model: {e.args[0]}") from e
+    spec = cfg.hook_name + (f"[{cfg.hook_head_index}]" if cfg.hook_head_index is not None else "")
+    width = hook_width(model, spec)
+    if width != cfg.d_in:
+        raise IncompatibleSAE(
+            f"SAE d_in={cfg.d_in} but {spec} of {model.cfg.name} is {width} wide "
+            f"({model.cfg.n_heads} heads x {model.cfg.d_head}): this SAE was trained on another model"
+        )
+    if strict_model and cfg.model_name and model.cfg.name and cfg.model_name != model.cfg.name:
+        raise IncompatibleSAE(f"SAE was trained on {cfg.model_name!r}, this model is {model.cfg.name!r}")
+    if cfg.processing:
+        want = {k: cfg.processing.get(k) for k in ("fold_value_biases", "weights")}
+        have = model.processing.activation_key()
+        diff = {k: (want[k], have[k]) for k in want if want[k] is not None and want[k] != have[k]}
+        if diff:
+            detail = ", ".join(f"{k}: SAE trained with {a!r}, model has {b!r}" for k, (a, b) in diff.items())
+            raise IncompatibleSAE(
+                f"model processed differently from the SAE's training ({detail}); hook activations differ, "
+                "so the SAE would be evaluated off-distribution. Load the model the same way "
+                "(e.g. load_model(..., fold_value_biases=...))."
+            )
+
+
+def sae_hook(
+    sae,
+    keep_error: bool = False,
+    edit: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    first_pos: int | None = None,
+):
+    """A hook fn replacing the activation by the SAE reconstruction at positions >= first_pos.
+
+    keep_error adds back (x - x_hat) so the output equals the input unless `edit` changes the
+    feature activations (e.g. zero-ablating a feature while keeping the error term)."""
+    _, head = parse_hook(sae.cfg.hook_name + (f"[{sae.cfg.hook_head_index}]" if sae.cfg.hook_head_index is not None else ""))
+    first = sae.cfg.first_pos if first_pos is None else first_pos
+
+    def fn(act: torch.Tensor, name: str):
+        x = act[:, :, head] if head is not None else act.flatten(2)
+        seg = x[:, first:].float()
+        out = sae(seg)
+        f = edit(out.feature_acts) if edit is not None else out.feature_acts
+        new = sae.decode(f) if edit is not None else out.reconstruction
+        if keep_error:
+            new = new + (seg - out.reconstruction)
+        x = x.clone()
+        x[:, first:] = new.to(x.dtype)
+        if head is not None:
+            act = act.clone()
+            act[:, :, head] = x
+            return act
+        return x.view_as(act)
+
+    return fn
+
+
+def zero_hook(first_pos: int = 0):
+    def fn(act, name):
+        act = act.clone()
+        act[:, first_pos:] = 0
+        return act
+
+    return fn

@@ -1,0 +1,151 @@
+"""The end-to-end job: load -> tokenize -> harvest -> train -> evaluate -> report folder.
+
+Every stage writes into one run folder and is skipped or resumed when its output is already
+there, so re-running a killed job continues where it stopped:
+    run/store/      activation store (resumable harvest)
+    run/train/      checkpoints, density histograms
+    run/sae/        the SAE (cfg.json + sae_weights.safetensors + sparsity.safetensors)
+    run/report/     report.json, report.md, plots
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .data import WindowSpec, harvest, load_windows
+from .data.harvest import hook_width, parse_hook
+from .evals import activation_batches, fidelity, sparsity, zero_ablation_by_layer
+from .evals.plots import density_histogram, training_curves, zero_ablation_by_layer as plot_zero_by_layer
+from .models import DEFAULT_MODEL, load_model
+from .sae import SAEConfig, Trainer, TrainConfig, load_sae
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class JobConfig:
+    model: str = DEFAULT_MODEL
+    hook: str = "blocks.15.attn.hook_z"
+    out: str = "runs/main"
+    windows: WindowSpec = field(default_factory=WindowSpec)
+    train_windows: int | None = 8000  # windows harvested for training (None: all)
+    harvest_dtype: str = "bfloat16"  # model precision while harvesting (2.2x faster here)
+    store_dtype: str = "bfloat16"
+    eval_dtype: str = "float32"  # model precision for CE / KL
+    eval_windows: int = 128  # held-out windows for CE / KL (3 forwards each)
+    sparsity_windows: int | None = None  # held-out windows for L0 / dead counts (None: all)
+    zero_ablation_windows: int = 16  # per-layer zero-ablation table; 0 skips it
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+def run_job(cfg: JobConfig, progress: bool = True) -> Path:
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    t = time.time()
+    model = load_model(cfg.model, dtype=DTYPES[cfg.harvest_dtype])
+    hook_width(model, cfg.hook)  # fail fast on a bad hook name
+    train_w, held_w = load_windows(model, cfg.windows)
+    if cfg.train_windows:
+        train_w = train_w[: cfg.train_windows]
+    timings["load_and_tokenize_s"] = time.time() - t
+
+    t = time.time()
+    store = harvest(model, train_w, out / "store", [cfg.hook], dtype=cfg.store_dtype, progress=progress,
+                    extra_meta={"corpus": cfg.windows.corpus})
+    timings["harvest_s"] = time.time() - t
+
+    t = time.time()
+    sae_dir = out / "sae"
+    name, head = parse_hook(cfg.hook)
+    if not (sae_dir / "cfg.json").exists():
+        sae_cfg = SAEConfig(
+            d_in=store.d(), d_sae=cfg.train.d_sae or cfg.train.expansion * store.d(),
+            architecture="topk" if cfg.train.recipe == "topk" else "standard", k=cfg.train.k if cfg.train.recipe == "topk" else None,
+            model_name=model.cfg.name, hook_name=name, hook_head_index=head, processing=model.processing.to_dict(),
+            context_size=cfg.windows.ctx, prepend_bos=cfg.windows.prepend_bos, first_pos=store.meta["first_pos"],
+            dataset_path=cfg.windows.corpus,
+        )
+        bs, seed = cfg.train.batch_size, cfg.train.seed
+        trainer = Trainer(sae_cfg, cfg.train, out / "train",
+                          lambda start: store.batches(bs, seed=seed, start=start), progress=progress)
+        trainer.train()
+        trainer.save(sae_dir)
+        training_curves(trainer.history, out / "train" / "curves.png")
+    timings["train_s"] = time.time() - t
+
+    t = time.time()
+    sae = load_sae(sae_dir)
+    report = evaluate(model, sae, held_w, cfg, out / "report", progress)
+    timings["eval_s"] = time.time() - t
+    report["timings"] = timings
+    report["store"] = {"path": str(out / "store"), "n_tokens": len(store), "dtype": store.manifest["dtype"]}
+    write_report(report, out / "report")
+    return out / "report"
+
+
+def evaluate(model, sae, held_w, cfg: JobConfig, report_dir: Path, progress: bool = True) -> dict:
+    report_dir.mkdir(parents=True, exist_ok=True)
+    n_sp = cfg.sparsity_windows or len(held_w)
+    sp, density = sparsity(sae, activation_batches(model, sae, held_w[:n_sp]), progress)
+    density_histogram(density.numpy(), report_dir / "density.png", title=f"{sae.cfg.hook_name} held-out density")
+    model = model.to(DTYPES[cfg.eval_dtype])
+    fid = fidelity(model, sae, held_w[: cfg.eval_windows], progress=progress)
+    rows = []
+    if cfg.zero_ablation_windows:
+        rows = zero_ablation_by_layer(model, held_w[: cfg.zero_ablation_windows], progress=progress)
+        plot_zero_by_layer(rows, report_dir / "zero_ablation_by_layer.png")
+    return {
+        "model": model.cfg.name, "hook": sae.cfg.hook_name, "d_in": sae.cfg.d_in, "d_sae": sae.cfg.d_sae,
+        "recipe": sae.cfg.training.get("recipe"), "l1_coeff": sae.cfg.training.get("l1_coeff"),
+        "tokens_trained": sae.cfg.training.get("tokens_trained"), "sparsity": sp.to_dict(), "fidelity": fid.to_dict(),
+        "zero_ablation_by_layer": rows, "config": cfg.to_dict(),
+    }
+
+
+def write_report(report: dict, report_dir: Path) -> None:
+    (report_dir / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    sp, fid = report["sparsity"], report["fidelity"]
+    lines = [
+        f"# Attention Output SAE: {report['model']} `{report['hook']}`",
+        "",
+        f"d_in {report['d_in']}, d_sae {report['d_sae']}, recipe `{report['recipe']}`, l1 {report['l1_coeff']}, "
+        f"trained on {report['tokens_trained']:,} activations.",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        f"| L0 (held-out) | {sp['l0']:.2f} |",
+        f"| % CE recovered | {100 * fid['ce_recovered']:.1f}% |",
+        f"| CE clean / SAE / zero-ablated (nats) | {fid['ce_clean']:.4f} / {fid['ce_sae']:.4f} / {fid['ce_zero']:.4f} |",
+        f"| ΔCE SAE − clean (nats) | {fid['delta_ce_sae']:+.4f} |",
+        f"| ΔCE zero − clean (nats) | {fid['delta_ce_zero']:+.4f} |",
+        f"| KL(clean ‖ SAE) per token (nats) | {fid['kl_sae']:.4f} |",
+        f"| KL(clean ‖ zero) per token (nats) | {fid['kl_zero']:.4f} |",
+        f"| CE with SAE + error term (must equal clean) | {fid['ce_sae_with_error']:.4f} |",
+        f"| explained variance | {sp['explained_variance']:.3f} |",
+        f"| dead features (< {sp['dead_threshold']:g} of {sp['n_inputs']:,} inputs) | {sp['n_dead']} of {report['d_sae']} |",
+        f"| dense features (> {sp['dense_threshold']:g}) | {sp['n_dense']} |",
+        f"| CE evaluated on | {fid['n_tokens']:,} held-out next-token predictions |",
+        "",
+        "% CE recovered is ill-conditioned when zero-ablating the hook barely moves CE; read it with the",
+        "ΔCE rows above and the per-layer table below.",
+        "",
+        "![density](density.png)",
+    ]
+    if report.get("zero_ablation_by_layer"):
+        lines += ["", "## Zero-ablating each layer's hook_z (room for % CE recovered)", "",
+                  "| layer | ΔCE zero − clean (nats) |", "|---|---|"]
+        lines += [f"| {r['layer']} | {r['delta_ce_zero']:.4f} |" for r in report["zero_ablation_by_layer"]]
+        lines += ["", "![zero ablation](zero_ablation_by_layer.png)"]
+    if report.get("timings"):
+        lines += ["", "## Timings", ""] + [f"- {k}: {v:.1f}" for k, v in report["timings"].items()]
+    (report_dir / "report.md").write_text("\n".join(lines) + "\n")

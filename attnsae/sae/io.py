@@ -1,0 +1,150 @@
+"""Save and load SAEs: our folders (SAELens-readable), SAELens folders, and the paper's release format.
+
+Our folder = cfg.json + sae_weights.safetensors (+ sparsity.safetensors), the layout SAELens'
+`SAE.load_from_disk` reads (v6 keys under "metadata", flat keys for older versions); our own
+full config rides along under "attnsae". The reference code (ckkissane/attention-output-saes)
+released `{run}.pt` (a torch state dict) beside `{run}_cfg.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .sae import SAE, SAEConfig
+
+CFG, WEIGHTS, SPARSITY = "cfg.json", "sae_weights.safetensors", "sparsity.safetensors"
+
+
+def sae_lens_cfg(cfg: SAEConfig) -> dict:
+    hook_z = bool(cfg.hook_name and cfg.hook_name.endswith("hook_z") and cfg.hook_head_index is None)
+    meta = {
+        "sae_lens_version": "6.0.0",
+        "model_name": cfg.model_name,
+        "hook_name": cfg.hook_name,
+        "hook_head_index": cfg.hook_head_index,
+        "context_size": cfg.context_size,
+        "prepend_bos": cfg.prepend_bos,
+        "dataset_path": cfg.dataset_path,
+    }
+    out = {
+        "architecture": cfg.architecture,
+        "d_in": cfg.d_in,
+        "d_sae": cfg.d_sae,
+        "dtype": cfg.dtype,
+        "device": "cpu",
+        "apply_b_dec_to_input": cfg.apply_b_dec_to_input,
+        "normalize_activations": "none",
+        "reshape_activations": "hook_z" if hook_z else "none",
+        "metadata": meta,
+        # pre-6.0 SAELens read these flat keys
+        **{k: v for k, v in meta.items() if k != "sae_lens_version"},
+        "hook_layer": _layer_of(cfg.hook_name),
+        "activation_fn_str": "topk" if cfg.architecture == "topk" else "relu",
+        "attnsae": cfg.to_dict(),
+    }
+    if cfg.architecture == "topk":
+        out["k"] = cfg.k
+        out["activation_fn_kwargs"] = {"k": cfg.k}
+    return out
+
+
+def _layer_of(hook_name: str | None) -> int | None:
+    if hook_name and hook_name.startswith("blocks."):
+        return int(hook_name.split(".")[1])
+    return None
+
+
+def save_sae(sae: SAE, path, feature_density: torch.Tensor | None = None) -> Path:
+    """Write the folder atomically (a temp folder renamed into place)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in sae.state_dict().items()}
+    save_file(tensors, str(tmp / WEIGHTS))
+    (tmp / CFG).write_text(json.dumps(sae_lens_cfg(sae.cfg), indent=2))
+    if feature_density is not None:
+        save_file({"sparsity": torch.log10(feature_density.float().cpu() + 1e-10)}, str(tmp / SPARSITY))
+    if path.exists():
+        shutil.rmtree(path)
+    os.replace(tmp, path)
+    return path
+
+
+def load_sae(path, device: str = "cpu") -> SAE:
+    """An attnsae / SAELens folder, or a reference-code `{run}.pt` (with `{run}_cfg.json` beside it)."""
+    path = Path(path)
+    if path.suffix == ".pt" or (path.with_suffix(".pt").exists() and not path.is_dir()):
+        return load_reference(path.with_suffix(".pt"), device)
+    if not (path / CFG).exists() or not (path / WEIGHTS).exists():
+        raise FileNotFoundError(f"{path} is not an SAE folder: it needs {CFG} and {WEIGHTS}")
+    raw = json.loads((path / CFG).read_text())
+    cfg = SAEConfig.from_dict(raw["attnsae"]) if "attnsae" in raw else _cfg_from_sae_lens(raw)
+    state = load_file(str(path / WEIGHTS))
+    return _build(cfg, state, path, device)
+
+
+def load_feature_density(path) -> torch.Tensor | None:
+    f = Path(path) / SPARSITY
+    return 10 ** load_file(str(f))["sparsity"] if f.exists() else None
+
+
+def _cfg_from_sae_lens(raw: dict) -> SAEConfig:
+    meta = {**raw, **(raw.get("metadata") or {})}
+    norm = raw.get("normalize_activations", "none")
+    if norm not in ("none", None, False):
+        raise NotImplementedError(f"SAELens normalize_activations={norm!r} is not supported; only 'none'")
+    arch = raw.get("architecture", "standard")
+    k = raw.get("k") or (raw.get("activation_fn_kwargs") or {}).get("k")
+    if raw.get("activation_fn_str", raw.get("activation_fn")) == "topk":
+        arch = "topk"
+    if arch not in ("standard", "topk"):
+        raise NotImplementedError(f"SAELens architecture {arch!r} is not supported (standard, topk)")
+    return SAEConfig(
+        d_in=raw["d_in"], d_sae=raw["d_sae"], architecture=arch, k=k,
+        model_name=meta.get("model_name"), hook_name=meta.get("hook_name") or meta.get("hook_point"),
+        hook_head_index=meta.get("hook_head_index"), context_size=meta.get("context_size") or 128,
+        prepend_bos=meta.get("prepend_bos", True), first_pos=0, dataset_path=meta.get("dataset_path"),
+        apply_b_dec_to_input=raw.get("apply_b_dec_to_input", True), dtype=raw.get("dtype", "float32"),
+    )
+
+
+def load_reference(pt_path, device: str = "cpu") -> SAE:
+    """The paper's released format: `{run}.pt` state dict (W_enc, W_dec, b_enc, b_dec) + `{run}_cfg.json`."""
+    pt_path = Path(pt_path)
+    cfg_path = pt_path.with_name(pt_path.stem + "_cfg.json")
+    if not cfg_path.exists():
+        raise FileNotFoundError(f"reference SAE {pt_path.name} needs its config beside it: {cfg_path.name}")
+    raw = json.loads(cfg_path.read_text())
+    state = torch.load(pt_path, map_location="cpu", weights_only=True)  # never unpickle arbitrary objects
+    layer, site = raw.get("layer"), raw.get("site", "z")
+    hook = raw.get("act_name") or (f"blocks.{layer}.attn.hook_{site}" if layer is not None else None)
+    d_in = raw.get("act_size") or state["W_enc"].shape[0]
+    d_sae = raw.get("dict_size") or state["W_enc"].shape[1]
+    cfg = SAEConfig(
+        d_in=int(d_in), d_sae=int(d_sae), model_name=raw.get("model_name"), hook_name=hook,
+        context_size=raw.get("seq_len", 128), first_pos=0, dataset_path=raw.get("dataset_path"),
+        processing={"fold_value_biases": True, "weights": "transformer_lens"} if raw.get("model_name") == "gpt2-small" else {},
+        training={k: raw[k] for k in ("l1_coeff", "lr", "batch_size", "num_tokens") if k in raw},
+    )
+    return _build(cfg, state, pt_path, device)
+
+
+def _build(cfg: SAEConfig, state: dict, where, device) -> SAE:
+    want = {"W_enc": (cfg.d_in, cfg.d_sae), "b_enc": (cfg.d_sae,), "W_dec": (cfg.d_sae, cfg.d_in), "b_dec": (cfg.d_in,)}
+    missing = [k for k in want if k not in state]
+    if missing:
+        raise ValueError(f"{where}: weights lack {missing} (found {sorted(state)})")
+    for k, shape in want.items():
+        if tuple(state[k].shape) != shape:
+            raise ValueError(f"{where}: {k} has shape {tuple(state[k].shape)}, config says {shape}")
+    sae = SAE(cfg)
+    sae.load_state_dict({k: state[k].float() for k in want})
+    return sae.to(device)

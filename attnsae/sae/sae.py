@@ -1,0 +1,128 @@
+"""The sparse autoencoder: f = act((x - b_dec) W_enc + b_enc), x_hat = f W_dec + b_dec.
+
+`act` is ReLU ("standard", the paper's SAEs) or TopK ("topk"). Parameters are named and
+shaped as in SAELens: W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_in], b_dec [d_in].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ARCHITECTURES = ("standard", "topk")
+
+
+@dataclass
+class SAEConfig:
+    d_in: int
+    d_sae: int
+    architecture: str = "standard"
+    k: int | None = None  # topk only
+    # What the SAE was trained on; splicing checks these against the model.
+    model_name: str | None = None
+    hook_name: str | None = None  # TransformerLens name, e.g. blocks.15.attn.hook_z
+    hook_head_index: int | None = None
+    processing: dict = field(default_factory=dict)
+    context_size: int = 128
+    prepend_bos: bool = True
+    first_pos: int = 1  # positions before this (BOS) were not trained on
+    apply_b_dec_to_input: bool = True  # False only for some SAELens-trained SAEs
+    dataset_path: str | None = None
+    training: dict = field(default_factory=dict)  # the TrainConfig used, for the record
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"architecture must be one of {ARCHITECTURES}, not {self.architecture!r}")
+        if self.architecture == "topk" and not self.k:
+            raise ValueError("a topk SAE needs k")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SAEConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+class SAEOutput(NamedTuple):
+    feature_acts: torch.Tensor
+    """f(x) >= 0, [..., d_sae]"""
+    reconstruction: torch.Tensor
+    """x_hat, [..., d_in]"""
+    pre_acts: torch.Tensor
+    """(x - b_dec) W_enc + b_enc before the activation, [..., d_sae]"""
+
+
+class SAE(nn.Module):
+    def __init__(self, cfg: SAEConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.W_enc = nn.Parameter(torch.empty(cfg.d_in, cfg.d_sae))
+        self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
+        self.W_dec = nn.Parameter(torch.empty(cfg.d_sae, cfg.d_in))
+        self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
+        self.reset_parameters()
+
+    def reset_parameters(self, generator: torch.Generator | None = None):
+        with torch.no_grad():
+            w = torch.randn(self.cfg.d_sae, self.cfg.d_in, generator=generator)
+            self.W_dec.copy_(w / w.norm(dim=1, keepdim=True))
+            self.W_enc.copy_(self.W_dec.T)
+            self.b_enc.zero_()
+            self.b_dec.zero_()
+
+    @property
+    def d_sae(self) -> int:
+        return self.cfg.d_sae
+
+    def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.W_enc.dtype)
+        if self.cfg.apply_b_dec_to_input:
+            x = x - self.b_dec
+        return x @ self.W_enc + self.b_enc
+
+    def activation(self, pre: torch.Tensor) -> torch.Tensor:
+        if self.cfg.architecture == "topk":
+            vals, idx = pre.topk(self.cfg.k, dim=-1)
+            return torch.zeros_like(pre).scatter_(-1, idx, F.relu(vals))
+        return F.relu(pre)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.pre_acts(x))
+
+    def decode(self, f: torch.Tensor) -> torch.Tensor:
+        return f @ self.W_dec + self.b_dec
+
+    def forward(self, x: torch.Tensor) -> SAEOutput:
+        pre = self.pre_acts(x)
+        f = self.activation(pre)
+        return SAEOutput(f, self.decode(f), pre)
+
+    @torch.no_grad()
+    def normalize_decoder_(self) -> None:
+        self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8))
+
+    @torch.no_grad()
+    def fold_input_scale_(self, scale: float) -> None:
+        """Trained on x*scale: make it act on raw x with the same decoder directions.
+        Feature activations become f/scale; the function x -> x_hat is exactly preserved."""
+        self.b_enc.div_(scale)
+        self.b_dec.div_(scale)
+
+    @torch.no_grad()
+    def fold_decoder_norm_(self) -> None:
+        """Move decoder row norms into the encoder (f_i * |d_i|) so rows are unit-norm.
+        Exact for ReLU only: rescaling pre-activations would change which latents TopK keeps."""
+        if self.cfg.architecture != "standard":
+            raise ValueError("fold_decoder_norm_ is only exact for ReLU SAEs")
+        norms = self.W_dec.norm(dim=1).clamp_min(1e-8)
+        self.W_enc.mul_(norms)
+        self.b_enc.mul_(norms)
+        self.W_dec.div_(norms[:, None])
