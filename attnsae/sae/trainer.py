@@ -365,7 +365,8 @@ class Trainer:
             if self.step in self.resample_steps:
                 n = self.resample(self.fire_counts == 0)
                 self.fire_counts.zero_()
-                bar.write(f"step {self.step}: resampled {n} dead features")
+                if self.progress:
+                    bar.write(f"step {self.step}: resampled {n} dead features")
             if self.step % 50 == 0 or self.step == cfg.steps:
                 with torch.no_grad():
                     l0 = active.sum(-1).float().mean().item()

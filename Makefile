@@ -1,0 +1,19 @@
+.PHONY: setup demo test test-fast bench
+SHELL := /bin/bash
+
+setup:
+	bash scripts/setup.sh
+
+# Command 1: set everything up, then run the main job (harvest, train, evaluate, report).
+demo: setup
+	source scripts/env.sh && .venv/bin/attnsae main
+
+# Command 2: the test suite (sets up first, so it works on a fresh machine).
+test: setup
+	source scripts/env.sh && .venv/bin/python -m pytest -q tests
+
+test-fast: setup
+	source scripts/env.sh && .venv/bin/python -m pytest -q -m "not slow" tests
+
+bench: setup
+	bash benchmarks/run.sh

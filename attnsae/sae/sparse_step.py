@@ -1,0 +1,174 @@
+"""A sparsity-aware SAE training forward/backward, as one `torch.autograd.Function`.
+
+    pre = (x - b_dec) @ W_enc + b_enc;   f = relu(pre) or topk-relu(pre);   x_hat = f @ W_dec + b_dec
+
+Plain autograd spends six [B, d_in] x [d_in, d_sae]-sized matmuls on a step (encoder and decoder
+forward; grad f, grad W_dec, grad W_enc, grad x). Only the encoder forward really needs to be
+dense: f has a few dozen active entries per row, and relu' (or the TopK selection) is zero
+elsewhere, so everything else touches only the active set:
+
+  decoder forward    x_hat = embedding_bag(col, W_dec, offsets, weights=f_active)
+  grad f (active)    sampled_addmm: (grad_xhat @ W_dec^T) at the active entries, + grad_f there
+  grad W_dec         CSR(f)^T @ grad_xhat          (MKL sparse mm; the transposed pattern built once)
+  grad W_enc         (CSR(grad_pre)^T @ (x - b_dec))^T
+  grad b_enc         index_add of grad_pre over the active columns
+  grad b_dec         sum_b grad_xhat - W_enc @ grad b_enc   (a matrix-vector product)
+
+The gradients are those of plain autograd on the same expression (tests/test_sparse_step.py),
+including any loss term the caller puts on f (L1, L1 x |W_dec|): grad f arrives dense and is
+read only at the active entries. When f is dense (early in a ReLU run, nnz per row above
+`dense_density * d_sae`) the same Function runs the plain dense matmuls instead.
+
+The primitives were chosen by timing the alternatives (benchmarks/bench_sparse_primitives.py;
+B=4096, d_in=768, d_sae=24576, 64 active per row, 2 CPU threads, ms): decoder forward
+embedding_bag 56 vs CSR mm 87; grad f sampled_addmm 96 vs embedding_bag's per-sample-weights
+backward 112 vs chunked gather-dot 1630; W_dec/W_enc grads prebuilt CSR^T mm 114 (+32 once to
+build the transposed pattern) vs embedding_bag's dense backward 259 vs csr.t() @ g 376 vs
+chunked index_add 1670. Dense bf16 matmul of the same shape: 760.
+
+`dtype=torch.bfloat16` runs the dense matmuls in bf16 as autocast would (the encoder always;
+the decoder and backward ones on the dense path); parameters, f, x_hat and all gradients are
+fp32, and the sparse parts run in fp32 (MKL's sparse kernels have no bf16).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+
+# Above this fraction of active entries (sampled from the batch) the step runs the dense matmuls.
+# Measured crossover at d_sae=24576, B=4096, 2 threads: see benchmarks/bench_sparse_primitives.py
+# --step. The sparse path is memory-bound, the dense one FLOP-bound, so bf16 crosses over earlier.
+DENSE_DENSITY = {torch.float32: 0.04, torch.bfloat16: 0.02}
+_SAMPLE_ROWS = 256
+
+
+def _csr(crow, col, values, shape):
+    return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
+
+
+def _mm(a, b, dtype):
+    if dtype == torch.float32:
+        return a @ b
+    return (a.to(dtype) @ b.to(dtype)).float()
+
+
+class _SparseSAEStep(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, W_enc, b_enc, W_dec, b_dec, k, dtype, apply_b_dec, dense_density):
+        ctx.set_materialize_grads(False)  # an unused f gives grad None, not a dense zero tensor
+        B, S = x.shape[0], W_enc.shape[1]
+        xc = x - b_dec if apply_b_dec else x
+        if dtype == torch.float32:
+            pre = torch.addmm(b_enc, xc, W_enc)
+        else:  # as autocast: bf16 matmul, fp32 bias add (one pass that also upcasts)
+            pre = torch.add(xc.to(dtype) @ W_enc.to(dtype), b_enc)
+        if k is None:
+            f = pre.clamp_min_(0)
+            rows = torch.linspace(0, B - 1, min(B, _SAMPLE_ROWS)).long() if B else torch.zeros(0, dtype=torch.long)
+            density = (f[rows] > 0).float().mean().item() if B else 0.0
+        else:
+            vals, idx = pre.topk(k, dim=-1, sorted=False)
+            vals.clamp_min_(0)
+            f = torch.zeros_like(pre).scatter_(-1, idx, vals)
+            density = k / S
+        ctx.dims = (B, S, k, dtype, apply_b_dec)
+        ctx.dense = density > dense_density
+        if ctx.dense:
+            x_hat = _mm(f, W_dec, dtype) + b_dec
+            ctx.save_for_backward(xc, W_enc, W_dec, f)
+            return f, x_hat
+        if k is None:
+            row, col = f.nonzero(as_tuple=True)
+            vals = f[row, col]
+            counts = torch.bincount(row, minlength=B)
+            crow = torch.zeros(B + 1, dtype=torch.long)
+            torch.cumsum(counts, 0, out=crow[1:])
+            x_hat = F.embedding_bag(col, W_dec, crow[:-1], mode="sum", per_sample_weights=vals)
+        else:
+            col, vals = idx.flatten(), vals.flatten()
+            row = torch.arange(B).repeat_interleave(k)
+            crow = torch.arange(0, B * k + 1, k)
+            x_hat = F.embedding_bag(idx, W_dec, mode="sum", per_sample_weights=vals.view(B, k))
+        x_hat = x_hat + b_dec
+        ctx.save_for_backward(xc, W_enc, W_dec, row, col, crow, vals)
+        return f, x_hat
+
+    @staticmethod
+    def backward(ctx, grad_f, grad_xhat):
+        B, S, k, dtype, apply_b_dec = ctx.dims
+        need_enc = ctx.needs_input_grad[1] or ctx.needs_input_grad[2] or (apply_b_dec and ctx.needs_input_grad[4])
+        if ctx.dense:
+            xc, W_enc, W_dec, f = ctx.saved_tensors
+            active = f > 0
+            g_pre = grad_f
+            if grad_xhat is not None:
+                g_f = _mm(grad_xhat, W_dec.T, dtype)
+                g_pre = g_f if g_pre is None else g_pre + g_f
+            g_pre = torch.zeros_like(f) if g_pre is None else torch.where(active, g_pre, 0.0)
+            gW_enc = _mm(xc.T, g_pre, dtype) if ctx.needs_input_grad[1] else None
+            gb_enc = g_pre.sum(0)
+            gW_dec = _mm(f.T, grad_xhat, dtype) if grad_xhat is not None and ctx.needs_input_grad[3] else None
+        else:
+            xc, W_enc, W_dec, row, col, crow, vals = ctx.saved_tensors
+            g_vals = grad_f[row, col] if grad_f is not None else torch.zeros_like(vals)
+            if grad_xhat is not None and need_enc:  # grad f at the active entries, plus grad_f there
+                g_vals = torch.sparse.sampled_addmm(_csr(crow, col, g_vals, (B, S)), grad_xhat, W_dec.T).values()
+            if k is not None:  # TopK kept entries whose pre <= 0: relu' = 0 there
+                g_vals = g_vals * (vals > 0)
+            # the transposed pattern [d_sae, B], shared by the W_dec and W_enc grads
+            perm = torch.argsort(col, stable=True)
+            row_t = row[perm]
+            crow_t = torch.zeros(S + 1, dtype=torch.long)
+            torch.cumsum(torch.bincount(col, minlength=S), 0, out=crow_t[1:])
+            gW_dec = None
+            if grad_xhat is not None and ctx.needs_input_grad[3]:
+                gW_dec = _csr(crow_t, row_t, vals[perm], (S, B)) @ grad_xhat
+            gW_enc = None
+            if ctx.needs_input_grad[1]:
+                gW_enc = (_csr(crow_t, row_t, g_vals[perm], (S, B)) @ xc).T
+            gb_enc = torch.zeros(S, dtype=vals.dtype).index_add_(0, col, g_vals)
+        gb_dec = None
+        if ctx.needs_input_grad[4]:
+            gb_dec = grad_xhat.sum(0) if grad_xhat is not None else torch.zeros(W_dec.shape[1])
+            if apply_b_dec:
+                gb_dec = gb_dec - W_enc @ gb_enc
+        return None, gW_enc, gb_enc if ctx.needs_input_grad[2] else None, gW_dec, gb_dec, None, None, None, None
+
+
+def sparse_sae_step(
+    x: torch.Tensor,
+    W_enc: torch.Tensor,
+    b_enc: torch.Tensor,
+    W_dec: torch.Tensor,
+    b_dec: torch.Tensor,
+    k: int | None = None,
+    dtype: torch.dtype = torch.float32,
+    apply_b_dec_to_input: bool = True,
+    dense_density: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(f, x_hat) for x [B, d_in], with a sparse-aware backward. `k`: TopK (else ReLU).
+    `dtype`: matmul precision (float32 or bfloat16); everything returned is fp32.
+    `dense_density`: run dense above this fraction of active entries (default: measured, per dtype);
+    0 forces the dense path, 1 the sparse one."""
+    if x.dim() != 2:
+        raise ValueError(f"x must be [batch, d_in], got shape {tuple(x.shape)}")
+    if x.device.type != "cpu":
+        raise NotImplementedError("sparse_sae_step is tuned for CPU; use plain autograd on other devices")
+    if dtype not in DENSE_DENSITY:
+        raise ValueError(f"dtype must be float32 or bfloat16, not {dtype}")
+    if dense_density is None:
+        dense_density = DENSE_DENSITY[dtype]
+    x = x.detach().to(W_enc.dtype)
+    return _SparseSAEStep.apply(x, W_enc, b_enc, W_dec, b_dec, k, dtype, apply_b_dec_to_input, dense_density)
+
+
+def sae_step(sae, x: torch.Tensor, dtype: torch.dtype = torch.float32, dense_density: float | None = None):
+    """`sparse_sae_step` on an `attnsae.sae.SAE` (its architecture, k and b_dec convention)."""
+    k = sae.cfg.k if sae.cfg.architecture == "topk" else None
+    return sparse_sae_step(x, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, k=k, dtype=dtype,
+                           apply_b_dec_to_input=sae.cfg.apply_b_dec_to_input, dense_density=dense_density)

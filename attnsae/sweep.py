@@ -1,0 +1,48 @@
+"""An L1 sweep on one store: the L0 / CE-recovered frontier, as JSON, markdown and a plot."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from .data import ActivationStore, WindowSpec, load_windows
+from .evals import activation_batches, fidelity, sparsity
+from .evals.plots import frontier
+from .models import load_model
+from .sae import SAEConfig, Trainer, TrainConfig, load_sae
+
+
+def run_sweep(store_dir, out, l1_coeffs: list[float], base: TrainConfig, model_name: str | None = None,
+              eval_windows: int = 64, sparsity_windows: int = 400) -> str:
+    store = ActivationStore(store_dir)
+    meta, out = store.meta, Path(out)
+    model = load_model(model_name or meta["model"])
+    _, held = load_windows(model, WindowSpec(corpus=meta.get("corpus", "default"), ctx=meta["context_size"]))
+    rows = []
+    for l1 in l1_coeffs:
+        run = out / f"l1_{l1:g}"
+        if not (run / "sae" / "cfg.json").exists():
+            cfg = dataclasses.replace(base, l1_coeff=l1)
+            hook = store.hooks[0]
+            sae_cfg = SAEConfig(
+                d_in=store.d(), d_sae=cfg.d_sae or cfg.expansion * store.d(), model_name=meta["model"],
+                hook_name=hook.split("[")[0], processing=meta["processing"], context_size=meta["context_size"],
+                first_pos=meta["first_pos"], dataset_path=meta.get("corpus"),
+            )
+            trainer = Trainer(sae_cfg, cfg, run / "train", lambda s, c=cfg: store.batches(c.batch_size, seed=c.seed, start=s))
+            trainer.train()
+            trainer.save(run / "sae")
+        sae = load_sae(run / "sae")
+        sp, _ = sparsity(sae, activation_batches(model, sae, held[:sparsity_windows]))
+        fid = fidelity(model, sae, held[:eval_windows])
+        rows.append({"l1_coeff": l1, "l0": sp.l0, "explained_variance": sp.explained_variance, "n_dead": sp.n_dead,
+                     **{k: v for k, v in fid.to_dict().items()}})
+    (out / "sweep.json").write_text(json.dumps(rows, indent=2))
+    frontier(rows, out / "frontier.png")
+    lines = ["| l1 | L0 | % CE rec. | ΔCE SAE (nats) | ΔCE zero (nats) | KL SAE | EV | dead |", "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['l1_coeff']:g} | {r['l0']:.1f} | {100 * r['ce_recovered']:.1f}% | {r['delta_ce_sae']:+.4f} | "
+              f"{r['delta_ce_zero']:+.4f} | {r['kl_sae']:.4f} | {r['explained_variance']:.3f} | {r['n_dead']} |" for r in rows]
+    table = "\n".join(lines)
+    (out / "sweep.md").write_text(table + "\n")
+    return table

