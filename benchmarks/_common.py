@@ -31,6 +31,6 @@ def bf16_peak(n: int = 4096, reps: int = 3) -> float:
 def bias_for_l0(x: torch.Tensor, W_enc: torch.Tensor, b_dec: torch.Tensor, l0: float) -> torch.Tensor:
     """b_enc such that about `l0` latents per row of x have (x - b_dec) W_enc + b_enc > 0:
     each latent's threshold is its own (1 - l0/d_sae) quantile over the rows."""
-    pre = (x[:1024] - b_dec) @ W_enc
+    pre = (x[:4096] - b_dec) @ W_enc
     q = 1 - l0 / W_enc.shape[1]
     return -torch.quantile(pre, q, dim=0)

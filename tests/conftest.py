@@ -9,14 +9,14 @@ import torch
 from attnsae.models import from_hf
 
 
-def hf_tiny(family: str, seed: int = 0):
+def hf_tiny(family: str, seed: int = 0, vocab: int = 101):
     """A tiny random Hugging Face model of each family, with perturbed norm gains."""
     from transformers import (Gemma3ForCausalLM, Gemma3TextConfig, GPT2Config, GPT2LMHeadModel, LlamaConfig,
                               LlamaForCausalLM)
 
     torch.manual_seed(seed)
     if family == "gpt2":
-        hf = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=101, n_positions=64,
+        hf = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=vocab, n_positions=64,
                                         bos_token_id=0, eos_token_id=0))
     elif family == "llama":
         hf = LlamaForCausalLM(LlamaConfig(num_hidden_layers=2, hidden_size=96, num_attention_heads=6, num_key_value_heads=2,

@@ -113,6 +113,11 @@ def test_bad_hook_name_is_a_clear_error(tiny, tokens):
         model.run_with_cache(tokens, [f"blocks.{model.cfg.n_layers}.attn.hook_z"])
 
 
+def test_token_ids_outside_the_vocabulary_are_refused(tiny):
+    with pytest.raises(ValueError, match="tokenizer"):
+        tiny[0](torch.tensor([[0, 5000]]))
+
+
 def test_hook_returning_wrong_shape_is_refused(tiny, tokens):
     with pytest.raises(ValueError, match="returned shape"):
         tiny[0].run_with_hooks(tokens, [("blocks.0.attn.hook_z", lambda x, n: x[:, :1])])
@@ -172,7 +177,7 @@ def test_unknown_model_name_is_a_clear_error():
 
 
 def test_local_hf_directory_loads(tmp_path, tokens):
-    hf = hf_tiny("gpt2")
+    hf = hf_tiny("gpt2", vocab=50257)
     hf.save_pretrained(tmp_path / "m")
     gpt2_tokenizer().save_pretrained(tmp_path / "m")
     from attnsae.models import load_model

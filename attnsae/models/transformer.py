@@ -276,6 +276,9 @@ class Transformer(nn.Module):
             tokens = tokens[None]
         tokens = tokens.to(self.device)
         n = tokens.shape[1]
+        if tokens.numel() and (int(tokens.max()) >= c.d_vocab or int(tokens.min()) < 0):
+            raise ValueError(f"token ids must lie in [0, {c.d_vocab}); got {int(tokens.min())}..{int(tokens.max())}: "
+                             "is the tokenizer the model's own?")
         if c.family == "gpt2" and n > c.n_ctx:
             raise ValueError(f"sequence length {n} exceeds the model's context {c.n_ctx}")
         try:

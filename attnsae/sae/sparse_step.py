@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -49,6 +50,15 @@ _SAMPLE_ROWS = 256
 
 def _csr(crow, col, values, shape):
     return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
+
+
+def _argsort_stable(col: torch.Tensor, n_cols: int) -> torch.Tensor:
+    """Stable argsort of column indices: numpy's radix sort on uint16 (~1 ms for 270k entries,
+    where torch.sort takes ~190 ms on this CPU)."""
+    c = col.numpy()
+    if n_cols <= 65536:
+        c = c.astype(np.uint16)
+    return torch.from_numpy(np.argsort(c, kind="stable"))
 
 
 def _mm(a, b, dtype):
@@ -85,15 +95,15 @@ class _SparseSAEStep(torch.autograd.Function):
         if k is None:
             row, col = f.nonzero(as_tuple=True)
             vals = f[row, col]
-            counts = torch.bincount(row, minlength=B)
-            crow = torch.zeros(B + 1, dtype=torch.long)
-            torch.cumsum(counts, 0, out=crow[1:])
+            row, col = row.int(), col.int()  # int32 indices: MKL's sparse kernels run ~25% faster
+            crow = torch.zeros(B + 1, dtype=torch.int32)
+            crow[1:] = torch.bincount(row, minlength=B).cumsum(0)
             x_hat = F.embedding_bag(col, W_dec, crow[:-1], mode="sum", per_sample_weights=vals)
         else:
-            col, vals = idx.flatten(), vals.flatten()
-            row = torch.arange(B).repeat_interleave(k)
-            crow = torch.arange(0, B * k + 1, k)
-            x_hat = F.embedding_bag(idx, W_dec, mode="sum", per_sample_weights=vals.view(B, k))
+            x_hat = F.embedding_bag(idx, W_dec, mode="sum", per_sample_weights=vals)
+            col, vals = idx.flatten().int(), vals.flatten()
+            row = torch.arange(B, dtype=torch.int32).repeat_interleave(k)
+            crow = torch.arange(0, B * k + 1, k, dtype=torch.int32)
         x_hat = x_hat + b_dec
         ctx.save_for_backward(xc, W_enc, W_dec, row, col, crow, vals)
         return f, x_hat
@@ -121,10 +131,10 @@ class _SparseSAEStep(torch.autograd.Function):
             if k is not None:  # TopK kept entries whose pre <= 0: relu' = 0 there
                 g_vals = g_vals * (vals > 0)
             # the transposed pattern [d_sae, B], shared by the W_dec and W_enc grads
-            perm = torch.argsort(col, stable=True)
+            perm = _argsort_stable(col, S)
             row_t = row[perm]
-            crow_t = torch.zeros(S + 1, dtype=torch.long)
-            torch.cumsum(torch.bincount(col, minlength=S), 0, out=crow_t[1:])
+            crow_t = torch.zeros(S + 1, dtype=torch.int32)
+            crow_t[1:] = torch.bincount(col, minlength=S).cumsum(0)
             gW_dec = None
             if grad_xhat is not None and ctx.needs_input_grad[3]:
                 gW_dec = _csr(crow_t, row_t, vals[perm], (S, B)) @ grad_xhat
