@@ -115,23 +115,29 @@ def cmd_harvest(args):
 
 
 def cmd_train(args):
-    from .data import ActivationStore
-    from .data.harvest import parse_hook
-    from .sae import SAEConfig, Trainer
+    from .data import ActivationStore, StreamedActivations, WindowSpec, hook_width, load_windows
+    from .models import load_model
+    from .pipeline import DTYPES
+    from .sae import Trainer, sae_config_for
 
-    store = ActivationStore(args.store)
-    hook = args.hook or store.hooks[0]
     cfg = _train_config(args)
-    name, head = parse_hook(hook)
-    meta = store.meta
-    sae_cfg = SAEConfig(
-        d_in=store.d(hook), d_sae=cfg.d_sae or cfg.expansion * store.d(hook),
-        architecture="topk" if cfg.recipe == "topk" else "standard", k=cfg.k if cfg.recipe == "topk" else None,
-        model_name=meta["model"], hook_name=name, hook_head_index=head, processing=meta["processing"],
-        context_size=meta["context_size"], first_pos=meta["first_pos"], dataset_path=meta.get("corpus"),
-    )
-    trainer = Trainer(sae_cfg, cfg, Path(args.out) / "train",
-                      lambda s: store.batches(cfg.batch_size, seed=cfg.seed, hook=hook, start=s))
+    if args.store:
+        store = ActivationStore(args.store)
+        hook = args.hook or store.hooks[0]
+        d_in, meta = store.d(hook), store.meta
+        batches = lambda s: store.batches(cfg.batch_size, seed=cfg.seed, hook=hook, start=s)  # noqa: E731
+    else:  # streamed: harvest chunks on the fly, no store on disk
+        if not (args.model and args.hook):
+            raise ValueError("train needs --store, or --model and --hook to stream activations from the model")
+        model = load_model(args.model, dtype=DTYPES[args.model_dtype])
+        windows, _ = load_windows(model, WindowSpec(corpus=args.corpus, ctx=args.ctx))
+        hook = args.hook
+        stream = StreamedActivations(model, windows, hook)
+        meta = {"model": model.cfg.name, "processing": model.processing.to_dict(), "context_size": windows.shape[1],
+                "first_pos": 1, "corpus": args.corpus}
+        d_in = hook_width(model, hook)
+        batches = lambda s: stream.batches(cfg.batch_size, seed=cfg.seed, start=s)  # noqa: E731
+    trainer = Trainer(sae_config_for(cfg, d_in, hook, meta), cfg, Path(args.out) / "train", batches)
     trainer.train(resume=not args.restart)
     path = trainer.save(Path(args.out) / "sae")
     print(f"SAE saved to {path}")
@@ -188,9 +194,13 @@ def build_parser():
     p.add_argument("--keep-bos", action="store_true", help="also store position 0 (BOS)")
     p.set_defaults(fn=cmd_harvest)
 
-    p = sub.add_parser("train", help="train an SAE from a store (resumes from the last checkpoint)")
-    p.add_argument("--store", required=True)
-    p.add_argument("--hook", default=None, help="which hook of the store (default: its first)")
+    p = sub.add_parser("train", help="train an SAE from a store, or streamed from a model (resumes from the last checkpoint)")
+    p.add_argument("--store", default=None, help="activation store made by `attnsae harvest`")
+    p.add_argument("--hook", default=None, help="which hook of the store (default: its first), or the hook to stream")
+    p.add_argument("--model", default=None, help="stream from this model instead of a store")
+    p.add_argument("--corpus", default="default", help="corpus when streaming")
+    p.add_argument("--ctx", type=int, default=128, help="window length when streaming")
+    p.add_argument("--model-dtype", choices=["float32", "bfloat16"], default="bfloat16", help="model precision when streaming")
     p.add_argument("--out", required=True)
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
     _add_train_args(p)

@@ -19,11 +19,11 @@ from pathlib import Path
 import torch
 
 from .data import WindowSpec, harvest, load_windows
-from .data.harvest import hook_width, parse_hook
+from .data.harvest import hook_width
 from .evals import activation_batches, fidelity, sparsity, zero_ablation_by_layer
 from .evals.plots import density_histogram, training_curves, zero_ablation_by_layer as plot_zero_by_layer
 from .models import DEFAULT_MODEL, load_model
-from .sae import SAEConfig, Trainer, TrainConfig, load_sae
+from .sae import Trainer, TrainConfig, load_sae, sae_config_for
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -66,15 +66,8 @@ def run_job(cfg: JobConfig, progress: bool = True) -> Path:
 
     t = time.time()
     sae_dir = out / "sae"
-    name, head = parse_hook(cfg.hook)
     if not (sae_dir / "cfg.json").exists():
-        sae_cfg = SAEConfig(
-            d_in=store.d(), d_sae=cfg.train.d_sae or cfg.train.expansion * store.d(),
-            architecture="topk" if cfg.train.recipe == "topk" else "standard", k=cfg.train.k if cfg.train.recipe == "topk" else None,
-            model_name=model.cfg.name, hook_name=name, hook_head_index=head, processing=model.processing.to_dict(),
-            context_size=cfg.windows.ctx, prepend_bos=cfg.windows.prepend_bos, first_pos=store.meta["first_pos"],
-            dataset_path=cfg.windows.corpus,
-        )
+        sae_cfg = sae_config_for(cfg.train, store.d(), cfg.hook, store.meta)
         bs, seed = cfg.train.batch_size, cfg.train.seed
         trainer = Trainer(sae_cfg, cfg.train, out / "train",
                           lambda start: store.batches(bs, seed=seed, start=start), progress=progress)

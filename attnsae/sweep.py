@@ -10,7 +10,7 @@ from .data import ActivationStore, WindowSpec, load_windows
 from .evals import activation_batches, fidelity, sparsity
 from .evals.plots import frontier
 from .models import load_model
-from .sae import SAEConfig, Trainer, TrainConfig, load_sae
+from .sae import Trainer, TrainConfig, load_sae, sae_config_for
 
 
 def run_sweep(store_dir, out, l1_coeffs: list[float], base: TrainConfig, model_name: str | None = None,
@@ -24,12 +24,7 @@ def run_sweep(store_dir, out, l1_coeffs: list[float], base: TrainConfig, model_n
         run = out / f"l1_{l1:g}"
         if not (run / "sae" / "cfg.json").exists():
             cfg = dataclasses.replace(base, l1_coeff=l1)
-            hook = store.hooks[0]
-            sae_cfg = SAEConfig(
-                d_in=store.d(), d_sae=cfg.d_sae or cfg.expansion * store.d(), model_name=meta["model"],
-                hook_name=hook.split("[")[0], processing=meta["processing"], context_size=meta["context_size"],
-                first_pos=meta["first_pos"], dataset_path=meta.get("corpus"),
-            )
+            sae_cfg = sae_config_for(cfg, store.d(), store.hooks[0], meta)
             trainer = Trainer(sae_cfg, cfg, run / "train", lambda s, c=cfg: store.batches(c.batch_size, seed=c.seed, start=s))
             trainer.train()
             trainer.save(run / "sae")

@@ -58,3 +58,8 @@ def test_harvest_train_eval_from_the_command_line_on_a_local_gpt2(tmp_path):
     fid = report["fidelity"]
     assert fid["ce_sae_with_error"] == pytest.approx(fid["ce_clean"], abs=1e-4)
     assert (tmp_path / "report" / "report.md").exists() and (tmp_path / "report" / "density.png").exists()
+    # training streamed straight from the model, no store
+    r = attnsae("train", "--model", str(tmp_path / "gpt2"), "--corpus", str(corpus), "--hook", "blocks.0.attn.hook_z",
+                "--ctx", "32", "--out", str(tmp_path / "streamed"), "--steps", "10", "--batch-size", "64", "--expansion", "2", env=env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "streamed" / "sae" / "cfg.json").read_text())["hook_name"] == "blocks.0.attn.hook_z"

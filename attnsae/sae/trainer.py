@@ -65,6 +65,21 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+def sae_config_for(cfg: "TrainConfig", d_in: int, hook: str, meta: dict) -> SAEConfig:
+    """The SAE config for training on `hook` (a harvest spec, e.g. 'blocks.5.attn.hook_q[2]') of the
+    data described by `meta` (a store's meta: model, processing, context_size, first_pos, corpus)."""
+    from ..data.harvest import parse_hook
+
+    name, head = parse_hook(hook)
+    topk = cfg.recipe == "topk"
+    return SAEConfig(
+        d_in=d_in, d_sae=cfg.d_sae or cfg.expansion * d_in, architecture="topk" if topk else "standard",
+        k=cfg.k if topk else None, model_name=meta["model"], hook_name=name, hook_head_index=head,
+        processing=meta["processing"], context_size=meta["context_size"], first_pos=meta["first_pos"],
+        dataset_path=meta.get("corpus"),
+    )
+
+
 class Recipe:
     """Shared base: Adam on all parameters, unit-norm decoder after each step."""
 
@@ -195,7 +210,8 @@ class Trainer:
         self.step = 0
         self.scale = 1.0
         self.fire_counts = torch.zeros(sae_cfg.d_sae, dtype=torch.long)  # since the last resample
-        self.total_counts = torch.zeros(sae_cfg.d_sae, dtype=torch.long)
+        self.recent_counts = torch.zeros(sae_cfg.d_sae, dtype=torch.long)  # since the last histogram
+        self.recent_tokens = 0
         self.tokens = 0
         self.last_resample = 0  # step of the last resample (lr warm-back starts there)
         self.n_resampled = 0
@@ -233,12 +249,12 @@ class Trainer:
             if "step" in st:
                 tensors[f"adam.{i}.step"] = torch.as_tensor(st["step"], dtype=torch.float32).reshape(1)
         tensors["fire_counts"] = self.fire_counts.clone()
-        tensors["total_counts"] = self.total_counts.clone()
+        tensors["recent_counts"] = self.recent_counts.clone()
         if isinstance(self.recipe, TopKRecipe):
             tensors["topk_last_fired"] = self.recipe.last_fired.clone()
         save_file(tensors, str(tmp / "state.safetensors"))
         meta = {
-            "step": self.step, "tokens": self.tokens, "scale": self.scale, "last_resample": self.last_resample,
+            "step": self.step, "tokens": self.tokens, "recent_tokens": self.recent_tokens, "scale": self.scale, "last_resample": self.last_resample,
             "n_resampled": self.n_resampled, "train_config": self.cfg.to_dict(), "history": self.history,
             "topk_tokens_seen": getattr(self.recipe, "tokens_seen", 0),
         }
@@ -270,7 +286,8 @@ class Trainer:
                     "step": torch.tensor(float(t[f"adam.{i}.step"][0])),
                     "exp_avg": t[f"adam.{i}.exp_avg"], "exp_avg_sq": t[f"adam.{i}.exp_avg_sq"],
                 }
-        self.fire_counts, self.total_counts = t["fire_counts"], t["total_counts"]
+        self.fire_counts, self.recent_counts = t["fire_counts"], t["recent_counts"]
+        self.recent_tokens = meta["recent_tokens"]
         if isinstance(self.recipe, TopKRecipe):
             self.recipe.last_fired = t["topk_last_fired"]
             self.recipe.tokens_seen = meta["topk_tokens_seen"]
@@ -357,8 +374,9 @@ class Trainer:
                 active = f > 0
                 fired = active.sum(0).cpu()
                 self.fire_counts += fired
-                self.total_counts += fired
+                self.recent_counts += fired
                 self.tokens += x.shape[0]
+                self.recent_tokens += x.shape[0]
                 window.append(fired > 0)
                 window = window[-max(1, cfg.dead_window // cfg.batch_size):]
             self.step += 1
@@ -379,6 +397,9 @@ class Trainer:
                 bar.set_postfix(L0=f"{l0:.1f}", MSE=f"{mse:.4g}", EV=f"{ev:.3f}", dead=dead)
             if cfg.hist_every and self.step % cfg.hist_every == 0:
                 self.plot_density(self.out / f"density_step{self.step}.png")
+                if self.step < cfg.steps:
+                    self.recent_counts.zero_()
+                    self.recent_tokens = 0
             if self.step % cfg.checkpoint_every == 0:
                 self.save_checkpoint()
             bar.update(1)
@@ -387,7 +408,9 @@ class Trainer:
         return self.finished_sae()
 
     def feature_density(self) -> torch.Tensor:
-        return self.total_counts.double() / max(1, self.tokens)
+        """Firing frequency over the steps since the last histogram (the SAE as it is now,
+        not averaged with the dense start of training)."""
+        return self.recent_counts.double() / max(1, self.recent_tokens)
 
     def finished_sae(self) -> SAE:
         """A copy of the SAE that acts on raw (unscaled) activations with unit-norm decoder rows."""
@@ -404,4 +427,5 @@ class Trainer:
     def plot_density(self, path):
         from ..evals.plots import density_histogram
 
-        density_histogram(self.feature_density().numpy(), path, title=f"feature density, step {self.step}")
+        density_histogram(self.feature_density().numpy(), path,
+                          title=f"density over {self.recent_tokens:,} inputs to step {self.step}")
