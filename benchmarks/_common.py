@@ -29,8 +29,10 @@ def bf16_peak(n: int = 4096, reps: int = 3) -> float:
 
 @torch.no_grad()
 def bias_for_l0(x: torch.Tensor, W_enc: torch.Tensor, b_dec: torch.Tensor, l0: float) -> torch.Tensor:
-    """b_enc such that about `l0` latents per row of x have (x - b_dec) W_enc + b_enc > 0:
-    each latent's threshold is its own (1 - l0/d_sae) quantile over the rows."""
-    pre = (x[:4096] - b_dec) @ W_enc
-    q = 1 - l0 / W_enc.shape[1]
-    return -torch.quantile(pre, q, dim=0)
+    """b_enc such that about `l0` latents per row of x have (x - b_dec) W_enc + b_enc > 0: each
+    latent's threshold sits between its n-th and (n+1)-th largest pre-activation over the rows,
+    n = rows * l0 / d_sae (so every latent fires on about the same number of rows)."""
+    pre_t = (W_enc.T @ (x[:4096] - b_dec).T)  # [d_sae, rows]
+    n = max(1, min(pre_t.shape[1] - 1, round(pre_t.shape[1] * l0 / W_enc.shape[1])))
+    top = pre_t.topk(n + 1, dim=1).values
+    return -(top[:, n - 1] + top[:, n]) / 2

@@ -20,11 +20,14 @@ read only at the active entries. When f is dense (early in a ReLU run, nnz per r
 `dense_density * d_sae`) the same Function runs the plain dense matmuls instead.
 
 The primitives were chosen by timing the alternatives (benchmarks/bench_sparse_primitives.py;
-B=4096, d_in=768, d_sae=24576, 64 active per row, 2 CPU threads, ms): decoder forward
-embedding_bag 56 vs CSR mm 87; grad f sampled_addmm 96 vs embedding_bag's per-sample-weights
-backward 112 vs chunked gather-dot 1630; W_dec/W_enc grads prebuilt CSR^T mm 114 (+32 once to
-build the transposed pattern) vs embedding_bag's dense backward 259 vs csr.t() @ g 376 vs
-chunked index_add 1670. Dense bf16 matmul of the same shape: 760.
+B=4096, d_in=768, d_sae=24576, 64 active per row, 2 CPU threads shared with another job, ms):
+decoder forward: embedding_bag 56, CSR mm 87. grad f: sampled_addmm 96 (int32 indices 95 vs
+int64 100), embedding_bag's per-sample-weights backward 112, chunked gather-dot 1630. W_dec and
+W_enc grads: CSR^T @ dense 56 (int32: 42) once the transposed pattern is built (its stable
+argsort: numpy radix on uint16 1 ms, torch.sort 188), embedding_bag's dense backward 259,
+csr.t() @ g 376, chunked index_add 1670. The dense bf16 matmul of the same shape: 760.
+Whole step (forward + backward) at L0=66: 1.45 s sparse vs 4.6 s dense (bf16, contended);
+crossover near L0=1000 (density 0.04) in bf16 and about 0.06-0.08 in fp32, hence DENSE_DENSITY.
 
 `dtype=torch.bfloat16` runs the dense matmuls in bf16 as autocast would (the encoder always;
 the decoder and backward ones on the dense path); parameters, f, x_hat and all gradients are
@@ -39,17 +42,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
-
 # Above this fraction of active entries (sampled from the batch) the step runs the dense matmuls.
-# Measured crossover at d_sae=24576, B=4096, 2 threads: see benchmarks/bench_sparse_primitives.py
-# --step. The sparse path is memory-bound, the dense one FLOP-bound, so bf16 crosses over earlier.
-DENSE_DENSITY = {torch.float32: 0.04, torch.bfloat16: 0.02}
+# Measured crossover at d_sae=24576, B=4096, 2 threads: benchmarks/bench_sparse_primitives.py --step
+# (bf16: sparse 2.17 s vs dense 2.29 s at density 0.041, 4.04 s at 0.081). The sparse path is
+# memory-bound and the dense one FLOP-bound, so bf16 (2x the matmul FLOP/s) crosses over earlier.
+DENSE_DENSITY = {torch.float32: 0.06, torch.bfloat16: 0.04}
 _SAMPLE_ROWS = 256
 
 
 def _csr(crow, col, values, shape):
-    return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
+    with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta state"
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
 
 
 def _argsort_stable(col: torch.Tensor, n_cols: int) -> torch.Tensor:
@@ -69,6 +73,7 @@ def _mm(a, b, dtype):
 
 class _SparseSAEStep(torch.autograd.Function):
     @staticmethod
+    @torch.amp.custom_fwd(device_type="cpu")  # backward then runs under forward's autocast state: off
     def forward(ctx, x, W_enc, b_enc, W_dec, b_dec, k, dtype, apply_b_dec, dense_density):
         ctx.set_materialize_grads(False)  # an unused f gives grad None, not a dense zero tensor
         B, S = x.shape[0], W_enc.shape[1]
@@ -109,6 +114,7 @@ class _SparseSAEStep(torch.autograd.Function):
         return f, x_hat
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type="cpu")
     def backward(ctx, grad_f, grad_xhat):
         B, S, k, dtype, apply_b_dec = ctx.dims
         need_enc = ctx.needs_input_grad[1] or ctx.needs_input_grad[2] or (apply_b_dec and ctx.needs_input_grad[4])
@@ -157,27 +163,31 @@ def sparse_sae_step(
     W_dec: torch.Tensor,
     b_dec: torch.Tensor,
     k: int | None = None,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = None,
     apply_b_dec_to_input: bool = True,
     dense_density: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(f, x_hat) for x [B, d_in], with a sparse-aware backward. `k`: TopK (else ReLU).
-    `dtype`: matmul precision (float32 or bfloat16); everything returned is fp32.
+    `dtype`: matmul precision, float32 or bfloat16; None: bfloat16 inside a CPU bf16 autocast
+    region, else float32. Everything returned is fp32 (autocast does not reach inside).
     `dense_density`: run dense above this fraction of active entries (default: measured, per dtype);
     0 forces the dense path, 1 the sparse one."""
     if x.dim() != 2:
         raise ValueError(f"x must be [batch, d_in], got shape {tuple(x.shape)}")
     if x.device.type != "cpu":
         raise NotImplementedError("sparse_sae_step is tuned for CPU; use plain autograd on other devices")
+    if dtype is None:
+        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else torch.float32
     if dtype not in DENSE_DENSITY:
         raise ValueError(f"dtype must be float32 or bfloat16, not {dtype}")
     if dense_density is None:
         dense_density = DENSE_DENSITY[dtype]
     x = x.detach().to(W_enc.dtype)
-    return _SparseSAEStep.apply(x, W_enc, b_enc, W_dec, b_dec, k, dtype, apply_b_dec_to_input, dense_density)
+    with torch.autocast("cpu", enabled=False):
+        return _SparseSAEStep.apply(x, W_enc, b_enc, W_dec, b_dec, k, dtype, apply_b_dec_to_input, dense_density)
 
 
-def sae_step(sae, x: torch.Tensor, dtype: torch.dtype = torch.float32, dense_density: float | None = None):
+def sae_step(sae, x: torch.Tensor, dtype: torch.dtype | None = None, dense_density: float | None = None):
     """`sparse_sae_step` on an `attnsae.sae.SAE` (its architecture, k and b_dec convention)."""
     k = sae.cfg.k if sae.cfg.architecture == "topk" else None
     return sparse_sae_step(x, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, k=k, dtype=dtype,

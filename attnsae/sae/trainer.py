@@ -6,8 +6,11 @@
 - `L1DecoderNormRecipe`: the April-2024 update the paper used for Gemma-2B: penalty
   l1 * sum f_i |d_i|, decoder unconstrained, l1 warmed up over the first 5% of steps;
   decoder norms are folded into the encoder when saving.
-- `TopKRecipe`: f = TopK(pre), MSE only, unit-norm decoder; the decoder is applied only to the
-  k active latents (embedding_bag), plus the AuxK loss on dead latents.
+- `TopKRecipe`: f = TopK(pre), MSE only, unit-norm decoder, plus the AuxK loss on dead latents.
+
+All recipes run the SAE through `sparse_step.sae_step`: the same gradients as plain autograd, but
+the decoder and the backward touch only the active latents (the encoder matmul is the only dense
+work once the SAE is sparse).
 
 The loop checkpoints atomically every `checkpoint_every` steps (SAE, Adam state, step, firing
 counts, resample state), so `kill -9` loses at most one interval, and `resume=True` continues the
@@ -33,6 +36,7 @@ from tqdm.auto import tqdm
 
 from .io import save_sae
 from .sae import SAE, SAEConfig
+from .sparse_step import sae_step
 
 
 @dataclass
@@ -112,10 +116,9 @@ def _remove_parallel_grad(sae: SAE):
 
 class L1Recipe(Recipe):
     def loss(self, x, step):
-        out = self.sae(x)
-        l2 = (out.reconstruction.float() - x).pow(2).sum(-1).mean()
-        l1 = out.feature_acts.float().sum(-1).mean()
-        return l2 + self.cfg.l1_coeff * l1, out.feature_acts, out.reconstruction
+        f, recon = sae_step(self.sae, x)  # sparse-aware backward, same gradients as autograd
+        l2 = (recon - x).pow(2).sum(-1).mean()
+        return l2 + self.cfg.l1_coeff * f.sum(-1).mean(), f, recon
 
 
 class L1DecoderNormRecipe(Recipe):
@@ -128,11 +131,11 @@ class L1DecoderNormRecipe(Recipe):
             sae.W_enc.copy_(sae.W_dec.T)
 
     def loss(self, x, step):
-        out = self.sae(x)
+        f, recon = sae_step(self.sae, x)
         warm = min(1.0, step / max(1, 0.05 * self.cfg.steps))
-        l2 = (out.reconstruction.float() - x).pow(2).sum(-1).mean()
-        l1 = (out.feature_acts.float() * self.sae.W_dec.norm(dim=1)).sum(-1).mean()
-        return l2 + warm * self.cfg.l1_coeff * l1, out.feature_acts, out.reconstruction
+        l2 = (recon - x).pow(2).sum(-1).mean()
+        l1 = (f * self.sae.W_dec.norm(dim=1)).sum(-1).mean()
+        return l2 + warm * self.cfg.l1_coeff * l1, f, recon
 
     def finalize(self, sae):
         sae.fold_decoder_norm_()
@@ -149,28 +152,22 @@ class TopKRecipe(Recipe):
         self.dead_after = min(cfg.dead_window, cfg.steps * cfg.batch_size // 10)
 
     def loss(self, x, step):
-        sae, k = self.sae, self.cfg.k
-        pre = sae.pre_acts(x)
-        vals, idx = pre.topk(k, dim=-1)
-        vals = F.relu(vals)
-        # decoder applied to the k active latents only
-        recon = F.embedding_bag(idx, sae.W_dec, per_sample_weights=vals.to(sae.W_dec.dtype), mode="sum") + sae.b_dec
-        err = x - recon.float()
+        sae = self.sae
+        f, recon = sae_step(sae, x)  # the decoder touches only the k active latents
+        err = x - recon
         loss = err.pow(2).sum(-1).mean()
         with torch.no_grad():
-            fired = torch.zeros(sae.d_sae, dtype=torch.bool).index_fill_(0, idx[vals > 0].flatten(), True)
             self.tokens_seen += x.shape[0]
-            self.last_fired[fired] = self.tokens_seen
-            dead = (self.tokens_seen - self.last_fired) > self.dead_after
-        n_dead = int(dead.sum())
-        if n_dead:  # AuxK: let the top dead latents explain the residual error
-            k_aux = min(x.shape[1] // 2, n_dead)
-            aux_pre = pre.masked_fill(~dead, float("-inf"))
-            a_vals, a_idx = aux_pre.topk(k_aux, dim=-1)
-            a_rec = F.embedding_bag(a_idx, sae.W_dec, per_sample_weights=F.relu(a_vals).to(sae.W_dec.dtype), mode="sum")
-            aux = (a_rec.float() - err.detach()).pow(2).sum(-1).mean() / err.detach().pow(2).sum(-1).mean().clamp_min(1e-8)
+            self.last_fired[(f > 0).any(0)] = self.tokens_seen
+            dead = ((self.tokens_seen - self.last_fired) > self.dead_after).nonzero().flatten()
+        if len(dead):  # AuxK: the top dead latents explain the residual error (only their columns computed)
+            xc = x - sae.b_dec if sae.cfg.apply_b_dec_to_input else x
+            pre = xc @ sae.W_enc[:, dead] + sae.b_enc[dead]
+            a_vals, a_idx = pre.topk(min(x.shape[1] // 2, len(dead)), dim=-1)
+            a_rec = F.embedding_bag(dead[a_idx], sae.W_dec, per_sample_weights=F.relu(a_vals).float(), mode="sum")
+            e = err.detach()
+            aux = (a_rec.float() - e).pow(2).sum(-1).mean() / e.pow(2).sum(-1).mean().clamp_min(1e-8)
             loss = loss + self.aux_coeff * aux
-        f = torch.zeros_like(pre).scatter_(-1, idx, vals)
         return loss, f, recon
 
 

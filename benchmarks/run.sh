@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Benchmarks against the peers (TransformerLens, SAELens), in their own venv so the peers never
+# touch .venv:   bash benchmarks/run.sh [--quick]     (make bench)
+#   .venv-bench: torch==2.13.0 first (any other torch pulls GBs of CUDA), then the peers at versions
+#   that pip resolves without touching torch, then attnsae itself (editable).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT="$(pwd)"
+VENV=.venv-bench
+TORCH=2.13.0
+SL=sae_lens==6.54.12           # newest; it needs transformer-lens<4. pip install --dry-run of both
+TL=transformer_lens==3.9.0     # resolves without touching torch 2.13.0
+PY="${PYTHON:-python3.11}"
+command -v "$PY" >/dev/null || PY=python3
+
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PY" -m venv "$VENV"
+fi
+pip() { "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@" 2> >(grep -v "is ignored: it is neither" >&2); }
+has() { "$VENV/bin/python" -c "$1" >/dev/null 2>&1; }
+
+has "import torch; assert torch.__version__.startswith('$TORCH')" || pip install "torch==$TORCH"
+has "from importlib.metadata import version as v; assert v('transformer_lens') == '${TL#*==}' and v('sae_lens') == '${SL#*==}'" \
+  || pip install "$TL" "$SL"
+has "import attnsae" || pip install -e "$ROOT"
+"$VENV/bin/python" -c "import torch; assert torch.__version__.startswith('$TORCH'), f'torch became {torch.__version__}'"
+
+for lib in /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 /usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4; do
+  if [ -e "$lib" ]; then export LD_PRELOAD="$lib${LD_PRELOAD:+:$LD_PRELOAD}"; break; fi
+done
+
+ARGS=()
+for arg in "$@"; do
+  case "$arg" in
+    --quick) ARGS+=(--quick) ;;
+    *) echo "usage: bash benchmarks/run.sh [--quick]" >&2; exit 2 ;;
+  esac
+done
+
+echo "== harvest: hook_z tokens/s, attnsae vs TransformerLens =="
+"$VENV/bin/python" benchmarks/bench_harvest.py ${ARGS[@]+"${ARGS[@]}"}
+echo
+echo "== SAE training step: acts/s, attnsae (dense, sparse) vs SAELens =="
+"$VENV/bin/python" benchmarks/bench_train.py ${ARGS[@]+"${ARGS[@]}"}

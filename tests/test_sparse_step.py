@@ -1,0 +1,200 @@
+"""The sparse-aware SAE step gives plain autograd's outputs and gradients."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from attnsae.sae import SAE, SAEConfig
+from attnsae.sae.sparse_step import sae_step, sparse_sae_step
+
+B, D, S = 32, 16, 128
+
+
+def reference(x, W_enc, b_enc, W_dec, b_dec, k=None, apply_b_dec=True):
+    pre = ((x - b_dec) if apply_b_dec else x) @ W_enc + b_enc
+    if k is None:
+        f = F.relu(pre)
+    else:
+        vals, idx = pre.topk(k, dim=-1)
+        f = torch.zeros_like(pre).scatter(-1, idx, F.relu(vals))
+    return f, f @ W_dec + b_dec
+
+
+def make(shift: float, seed: int = 0, zero_rows: int = 4):
+    """Inputs and parameters; `shift` moves b_enc (very negative: nothing fires; very positive: all fire).
+    With shift <= 0, b_enc < 0 and the first `zero_rows` rows of x equal b_dec: rows with no active latent."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, D, generator=g)
+    W_enc = torch.randn(D, S, generator=g) / D**0.5
+    b_enc = torch.randn(S, generator=g) * 0.5 + shift
+    W_dec = torch.randn(S, D, generator=g) / D**0.5
+    b_dec = torch.randn(D, generator=g) * 0.1
+    if zero_rows and shift <= 0:
+        x[:zero_rows] = b_dec
+        b_enc = b_enc.clamp_max(-0.01)
+    params = [p.clone().requires_grad_() for p in (W_enc, b_enc, W_dec, b_dec)]
+    return x, params
+
+
+def loss_fn(kind, x, f, x_hat, W_dec, l1=0.3):
+    mse = (x_hat - x).pow(2).sum(-1).mean()
+    if kind == "mse":
+        return mse
+    if kind == "l1":
+        return mse + l1 * f.sum(-1).mean()
+    if kind == "l1_decnorm":
+        return mse + l1 * (f * W_dec.norm(dim=1)).sum(-1).mean()
+    raise KeyError(kind)
+
+
+def grads(fn, kind, x, params, **kw):
+    f, x_hat = fn(x, *params, **kw)
+    loss = loss_fn(kind, x, f, x_hat, params[2])
+    return f, x_hat, torch.autograd.grad(loss, params)
+
+
+SHIFTS = [-100.0, -2.0, -0.5, 0.0, 1.0, 100.0]  # all-zero ... fully dense
+
+
+@pytest.mark.parametrize("k", [None, 1, 8, S])
+@pytest.mark.parametrize("shift", SHIFTS)
+@pytest.mark.parametrize("kind", ["l1", "l1_decnorm", "mse"])
+@pytest.mark.parametrize("dense_density", [1.0, 0.0, None])  # force sparse, force dense, measured default
+def test_grads_equal_autograd_fp32(k, shift, kind, dense_density):
+    x, params = make(shift, seed=int(shift * 7) % 1000 + (k or 0))
+    f0, xh0, g0 = grads(reference, kind, x, params, k=k)
+    f1, xh1, g1 = grads(sparse_sae_step, kind, x, params, k=k, dense_density=dense_density)
+    density = (f0 > 0).float().mean().item()
+    if shift == -100.0:
+        assert density == 0
+    if shift == 100.0 and k is None:
+        assert density == 1
+    if shift <= 0:
+        assert (f0[:4] == 0).all()  # the all-zero rows
+    torch.testing.assert_close(f1, f0, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(xh1, xh0, rtol=1e-5, atol=1e-5)
+    for name, a, b in zip(("W_enc", "b_enc", "W_dec", "b_dec"), g1, g0):
+        assert a.shape == b.shape and a.dtype == torch.float32
+        # fp32 summation order differs; with shift=100 the sums cancel large terms
+        atol = 1e-5 * max(1.0, b.abs().max().item())
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=atol, msg=lambda m: f"grad {name}: {m}")
+
+
+def test_topk_with_nonpositive_selected_entries():
+    """TopK keeps k entries per row even when some are <= 0; those give f = 0 and no gradient."""
+    x, params = make(-3.0, seed=3, zero_rows=0)
+    f0, _, g0 = grads(reference, "l1", x, params, k=16)
+    assert ((f0 > 0).sum(-1) < 16).any()
+    for dd in (0.0, 1.0):
+        f1, _, g1 = grads(sparse_sae_step, "l1", x, params, k=16, dense_density=dd)
+        torch.testing.assert_close(f1, f0)
+        for a, b in zip(g1, g0):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("dense_density", [1.0, 0.0])
+def test_without_b_dec_on_input(dense_density):
+    x, params = make(-0.5, seed=5)
+    f0, xh0, g0 = grads(reference, "l1", x, params, apply_b_dec=False)
+    f1, xh1, g1 = grads(sparse_sae_step, "l1", x, params, apply_b_dec_to_input=False, dense_density=dense_density)
+    torch.testing.assert_close(xh1, xh0)
+    for a, b in zip(g1, g0):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_only_some_params_need_grad():
+    x, params = make(-0.5, seed=6)
+    params[0].requires_grad_(False)
+    params[3].requires_grad_(False)
+    f, x_hat = sparse_sae_step(x, *params, dense_density=1.0)
+    loss_fn("l1", x, f, x_hat, params[2]).backward()
+    ref = [p.detach().clone().requires_grad_(p.requires_grad) for p in params]
+    f0, xh0 = reference(x, *ref)
+    loss_fn("l1", x, f0, xh0, ref[2]).backward()
+    for p, r in zip(params, ref):
+        assert (p.grad is None) == (r.grad is None)
+        if r.grad is not None:
+            torch.testing.assert_close(p.grad, r.grad, rtol=1e-4, atol=1e-5)
+
+
+def _rel(a, b):
+    return ((a - b).norm() / b.norm().clamp_min(1e-12)).item()
+
+
+@pytest.mark.parametrize("k", [None, 8])
+@pytest.mark.parametrize("dense_density", [1.0, 0.0])
+def test_bf16_close_to_fp32(k, dense_density):
+    """Loose: bf16 rounding flips latents near pre = 0 on and off, which moves the encoder grads
+    by a few percent; autocast on the plain expression is as far off (6% for W_enc here)."""
+    x, params = make(-0.3, seed=7)
+    f0, xh0, g0 = grads(reference, "l1", x, params, k=k)
+    f1, xh1, g1 = grads(sparse_sae_step, "l1", x, params, k=k, dtype=torch.bfloat16, dense_density=dense_density)
+    assert f1.dtype == xh1.dtype == torch.float32
+    assert all(g.dtype == torch.float32 for g in g1)
+    assert _rel(f1, f0) < 2e-2 and _rel(xh1, xh0) < 2e-2
+    for name, a, b in zip(("W_enc", "b_enc", "W_dec", "b_dec"), g1, g0):
+        assert _rel(a, b) < 0.1, name
+
+
+@pytest.mark.parametrize("k", [None, 8])
+@pytest.mark.parametrize("dense_density", [1.0, 0.0])
+def test_bf16_matches_autocast_reference(k, dense_density):
+    """bf16 mode is what the trainer's autocast computes: the same encoder matmul (so the same
+    active set), the rest differs only by where bf16 rounding happens."""
+    x, params = make(-0.3, seed=8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        f0, xh0, g0 = grads(reference, "l1", x, params, k=k)
+    f1, xh1, g1 = grads(sparse_sae_step, "l1", x, params, k=k, dtype=torch.bfloat16, dense_density=dense_density)
+    assert torch.equal(f1 > 0, f0 > 0)
+    assert _rel(f1, f0.float()) < 1e-2 and _rel(xh1, xh0.float()) < 1e-2
+    for a, b in zip(g1, g0):
+        assert _rel(a, b.float()) < 1e-2
+
+
+def test_autocast_region_means_bf16():
+    x, params = make(-0.3, seed=10)
+    f0, xh0, g0 = grads(sparse_sae_step, "l1", x, params, dtype=torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        f1, xh1, g1 = grads(sparse_sae_step, "l1", x, params)
+    assert f1.dtype == xh1.dtype == torch.float32
+    torch.testing.assert_close(f1, f0)
+    torch.testing.assert_close(xh1, xh0)
+    for a, b in zip(g1, g0):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("arch", ["standard", "topk"])
+def test_sae_step_matches_sae_forward(arch):
+    torch.manual_seed(0)
+    sae = SAE(SAEConfig(d_in=D, d_sae=S, architecture=arch, k=8 if arch == "topk" else None))
+    with torch.no_grad():
+        sae.b_enc.fill_(-0.3)
+        sae.b_dec.normal_()
+    x = torch.randn(B, D)
+    out = sae(x)
+    f, x_hat = sae_step(sae, x)
+    torch.testing.assert_close(f, out.feature_acts)
+    torch.testing.assert_close(x_hat, out.reconstruction, rtol=1e-5, atol=1e-5)
+
+
+def test_rejects_bad_input():
+    x, params = make(0.0)
+    with pytest.raises(ValueError):
+        sparse_sae_step(x[None], *params)
+    with pytest.raises(ValueError):
+        sparse_sae_step(x, *params, dtype=torch.float16)
+
+
+def test_wide_sae_beyond_uint16_columns():
+    """d_sae > 65536 takes the other sort path for the transposed pattern."""
+    g = torch.Generator().manual_seed(9)
+    d_sae = 70_000
+    x = torch.randn(4, 4, generator=g)
+    params = [torch.randn(4, d_sae, generator=g), torch.full((d_sae,), -6.0), 0.01 * torch.randn(d_sae, 4, generator=g),
+              torch.zeros(4)]
+    params = [p.requires_grad_() for p in params]
+    f0, _, g0 = grads(reference, "l1", x, params)
+    f1, _, g1 = grads(sparse_sae_step, "l1", x, params, dense_density=1.0)
+    assert 0 < (f0 > 0).sum() < f0.numel() // 10
+    for a, b in zip(g1, g0):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
