@@ -62,20 +62,11 @@ def _train_config(args, base=None):
     return cfg
 
 
-def main_job_config(args=None):
-    """The defaults of `attnsae main`, tuned to finish in < 30 minutes on 2 CPU cores."""
-    from .pipeline import JobConfig
-    from .sae import TrainConfig
-
-    return JobConfig(train=TrainConfig(recipe="l1", expansion=8, l1_coeff=2.0, batch_size=2048, steps=3000,
-                                       checkpoint_every=250, hist_every=1000))
-
-
 def cmd_main(args):
     from .data import WindowSpec
-    from .pipeline import run_job
+    from .pipeline import JobConfig, run_job
 
-    cfg = main_job_config()
+    cfg = JobConfig()
     cfg.model, cfg.hook, cfg.out = args.model, args.hook, args.out
     cfg.windows = WindowSpec(corpus=args.corpus, ctx=args.ctx, max_tokens=args.max_tokens)
     if args.train_windows is not None:
@@ -159,9 +150,10 @@ def cmd_eval(args):
 
 
 def cmd_sweep(args):
+    from .pipeline import main_train_config
     from .sweep import run_sweep
 
-    base = _train_config(args, main_job_config().train)
+    base = _train_config(args, main_train_config())
     table = run_sweep(args.store, args.out, args.l1, base, model_name=args.model, eval_windows=args.eval_windows)
     print(table)
 

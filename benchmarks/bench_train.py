@@ -7,10 +7,11 @@ the same synthetic activations x ~ N(0, 1) [B, d_in], and takes whole optimizer 
                        backward, clip_grad_norm, Adam, lr scheduler, firing statistics; autocast for bf16
   saelens-topk         the same with TopKTrainingSAE (k active), dense activations
   saelens-topk-sparse  TopKTrainingSAE(use_sparse_activations=True) (SAELens's sparse option; fp32 only)
-  ours-dense-<recipe>  attnsae.sae.trainer's loop body: recipe.loss under autocast, backward,
-                       recipe.before_step (decoder-parallel grad removal), Adam, recipe.after_step
-                       (decoder normalisation), firing counts. Recipes: l1, l1_decnorm, topk.
-  ours-sparse-<recipe> the same loop with attnsae.sae.sparse_step.sae_step as the forward/backward
+  ours-sparse-<recipe> attnsae.sae.trainer's loop body: recipe.loss under autocast (which runs
+                       sparse_step.sae_step), backward, recipe.before_step (decoder-parallel grad
+                       removal), Adam, recipe.after_step (decoder normalisation), firing counts.
+                       Recipes: l1, l1_decnorm, topk.
+  ours-dense-<recipe>  the same loop with sae_step forced onto its dense path (plain matmuls)
 
 Two sparsity states: "init" (b_enc = 0: about half the latents fire, as at initialisation) and "warm"
 (b_enc set per latent so that about --l0 latents fire per row, like a trained SAE). TopK runs have
@@ -41,11 +42,6 @@ warnings.filterwarnings("ignore", message=".*[Ss]parse.*")
 def flops_dense(B, D, S, **_):
     # forward: encoder, decoder; backward: grad f, grad W_dec, grad W_enc, grad (x - b_dec) for b_dec
     return 6 * 2 * B * D * S
-
-
-def flops_ours_dense_topk(B, D, S, k, **_):
-    # dense encoder forward and its two backward matmuls; decoder, its grads via embedding_bag (k rows)
-    return 3 * 2 * B * D * S + 3 * 2 * B * k * D
 
 
 def flops_ours_sparse(B, D, S, nnz, dense, **_):
@@ -110,8 +106,8 @@ def make_ours(recipe_name, weights, a, dtype, sparse):
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16)
     step_no = cfg.steps  # past every warm-up
 
-    def sparse_loss(x):
-        f, recon = sae_step(sae, x, dtype=dtype)
+    def dense_loss(x):  # the recipe's loss with sae_step forced onto its dense path
+        f, recon = sae_step(sae, x, dtype=dtype, dense_density=0.0)
         loss = (recon - x).pow(2).sum(-1).mean()
         if recipe_name == "l1":
             loss = loss + cfg.l1_coeff * f.sum(-1).mean()
@@ -122,7 +118,7 @@ def make_ours(recipe_name, weights, a, dtype, sparse):
 
     def step(x):
         with autocast:
-            loss, f, recon = sparse_loss(x) if sparse else recipe.loss(x, step_no)
+            loss, f, recon = recipe.loss(x, step_no) if sparse else dense_loss(x)
         if not torch.isfinite(loss):
             raise FloatingPointError("loss is not finite")
         dense = getattr(f.grad_fn, "dense", None)
@@ -146,7 +142,7 @@ IMPLS = {
     "ours-sparse-l1_decnorm": ("l1", lambda w, a, dt: make_ours("l1_decnorm", w, a, dt, True), flops_ours_sparse),
     "saelens-topk": ("topk", lambda w, a, dt: make_saelens("topk", w, a, dt), flops_dense),
     "saelens-topk-sparse": ("topk", lambda w, a, dt: make_saelens("topk", w, a, dt, sparse=True), None),
-    "ours-dense-topk": ("topk", lambda w, a, dt: make_ours("topk", w, a, dt, False), flops_ours_dense_topk),
+    "ours-dense-topk": ("topk", lambda w, a, dt: make_ours("topk", w, a, dt, False), flops_dense),
     "ours-sparse-topk": ("topk", lambda w, a, dt: make_ours("topk", w, a, dt, True), flops_ours_sparse),
 }
 BASELINE = {"l1": "saelens-standard", "topk": "saelens-topk"}

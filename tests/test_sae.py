@@ -287,3 +287,15 @@ def test_load_rejects_shape_mismatch_and_missing_files(tmp_path):
         load_sae(tmp_path / "sae")
     with pytest.raises(FileNotFoundError, match="not an SAE folder"):
         load_sae(tmp_path)
+
+
+def test_sae_lens_itself_loads_our_folder(tmp_path):
+    """Runs where SAELens is installed (e.g. .venv-bench from benchmarks/run.sh); skipped otherwise."""
+    sae_lens = pytest.importorskip("sae_lens")
+    sae = _random_sae()
+    save_sae(sae, tmp_path / "sae")
+    theirs = sae_lens.SAE.load_from_disk(str(tmp_path / "sae"))
+    z = torch.randn(7, 3, 4)  # hook_z shape [.., n_heads, d_head]; 3 * 4 = d_in
+    with torch.no_grad():
+        torch.testing.assert_close(theirs.encode(z), sae.encode(z.flatten(-2)))
+        torch.testing.assert_close(theirs(z).flatten(-2), sae(z.flatten(-2)).reconstruction)

@@ -24,7 +24,7 @@ def density_histogram(density: np.ndarray, path, title: str = "feature density",
     ax.axvline(np.log10(dead_threshold), color="#b33", ls="--", lw=1, label=f"dead < {dead_threshold:g}")
     ax.set_xlabel("log10 firing frequency (dead features sit at -10)")
     ax.set_ylabel("features")
-    ax.set_title(f"{title} ({int((d < dead_threshold).sum())} of {len(d)} below threshold)")
+    ax.set_title(f"{title}\n{int((d < dead_threshold).sum())} of {len(d)} features below the dead threshold", fontsize=10)
     ax.legend(frameon=False)
     fig.tight_layout()
     fig.savefig(Path(path), dpi=110)

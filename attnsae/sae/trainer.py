@@ -402,6 +402,10 @@ class Trainer:
             bar.update(1)
         bar.close()
         self.save_checkpoint()
+        if self.history:
+            from ..evals.plots import training_curves
+
+            training_curves(self.history, self.out / "curves.png")
         return self.finished_sae()
 
     def feature_density(self) -> torch.Tensor:
