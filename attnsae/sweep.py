@@ -14,7 +14,7 @@ from .sae import Trainer, TrainConfig, load_sae, sae_config_for
 
 
 def run_sweep(store_dir, out, l1_coeffs: list[float], base: TrainConfig, model_name: str | None = None,
-              eval_windows: int = 64, sparsity_windows: int = 400) -> str:
+              eval_windows: int = 64, sparsity_windows: int | None = None) -> str:
     store = ActivationStore(store_dir)
     meta, out = store.meta, Path(out)
     model = load_model(model_name or meta["model"])
@@ -29,15 +29,17 @@ def run_sweep(store_dir, out, l1_coeffs: list[float], base: TrainConfig, model_n
             trainer.train()
             trainer.save(run / "sae")
         sae = load_sae(run / "sae")
-        sp, _ = sparsity(sae, activation_batches(model, sae, held[:sparsity_windows]))
+        sp, _ = sparsity(sae, activation_batches(model, sae, held[:sparsity_windows or len(held)]))
         fid = fidelity(model, sae, held[:eval_windows])
         rows.append({"l1_coeff": l1, "l0": sp.l0, "explained_variance": sp.explained_variance, "n_dead": sp.n_dead,
                      **{k: v for k, v in fid.to_dict().items()}})
     (out / "sweep.json").write_text(json.dumps(rows, indent=2))
     frontier(rows, out / "frontier.png")
-    lines = ["| l1 | L0 | % CE rec. | ΔCE SAE (nats) | ΔCE zero (nats) | KL SAE | EV | dead |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| l1 | L0 | % CE rec. | ΔCE SAE | ΔCE zero | ΔCE mean | KL SAE | KL zero | KL mean | EV | dead |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['l1_coeff']:g} | {r['l0']:.1f} | {100 * r['ce_recovered']:.1f}% | {r['delta_ce_sae']:+.4f} | "
-              f"{r['delta_ce_zero']:+.4f} | {r['kl_sae']:.4f} | {r['explained_variance']:.3f} | {r['n_dead']} |" for r in rows]
+              f"{r['delta_ce_zero']:+.4f} | {r['ce_mean'] - r['ce_clean']:+.4f} | {r['kl_sae']:.4f} | {r['kl_zero']:.4f} | "
+              f"{r['kl_mean']:.4f} | {r['explained_variance']:.3f} | {r['n_dead']} |" for r in rows]
     table = "\n".join(lines)
     (out / "sweep.md").write_text(table + "\n")
     return table

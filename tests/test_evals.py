@@ -120,3 +120,16 @@ def test_sae_from_a_differently_processed_model_is_refused(windows):
     with pytest.raises(IncompatibleSAE, match="processed differently.*fold_value_biases"):
         fidelity(folded, sae, windows, progress=False)
     fidelity(raw, sae, windows[:2], progress=False)  # the matching model is fine
+
+
+def test_mean_ablation_baseline_equals_an_sae_that_outputs_the_mean(tiny, windows):
+    from attnsae.evals.metrics import _mean_activation
+
+    model = tiny[0]
+    sae = zero_sae(model)
+    mean = _mean_activation(model, sae.cfg.hook_name, windows, 1, 8).flatten()
+    with torch.no_grad():
+        sae.b_dec.copy_(mean)  # reconstruction = the mean whatever the input
+    r = fidelity(model, sae, windows, progress=False)
+    assert r.ce_sae == pytest.approx(r.ce_mean, abs=1e-5) and r.kl_sae == pytest.approx(r.kl_mean, rel=1e-4)
+    assert r.kl_mean > 0 and r.ce_mean != pytest.approx(r.ce_zero)

@@ -4,7 +4,8 @@
 - % CE recovered = (CE_zero - CE_sae) / (CE_zero - CE_clean), the SAE spliced in at its hook,
   CE_zero from zero-ablating the same hook at the same positions; raw CE numbers, Delta-CE in
   nats and KL(clean || spliced) are reported beside it because the ratio is ill-conditioned
-  where zero-ablation barely moves the loss.
+  where zero-ablation barely moves the loss. Mean-ablation (CE, KL) is reported too: where it
+  beats the clean model, any reconstruction near the mean scores above 100%.
 - Dead: fires on fewer than 1 in 100,000 inputs (the number of inputs seen is reported; with
   fewer than 100,000 inputs the threshold means "never fired").
 """
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..data.harvest import collect
-from .splice import check_compatible, sae_hook, zero_hook
+from .splice import check_compatible, mean_hook, sae_hook, zero_hook
 
 DEAD_THRESHOLD = 1e-5
 DENSE_THRESHOLD = 0.1
@@ -35,6 +36,8 @@ class FidelityResult:
     delta_ce_zero: float  # CE_zero - CE_clean, nats
     kl_sae: float  # KL(clean || SAE spliced), nats per token
     kl_zero: float
+    ce_mean: float  # the hook mean-ablated (its mean over the evaluated positions): a gentler baseline
+    kl_mean: float
     ce_sae_with_error: float  # splicing x_hat + (x - x_hat): must equal ce_clean
     n_tokens: int
 
@@ -74,26 +77,36 @@ def fidelity(model, sae, windows: np.ndarray, batch_size: int = 8, progress: boo
     """CE clean / spliced / zero-ablated over the next-token predictions of `windows`."""
     check_compatible(model, sae)
     hook, first = sae.cfg.hook_name, sae.cfg.first_pos
-    sums = dict(clean=0.0, sae=0.0, zero=0.0, err=0.0, kl_sae=0.0, kl_zero=0.0)
+    mean = _mean_activation(model, hook, windows, first, batch_size)
+    sums = dict(clean=0.0, sae=0.0, zero=0.0, mean=0.0, err=0.0, kl_sae=0.0, kl_zero=0.0, kl_mean=0.0)
     n = 0
     for b in tqdm(range(0, len(windows), batch_size), desc="CE eval", disable=not progress, leave=False):
         tokens = torch.from_numpy(np.asarray(windows[b:b + batch_size], dtype=np.int64))
         clean = model(tokens)
         clean_logp = F.log_softmax(clean[:, :-1].float(), -1)
         sums["clean"] += F.nll_loss(clean_logp.flatten(0, 1), tokens[:, 1:].flatten(), reduction="sum").item()
-        for key, fn in (("sae", sae_hook(sae)), ("zero", zero_hook(first))):
+        for key, fn in (("sae", sae_hook(sae)), ("zero", zero_hook(first)), ("mean", mean_hook(mean, first))):
             ce, kl = _ce_kl(model.run_with_hooks(tokens, [(hook, fn)]), clean_logp, tokens)
             sums[key] += ce
-            if key in ("sae", "zero"):
-                sums[f"kl_{key}"] += kl
+            sums[f"kl_{key}"] += kl
         sums["err"] += _ce_kl(model.run_with_hooks(tokens, [(hook, sae_hook(sae, keep_error=True))]), clean_logp, tokens)[0]
         n += tokens.shape[0] * (tokens.shape[1] - 1)
     c, s, z = sums["clean"] / n, sums["sae"] / n, sums["zero"] / n
     return FidelityResult(
         ce_clean=c, ce_sae=s, ce_zero=z, ce_recovered=ce_recovered(c, s, z), delta_ce_sae=s - c,
-        delta_ce_zero=z - c, kl_sae=sums["kl_sae"] / n, kl_zero=sums["kl_zero"] / n,
-        ce_sae_with_error=sums["err"] / n, n_tokens=n,
+        delta_ce_zero=z - c, kl_sae=sums["kl_sae"] / n, kl_zero=sums["kl_zero"] / n, ce_mean=sums["mean"] / n,
+        kl_mean=sums["kl_mean"] / n, ce_sae_with_error=sums["err"] / n, n_tokens=n,
     )
+
+
+def _mean_activation(model, hook: str, windows: np.ndarray, first: int, batch_size: int) -> torch.Tensor:
+    total, count = None, 0
+    for b in range(0, len(windows), batch_size):
+        tokens = torch.from_numpy(np.asarray(windows[b:b + batch_size], dtype=np.int64))
+        x = model.run_with_cache(tokens, [hook])[1][hook][:, first:].float()
+        s = x.sum(dim=(0, 1))
+        total, count = (s if total is None else total + s), count + x.shape[0] * x.shape[1]
+    return total / count
 
 
 @torch.no_grad()

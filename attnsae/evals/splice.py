@@ -76,6 +76,17 @@ def sae_hook(
     return fn
 
 
+def mean_hook(mean: torch.Tensor, first_pos: int = 0):
+    """Replace the hook (positions >= first_pos) by a fixed activation, e.g. its dataset mean."""
+
+    def fn(act, name):
+        act = act.clone()
+        act[:, first_pos:] = mean.to(act.dtype).view(act.shape[2:])
+        return act
+
+    return fn
+
+
 def zero_hook(first_pos: int = 0):
     def fn(act, name):
         act = act.clone()
