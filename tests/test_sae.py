@@ -106,8 +106,13 @@ def test_resampling_reinitialises_dead_features_and_warms_lr_back(tmp_path):
     orig_steps = cfg.steps
     cfg.steps = 100
     tr.train()
-    dead = tr.fire_counts == 0
-    assert dead[:10].all()
+    dead = tr.dead_mask()
+    assert dead[:10].all() and (tr.fire_counts[:10] == 0).all()
+    # "dead" is a frequency below 1e-5 since the last resample, not only "never fired"
+    counts, tokens = tr.fire_counts.clone(), tr.fire_tokens
+    tr.fire_counts[20], tr.fire_counts[21], tr.fire_tokens = 1, 100, 1_000_000
+    assert tr.dead_mask()[20] and not tr.dead_mask()[21]
+    tr.fire_counts, tr.fire_tokens = counts, tokens
     before = tr.sae.W_dec.detach().clone()
     n = tr.resample(dead)
     assert n == int(dead.sum())

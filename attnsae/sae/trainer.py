@@ -59,7 +59,8 @@ class TrainConfig:
     n_resamples: int = 4
     resample_inputs: int = 65536  # inputs scored to pick high-loss examples
     resample_warmup: int = 1000  # steps to cosine-warm lr back from 0.1x
-    dead_window: int = 10_000_000  # tokens of history for "dead" in the progress bar
+    dead_threshold: float = 1e-5  # dead: fires on fewer than this fraction of inputs since the last resample
+    dead_window: int = 10_000_000  # topk: tokens a latent must stay silent to count as dead for AuxK
     # bookkeeping
     checkpoint_every: int = 500
     hist_every: int = 1000
@@ -207,6 +208,7 @@ class Trainer:
         self.step = 0
         self.scale = 1.0
         self.fire_counts = torch.zeros(sae_cfg.d_sae, dtype=torch.long)  # since the last resample
+        self.fire_tokens = 0
         self.recent_counts = torch.zeros(sae_cfg.d_sae, dtype=torch.long)  # since the last histogram
         self.recent_tokens = 0
         self.tokens = 0
@@ -246,6 +248,7 @@ class Trainer:
             if "step" in st:
                 tensors[f"adam.{i}.step"] = torch.as_tensor(st["step"], dtype=torch.float32).reshape(1)
         tensors["fire_counts"] = self.fire_counts.clone()
+        tensors["fire_tokens"] = torch.tensor([self.fire_tokens])
         tensors["recent_counts"] = self.recent_counts.clone()
         if isinstance(self.recipe, TopKRecipe):
             tensors["topk_last_fired"] = self.recipe.last_fired.clone()
@@ -284,6 +287,7 @@ class Trainer:
                     "exp_avg": t[f"adam.{i}.exp_avg"], "exp_avg_sq": t[f"adam.{i}.exp_avg_sq"],
                 }
         self.fire_counts, self.recent_counts = t["fire_counts"], t["recent_counts"]
+        self.fire_tokens = int(t["fire_tokens"][0])
         self.recent_tokens = meta["recent_tokens"]
         if isinstance(self.recipe, TopKRecipe):
             self.recipe.last_fired = t["topk_last_fired"]
@@ -349,7 +353,6 @@ class Trainer:
             autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.dtype == "bfloat16")
         bar = tqdm(total=cfg.steps, initial=self.step, desc=f"train {cfg.recipe}", unit="step", disable=not self.progress)
         it = self.batches_from(self.step)
-        window = []  # recent fire masks for the dead count in the bar
         t0 = time.time()
         while self.step < cfg.steps:
             x = next(it).float() * self.scale
@@ -372,14 +375,14 @@ class Trainer:
                 fired = active.sum(0).cpu()
                 self.fire_counts += fired
                 self.recent_counts += fired
+                self.fire_tokens += x.shape[0]
                 self.tokens += x.shape[0]
                 self.recent_tokens += x.shape[0]
-                window.append(fired > 0)
-                window = window[-max(1, cfg.dead_window // cfg.batch_size):]
             self.step += 1
             if self.step in self.resample_steps:
-                n = self.resample(self.fire_counts == 0)
+                n = self.resample(self.dead_mask())
                 self.fire_counts.zero_()
+                self.fire_tokens = 0
                 if self.progress:
                     bar.write(f"step {self.step}: resampled {n} dead features")
             if self.step % 50 == 0 or self.step == cfg.steps:
@@ -387,7 +390,7 @@ class Trainer:
                     l0 = active.sum(-1).float().mean().item()
                     mse = (recon.float() - x).pow(2).sum(-1).mean().item() / self.scale**2
                     ev = 1 - (recon.float() - x).pow(2).sum().item() / (x - x.mean(0)).pow(2).sum().item()
-                    dead = int((~torch.stack(window).any(0)).sum())
+                    dead = int(self.dead_mask().sum())
                 rec = {"step": self.step, "loss": loss.item(), "l0": l0, "mse": mse, "explained_var": ev,
                        "dead": dead, "lr": self.lr_at(self.step), "sec": time.time() - t0}
                 self.history.append(rec)
@@ -407,6 +410,11 @@ class Trainer:
 
             training_curves(self.history, self.out / "curves.png")
         return self.finished_sae()
+
+    def dead_mask(self) -> torch.Tensor:
+        """Features firing on fewer than `dead_threshold` of the inputs since the last resample (the
+        paper's definition; the reference code's dead_direction_cutoff)."""
+        return self.fire_counts.double() < self.cfg.dead_threshold * max(1, self.fire_tokens)
 
     def feature_density(self) -> torch.Tensor:
         """Firing frequency over the steps since the last histogram (the SAE as it is now,
