@@ -59,11 +59,12 @@ def frontier(points: list[dict], path, x="l0", y="ce_recovered"):
 
 def zero_ablation_by_layer(rows: list[dict], path):
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 3))
+    fig, ax = plt.subplots(figsize=(7, 3.4))
     ax.bar([r["layer"] for r in rows], [r["delta_ce_zero"] for r in rows], color="#3b6ea8")
     ax.set_xlabel("layer")
-    ax.set_ylabel("CE(zero-ablate hook_z) - CE(clean), nats")
-    ax.set_yscale("log")
+    ax.set_ylabel("ΔCE (nats)")
+    ax.set_title("CE increase from zero-ablating each layer's hook_z", fontsize=10)
+    ax.set_yscale("symlog", linthresh=1e-3)  # a layer whose ablation helps shows below zero
     fig.tight_layout()
     fig.savefig(Path(path), dpi=110)
     plt.close(fig)

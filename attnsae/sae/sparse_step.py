@@ -188,7 +188,11 @@ def sparse_sae_step(
 
 
 def sae_step(sae, x: torch.Tensor, dtype: torch.dtype | None = None, dense_density: float | None = None):
-    """`sparse_sae_step` on an `attnsae.sae.SAE` (its architecture, k and b_dec convention)."""
+    """`sparse_sae_step` on an `attnsae.sae.SAE` (its architecture, k and b_dec convention);
+    plain autograd off the CPU, where these kernels were not tuned."""
+    if x.device.type != "cpu":
+        out = sae(x)
+        return out.feature_acts, out.reconstruction
     k = sae.cfg.k if sae.cfg.architecture == "topk" else None
     return sparse_sae_step(x, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, k=k, dtype=dtype,
                            apply_b_dec_to_input=sae.cfg.apply_b_dec_to_input, dense_density=dense_density)
