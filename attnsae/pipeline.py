@@ -32,7 +32,7 @@ def main_train_config() -> TrainConfig:
     """The main job's recipe: the paper's L1 recipe, sized to finish in < 30 minutes on 2 CPU cores
     (4000 steps x 2048 = 8.2M activations, ~8 epochs over the 1M harvested; resampling scaled down
     from the paper's 1000-step warm-back to fit the shorter run)."""
-    return TrainConfig(recipe="l1", expansion=8, l1_coeff=5.0, batch_size=2048, steps=4000, resample_every=800,
+    return TrainConfig(recipe="l1", expansion=8, l1_coeff=6.0, batch_size=2048, steps=4000, resample_every=800,
                        n_resamples=3, resample_warmup=300, checkpoint_every=250, hist_every=1000)
 
 
