@@ -77,7 +77,6 @@ def cmd_main(args):
 
 
 def cmd_hooks(args):
-    from .data import hook_width
     from .models import load_model
 
     model = load_model(args.model)

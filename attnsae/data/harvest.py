@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .store import StoreError, StoreWriter
+from .windows import token_batches
 
 _SPEC = re.compile(r"^(?P<name>[\w.]+?)(?:\[(?P<head>\d+)\])?$")
 
@@ -103,8 +104,7 @@ def harvest(
         for s in range(start, len(windows), windows_per_shard):
             e = min(s + windows_per_shard, len(windows))
             parts: dict[str, list[torch.Tensor]] = {h: [] for h in hooks}
-            for b in range(s, e, batch_size):
-                tokens = torch.from_numpy(np.asarray(windows[b:min(b + batch_size, e)], dtype=np.int64))
+            for tokens in token_batches(windows[s:e], batch_size):
                 for h, x in collect(model, tokens, hooks, first_pos).items():
                     parts[h].append(x.float() if dtype == "float32" else x)
                 bar.update(len(tokens))

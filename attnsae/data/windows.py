@@ -48,6 +48,14 @@ def make_windows(docs: Iterable[str], tokenizer, spec: WindowSpec, bos_id: int) 
     return tokens
 
 
+def token_batches(windows: np.ndarray, batch_size: int):
+    """Consecutive [b, ctx] int64 token tensors over `windows`."""
+    import torch
+
+    for b in range(0, len(windows), batch_size):
+        yield torch.from_numpy(np.asarray(windows[b:b + batch_size], dtype=np.int64))
+
+
 def split_windows(windows: np.ndarray, heldout_frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(train, heldout), a fixed random subset of windows held out."""
     heldout = np.random.default_rng(seed).random(len(windows)) < heldout_frac

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..data.harvest import collect
+from ..data.windows import token_batches
 from .splice import check_compatible, mean_hook, sae_hook, zero_hook
 
 DEAD_THRESHOLD = 1e-5
@@ -80,8 +81,8 @@ def fidelity(model, sae, windows: np.ndarray, batch_size: int = 8, progress: boo
     mean = _mean_activation(model, hook, windows, first, batch_size)
     sums = dict(clean=0.0, sae=0.0, zero=0.0, mean=0.0, err=0.0, kl_sae=0.0, kl_zero=0.0, kl_mean=0.0)
     n = 0
-    for b in tqdm(range(0, len(windows), batch_size), desc="CE eval", disable=not progress, leave=False):
-        tokens = torch.from_numpy(np.asarray(windows[b:b + batch_size], dtype=np.int64))
+    for tokens in tqdm(token_batches(windows, batch_size), total=-(-len(windows) // batch_size), desc="CE eval",
+                       disable=not progress, leave=False):
         clean = model(tokens)
         clean_logp = F.log_softmax(clean[:, :-1].float(), -1)
         sums["clean"] += F.nll_loss(clean_logp.flatten(0, 1), tokens[:, 1:].flatten(), reduction="sum").item()
@@ -101,8 +102,7 @@ def fidelity(model, sae, windows: np.ndarray, batch_size: int = 8, progress: boo
 
 def _mean_activation(model, hook: str, windows: np.ndarray, first: int, batch_size: int) -> torch.Tensor:
     total, count = None, 0
-    for b in range(0, len(windows), batch_size):
-        tokens = torch.from_numpy(np.asarray(windows[b:b + batch_size], dtype=np.int64))
+    for tokens in token_batches(windows, batch_size):
         x = model.run_with_cache(tokens, [hook])[1][hook][:, first:].float()
         s = x.sum(dim=(0, 1))
         total, count = (s if total is None else total + s), count + x.shape[0] * x.shape[1]
@@ -141,21 +141,22 @@ def sparsity(sae, batches, progress: bool = True) -> tuple[SparsityResult, torch
 def activation_batches(model, sae, windows: np.ndarray, batch_size: int = 32):
     """Held-out activations at the SAE's hook, computed on the fly (forward stops after the hook)."""
     spec = sae.cfg.hook_name + (f"[{sae.cfg.hook_head_index}]" if sae.cfg.hook_head_index is not None else "")
-    for b in range(0, len(windows), batch_size):
-        tokens = torch.from_numpy(np.asarray(windows[b:b + batch_size], dtype=np.int64))
+    for tokens in token_batches(windows, batch_size):
         yield collect(model, tokens, [spec], sae.cfg.first_pos)[spec]
+
+
+def _mean_loss(model, windows: np.ndarray, batch_size: int, hooks=()) -> float:
+    losses = [model.loss(tokens, hooks).item() for tokens in token_batches(windows, batch_size)]
+    return sum(losses) / len(losses)
 
 
 @torch.no_grad()
 def zero_ablation_by_layer(model, windows: np.ndarray, batch_size: int = 8, progress: bool = True) -> list[dict]:
     """CE_zero - CE_clean for zero-ablating each layer's hook_z (positions >= 1): how much room
     % CE recovered has at each layer."""
+    clean = _mean_loss(model, windows, batch_size)
     rows = []
-    clean = sum(model.loss(torch.from_numpy(np.asarray(windows[b:b + batch_size], dtype=np.int64))).item()
-                for b in range(0, len(windows), batch_size)) / len(range(0, len(windows), batch_size))
     for layer in tqdm(range(model.cfg.n_layers), desc="zero-ablate each layer", disable=not progress, leave=False):
-        hooks = [(f"blocks.{layer}.attn.hook_z", zero_hook(1))]
-        zero = sum(model.loss(torch.from_numpy(np.asarray(windows[b:b + batch_size], dtype=np.int64)), hooks).item()
-                   for b in range(0, len(windows), batch_size)) / len(range(0, len(windows), batch_size))
+        zero = _mean_loss(model, windows, batch_size, [(f"blocks.{layer}.attn.hook_z", zero_hook(1))])
         rows.append({"layer": layer, "ce_clean": clean, "ce_zero": zero, "delta_ce_zero": zero - clean})
     return rows

@@ -67,6 +67,16 @@ def _rms_norm(x, w, eps, gemma: bool):
     return w * (xf * scale).to(x.dtype), scale
 
 
+def _norm(x, w, b, eps, family: str):
+    """(normalized x, the 1/rms scale): LayerNorm for GPT-2, RMSNorm otherwise."""
+    if family != "gpt2":
+        return _rms_norm(x, w, eps, family == "gemma3")
+    xf = x.float()
+    xc = xf - xf.mean(-1, keepdim=True)
+    scale = torch.rsqrt(xc.pow(2).mean(-1, keepdim=True) + eps)
+    return (xc * scale).to(x.dtype) * w + b, scale
+
+
 def _rotate_half(x):
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((-x2, x1), dim=-1)
@@ -114,15 +124,8 @@ class Block(nn.Module):
 
     def norm(self, x, which: str, run: Run):
         c = self.cfg
-        if c.family == "gpt2":
-            xf = x.float()
-            xc = xf - xf.mean(-1, keepdim=True)
-            scale = torch.rsqrt(xc.pow(2).mean(-1, keepdim=True) + c.norm_eps)
-            run.hook(f"{self.p}{which}.hook_scale", scale)
-            out = (xc * scale).to(x.dtype) * getattr(self, f"{which}_w") + getattr(self, f"{which}_b")
-        else:
-            out, scale = _rms_norm(x, getattr(self, f"{which}_w"), c.norm_eps, c.family == "gemma3")
-            run.hook(f"{self.p}{which}.hook_scale", scale)
+        out, scale = _norm(x, getattr(self, f"{which}_w"), getattr(self, f"{which}_b", None), c.norm_eps, c.family)
+        run.hook(f"{self.p}{which}.hook_scale", scale)
         return run.hook(f"{self.p}{which}.hook_normalized", out)
 
     def attention(self, x, run: Run, rope):
@@ -290,15 +293,8 @@ class Transformer(nn.Module):
                 x = x + run.hook("hook_pos_embed", self.W_pos[:n][None].expand_as(x))
             for i, block in enumerate(self.blocks):
                 x = block(x, run, self._rope(n, i, x.dtype, x.device))
-            if c.family == "gpt2":
-                xf = x.float()
-                xc = xf - xf.mean(-1, keepdim=True)
-                scale = torch.rsqrt(xc.pow(2).mean(-1, keepdim=True) + c.norm_eps)
-                run.hook("ln_final.hook_scale", scale)
-                x = (xc * scale).to(x.dtype) * self.ln_final_w + self.ln_final_b
-            else:
-                x, scale = _rms_norm(x, self.ln_final_w, c.norm_eps, c.family == "gemma3")
-                run.hook("ln_final.hook_scale", scale)
+            x, scale = _norm(x, self.ln_final_w, getattr(self, "ln_final_b", None), c.norm_eps, c.family)
+            run.hook("ln_final.hook_scale", scale)
             x = run.hook("ln_final.hook_normalized", x)
             logits = (x @ self.W_U).float()
             if c.final_logit_softcap:
