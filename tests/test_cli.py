@@ -31,35 +31,120 @@ def test_bad_input_is_a_one_line_error_not_a_traceback(args, message):
     assert message in r.stderr and "Traceback" not in r.stderr
 
 
-def test_harvest_train_eval_from_the_command_line_on_a_local_gpt2(tmp_path):
-    """The GPT-2 code path end to end: a random-weight GPT-2 saved as a local HF folder with the real tokenizer."""
+@pytest.fixture(scope="module")
+def gpt2_run(tmp_path_factory):
+    """A random-weight GPT-2 saved as a local HF folder with the real tokenizer, a corpus, and an SAE
+    trained on it from the command line: (tmp folder, the common model/corpus args, env)."""
     import os
 
     from attnsae.models import gpt2_tokenizer
 
+    tmp_path = tmp_path_factory.mktemp("gpt2_run")
     hf_tiny("gpt2", vocab=50257).save_pretrained(tmp_path / "gpt2")
     gpt2_tokenizer().save_pretrained(tmp_path / "gpt2")
     corpus = tmp_path / "corpus.txt"
-    corpus.write_text("The quick brown fox jumps over the lazy dog. " * 400)
+    corpus.write_text("The quick brown fox jumps over the lazy dog. A <b>bold</b> & \"quoted\" line.\n" * 300)
     env = {**os.environ, "ATTNSAE_HOME": os.environ.get("ATTNSAE_HOME", os.path.expanduser("~/.cache/attnsae")), "HF_HUB_OFFLINE": "1"}
-    common = ["--model", str(tmp_path / "gpt2"), "--corpus", str(corpus), "--ctx", "32"]
-    r = attnsae("harvest", *common, "--hook", "blocks.1.attn.hook_z", "--hook", "blocks.1.attn.hook_q[0]",
+    common = ["--model", str(tmp_path / "gpt2"), "--corpus", str(corpus)]
+    r = attnsae("harvest", *common, "--ctx", "32", "--hook", "blocks.1.attn.hook_z", "--hook", "blocks.1.attn.hook_q[0]",
                 "--out", str(tmp_path / "store"), "--model-dtype", "float32", env=env)
     assert r.returncode == 0, r.stderr
     r = attnsae("train", "--store", str(tmp_path / "store"), "--out", str(tmp_path / "run"), "--steps", "30",
                 "--batch-size", "64", "--l1", "0.5", "--expansion", "2", env=env)
     assert r.returncode == 0, r.stderr
+    return tmp_path, common, env
+
+
+def test_harvest_train_eval_from_the_command_line_on_a_local_gpt2(gpt2_run):
+    """The GPT-2 code path end to end."""
+    tmp_path, common, env = gpt2_run
     cfg = json.loads((tmp_path / "run" / "sae" / "cfg.json").read_text())
     assert cfg["hook_name"] == "blocks.1.attn.hook_z" and cfg["d_in"] == 64 and cfg["d_sae"] == 128
-    r = attnsae("eval", "--sae", str(tmp_path / "run" / "sae"), "--model", str(tmp_path / "gpt2"), "--corpus", str(corpus),
-                "--out", str(tmp_path / "report"), "--eval-windows", "4", env=env)
+    r = attnsae("eval", "--sae", str(tmp_path / "run" / "sae"), *common, "--out", str(tmp_path / "report"),
+                "--eval-windows", "4", env=env)
     assert r.returncode == 0, r.stderr
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     fid = report["fidelity"]
     assert fid["ce_sae_with_error"] == pytest.approx(fid["ce_clean"], abs=1e-4)
     assert (tmp_path / "report" / "report.md").exists() and (tmp_path / "report" / "density.png").exists()
     # training streamed straight from the model, no store
-    r = attnsae("train", "--model", str(tmp_path / "gpt2"), "--corpus", str(corpus), "--hook", "blocks.0.attn.hook_z",
-                "--ctx", "32", "--out", str(tmp_path / "streamed"), "--steps", "10", "--batch-size", "64", "--expansion", "2", env=env)
+    r = attnsae("train", *common, "--hook", "blocks.0.attn.hook_z", "--ctx", "32", "--out", str(tmp_path / "streamed"),
+                "--steps", "10", "--batch-size", "64", "--expansion", "2", env=env)
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "streamed" / "sae" / "cfg.json").read_text())["hook_name"] == "blocks.0.attn.hook_z"
+
+
+def test_report_dfa_and_rating_from_the_command_line(gpt2_run):
+    tmp_path, common, env = gpt2_run
+    sae = str(tmp_path / "run" / "sae")
+    r = attnsae("report", "--sae", sae, *common, "--windows", "40", "--k", "3", "--random", "2", "--model-dtype", "float32",
+                "--out", str(tmp_path / "heads"), env=env)
+    assert r.returncode == 0, r.stderr
+    assert "feature-tokens/s" in r.stdout
+    rep = json.loads((tmp_path / "heads" / "report.json").read_text())
+    assert len(rep["layers"][0]["heads"]) == 4 and rep["n_tokens"] == 40 * 31
+    for h in range(4):
+        assert (tmp_path / "heads" / "heads" / f"L1H{h}.html").exists()
+    # the same from the store: the one pass reads activations instead of running the model
+    r = attnsae("report", "--sae", sae, "--model", common[1], "--store", str(tmp_path / "store"), "--k", "2",
+                "--out", str(tmp_path / "heads_store"), env=env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "heads_store" / "report.json").read_text())["timing"]["source"] == "store"
+
+    feature = rep["layers"][0]["heads"][0]["top"][0]["feature"]
+    r = attnsae("dfa", "--sae", sae, *common, "--windows", "20", "--feature", str(feature), "--threshold", "0", "0.01",
+                "--source-token", " fox", "--out", str(tmp_path / "dfa"), env=env)
+    assert r.returncode == 0, r.stderr
+    d = json.loads((tmp_path / "dfa" / "dfa.json").read_text())
+    assert sum(d["thresholds"][0]["head_fve"]) == pytest.approx(1.0, abs=1e-4)
+    assert (tmp_path / "dfa" / "head_fve.png").exists()
+    r = attnsae("dfa", "--sae", sae, *common, "--feature", "0", "--source-token", " jumps over", "--out", str(tmp_path / "x"), env=env)
+    assert r.returncode == 2 and "single tokens" in r.stderr
+
+    rate = tmp_path / "rate"
+    r = attnsae("rate", "sample", "--sae", sae, *common, "--windows", "40", "--n", "3", "--out", str(rate), env=env)
+    assert r.returncode == 0, r.stderr
+    assert (rate / "rate.html").exists()
+    r = subprocess.run([sys.executable, "-m", "attnsae.cli", "rate", "ask", str(rate / "ratings.json")], input="y\nn\ny\n",
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "2/3 interpretable = 66.7%" in r.stdout
+    r = attnsae("rate", "sample", "--sae", sae, *common, "--windows", "40", "--n", "3", "--out", str(rate), env=env)
+    assert r.returncode == 2 and "exists" in r.stderr  # never overwrites verdicts
+    # a head report needs a whole layer's hook_z SAE
+    q = tmp_path / "q_sae"
+    r = attnsae("train", "--store", str(tmp_path / "store"), "--hook", "blocks.1.attn.hook_q[0]", "--out", str(q), "--steps", "5",
+                "--batch-size", "64", "--expansion", "2", env=env)
+    assert r.returncode == 0, r.stderr
+    r = attnsae("report", "--sae", str(q / "sae"), *common, "--windows", "8", "--out", str(tmp_path / "bad"), env=env)
+    assert r.returncode == 2 and "whole layer's attn.hook_z" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_generated_report_renders_in_headless_chromium(gpt2_run):
+    """The real pages written by `attnsae report`, opened in Chromium: no script errors, the parts are there."""
+    from .test_html import ARGS, CHROMIUM, _playwright
+
+    sync_playwright = _playwright()
+    tmp_path, common, env = gpt2_run
+    site = tmp_path / "heads"
+    if not (site / "index.html").exists():
+        r = attnsae("report", "--sae", str(tmp_path / "run" / "sae"), *common, "--windows", "40", "--k", "3",
+                    "--random", "2", "--out", str(site), env=env)
+        assert r.returncode == 0, r.stderr
+    errors = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto((site / "index.html").as_uri())
+        page.locator("a", has_text="H2").first.click()  # index -> head page
+        assert page.url.endswith("heads/L1H2.html")
+        assert page.locator("table.list tbody tr").count() == 3
+        page.locator("table.list tbody tr a").first.click()  # head page -> dashboard
+        assert "/features/L1/F" in page.url
+        assert page.locator("#top-examples .ex").count() >= 1
+        assert page.locator("rect.bar").count() >= 4
+        assert page.evaluate("document.documentElement.scrollWidth") <= 1280
+        browser.close()
+    assert errors == []

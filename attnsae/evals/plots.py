@@ -68,3 +68,22 @@ def zero_ablation_by_layer(rows: list[dict], path):
     fig.tight_layout()
     fig.savefig(Path(path), dpi=110)
     plt.close(fig)
+
+
+def head_variance_explained(result: dict, path):
+    """Bars: each head's share of a feature's activation variance (DFA by head), one group per threshold."""
+    plt = _plt()
+    ts = result["thresholds"]
+    n_heads = result["n_heads"]
+    fig, ax = plt.subplots(figsize=(max(5, 0.5 * n_heads * len(ts) + 2), 3.4))
+    width = 0.8 / len(ts)
+    for i, t in enumerate(ts):
+        ax.bar(np.arange(n_heads) + i * width, t["head_fve"], width, label=f"act > {t['threshold']:g} (n={t['n_tokens']})")
+    ax.set_xticks(np.arange(n_heads) + 0.4 - width / 2, [f"H{h}" for h in range(n_heads)])
+    ax.axhline(0, color="#888", lw=0.6)
+    ax.set_ylabel("fraction of variance explained")
+    ax.set_title(f"L{result['layer']} feature {result['feature']}: DFA by head", fontsize=10)
+    ax.legend(frameon=False, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(Path(path), dpi=110)
+    plt.close(fig)

@@ -1,0 +1,1 @@
+"""Dashboards and reports: one-pass feature statistics, dashboard data, static HTML pages."""

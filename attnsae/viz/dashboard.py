@@ -1,0 +1,183 @@
+"""Feature dashboards: the data a person needs to judge one feature, as a JSON-able dict.
+
+Built from the one-pass FeatureStats plus a forward over only the windows shown (top-k windows
+and a few random examples per activation-quantile group), which also gives each shown
+activation's DFA by head and by source position. The dict layout is the one viz.html renders;
+`neuronpedia_json` converts it to a format close to Neuronpedia's feature export.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..attribution.dfa import attention_parts, dfa_by_head, dfa_by_source
+from ..attribution.heads import head_attribution, layer_of
+from .feature_stats import HIST_EDGES, FeatureStats
+
+
+class TokenText:
+    """Token id -> display string, decoded one token at a time (cached)."""
+
+    def __init__(self, tokenizer):
+        self.tok, self.cache = tokenizer, {}
+
+    def __call__(self, ids) -> list[str]:
+        out = []
+        for i in np.asarray(ids).tolist():
+            if i not in self.cache:
+                self.cache[i] = self.tok.decode([i]) if self.tok is not None else f"<{i}>"
+            out.append(self.cache[i])
+        return out
+
+
+def logit_effects(model, sae, features, k: int = 20) -> tuple[str, list[dict]]:
+    """Approximate direct logit effect W_U . norms . W_O d_i of each feature: (convention, [{top, bottom}]).
+
+    Norm scales (division by the RMS / std) are per-token positive numbers, so they are dropped:
+    token rankings are unaffected. Gains are kept, and LayerNorm's centering."""
+    c = model.cfg
+    block = model.blocks[layer_of(sae)]
+    d = sae.W_dec.detach().float()[torch.as_tensor(features, dtype=torch.long)]
+    u = d @ block.W_O.detach().float()  # [F, d_model]
+    steps = ["W_O d_i"]
+    if c.family == "gemma3":
+        u = u * (1 + block.ln1_post_w.detach().float())
+        steps.append("post-attention norm gain (1 + w)")
+    if c.family == "gpt2":
+        u = u - u.mean(-1, keepdim=True)
+        steps.append("LayerNorm centering")
+    gain = model.ln_final_w.detach().float()
+    u = u * (1 + gain if c.family == "gemma3" else gain)
+    steps.append("final norm gain" + (" (1 + w)" if c.family == "gemma3" else ""))
+    logits = u @ model.W_U.detach().float()
+    convention = "W_U · " + " · ".join(reversed(steps)) + "; norm scales (1/RMS) ignored, token ranking unaffected"
+    top, bottom = logits.topk(k, dim=-1), logits.topk(k, dim=-1, largest=False)
+    return convention, [{"top": (top.indices[i], top.values[i]), "bottom": (bottom.indices[i], bottom.values[i])}
+                        for i in range(len(features))]
+
+
+def _histogram(stats: FeatureStats, f: int) -> dict:
+    counts = stats.hist[f]
+    nz = counts.nonzero().flatten()
+    if len(nz) == 0:
+        return {"edges": [], "counts": [], "log_x": True}
+    lo, hi = int(nz[0]), int(nz[-1]) + 1
+    return {"edges": HIST_EDGES[lo:hi + 1].tolist(), "counts": counts[lo:hi].tolist(), "log_x": True}
+
+
+def choose_examples(stats: FeatureStats, f: int, n_top: int = 20, n_groups: int = 10, per_group: int = 3, seed: int = 0):
+    """(top [(window, pos, act)], groups [{label, lo, hi, examples}]) for feature f; groups are equal-count
+    activation quantiles of a uniform sample of its activating tokens, highest first."""
+    ok = stats.top_act[f] > 0
+    top = list(zip(stats.top_window[f][ok].tolist(), stats.top_pos[f][ok].tolist(), stats.top_act[f][ok].tolist()))[:n_top]
+    have = stats.sample_window[f] >= 0
+    acts = stats.sample_act[f][have]
+    order = acts.argsort(descending=True)
+    sample = list(zip(stats.sample_window[f][have][order].tolist(), stats.sample_pos[f][have][order].tolist(), acts[order].tolist()))
+    rng = np.random.default_rng([seed, f])
+    groups = []
+    chunks = [c for c in np.array_split(np.arange(len(sample)), min(n_groups, len(sample))) if len(c)]
+    for g, chunk in enumerate(chunks):
+        pick = sorted(rng.choice(chunk, size=min(per_group, len(chunk)), replace=False).tolist())
+        hi, lo = sample[chunk[0]][2], sample[chunk[-1]][2]
+        groups.append({"label": f"Q{len(chunks) - g}" + (" (highest)" if g == 0 else " (lowest)" if g == len(chunks) - 1 else ""),
+                       "lo": lo, "hi": hi, "n_sampled": len(chunk), "examples": [sample[i] for i in pick]})
+    return top, groups
+
+
+def build_dashboards(model, sae, stats: FeatureStats, windows: np.ndarray, features, *, n_top: int = 20,
+                     per_group: int = 3, before: int = 32, after: int = 4, n_sources: int = 5, batch_size: int = 16,
+                     seed: int = 0, progress: bool = True) -> list[dict]:
+    """One dashboard dict per feature (see viz.html for the layout)."""
+    features = [int(f) for f in features]
+    layer, n_heads = layer_of(sae), model.cfg.n_heads
+    text = TokenText(model.tokenizer)
+    attribution = head_attribution(sae, n_heads)
+    convention, logits = logit_effects(model, sae, features)
+    chosen = {f: choose_examples(stats, f, n_top, per_group=per_group, seed=seed) for f in features}
+
+    # every shown (feature, window, pos), grouped by window; a window is run up to its last shown position
+    wanted = defaultdict(list)
+    for f, (top, groups) in chosen.items():
+        for w, p, _ in top + [e for g in groups for e in g["examples"]]:
+            wanted[w].append((f, p))
+    ctx = windows.shape[1]
+    ends = {w: min(ctx, max(p for _, p in fp) + after + 1) for w, fp in wanted.items()}
+    shown = {}
+    order = sorted(wanted, key=ends.get)
+    with torch.no_grad():
+        for i in tqdm(range(0, len(order), batch_size), desc="dashboard examples", disable=not progress):
+            ws = order[i:i + batch_size]
+            end = max(ends[w] for w in ws)
+            tokens = torch.from_numpy(np.asarray(windows[ws, :end], dtype=np.int64))
+            parts = attention_parts(model, tokens, layer)
+            acts = sae.encode(parts["z"].flatten(2).float())
+            acts[:, :sae.cfg.first_pos] = 0
+            for j, w in enumerate(ws):
+                for f, p in wanted[w]:
+                    if (f, w, p) not in shown:
+                        shown[f, w, p] = _example(sae, parts, acts, tokens, j, w, f, p, ends[w], before, n_sources, text)
+
+    out = []
+    for f, lg in zip(features, logits):
+        top, groups = chosen[f]
+        out.append({
+            "model": model.cfg.name, "hook": sae.cfg.hook_name, "layer": layer, "feature": f, "d_sae": sae.d_sae,
+            "n_heads": n_heads, "density": float(stats.density[f]), "n_tokens": stats.n_tokens,
+            "max_act": float(stats.act_max[f]), "mean_act": float(stats.mean_act[f]),
+            "head_attribution": attribution[f].tolist(),
+            "head_fve": None if torch.isnan(stats.head_fve[f]).any() else stats.head_fve[f].tolist(),
+            "logit_effect": {"convention": convention,
+                             "top": [[s, float(v)] for s, v in zip(text(lg["top"][0]), lg["top"][1])],
+                             "bottom": [[s, float(v)] for s, v in zip(text(lg["bottom"][0]), lg["bottom"][1])]},
+            "histogram": _histogram(stats, f),
+            "top_examples": [shown[f, w, p] for w, p, _ in top],
+            "quantile_groups": [{**{k: g[k] for k in ("label", "lo", "hi", "n_sampled")},
+                                 "examples": [shown[f, w, p] for w, p, _ in g["examples"]]} for g in groups],
+        })
+    return out
+
+
+def _example(sae, parts, acts, tokens, j, w, f, p, end, before, n_sources, text) -> dict:
+    by_head, bias = dfa_by_head(sae, parts["z"][j, p], [f])  # [1, H]
+    src = dfa_by_source(sae, parts["pattern"][j, :, p:p + 1, :end], parts["v"][j, :end], [f])[0, 0]  # [H, src]
+    total = src.sum(0)
+    top_src = total[:p + 1].argsort(descending=True)[:n_sources].tolist()  # causal: sources at or before p
+    start = max(0, p - before)
+    # keep strong sources in view, except BOS-like positions the SAE never reads (attention sinks)
+    strong = [s for s in top_src if s >= sae.cfg.first_pos and total[s] > 0.1 * max(float(total.max()), 1e-9)]
+    start = min([start] + strong)
+    return {
+        "window": int(w), "pos": p - start, "act": float(acts[j, p, f]),
+        "tokens": text(tokens[j, start:end]), "acts": acts[j, start:end, f].tolist(),
+        "dfa_source": [{"pos": s - start, "value": float(total[s]), "by_head": src[:, s].tolist()} for s in top_src if s >= start],
+        "dfa_values": total[start:end].tolist(),  # every shown source position, summed over heads
+        "dfa_head": by_head[0].tolist(), "dfa_bias": float(bias[0]),
+    }
+
+
+def neuronpedia_json(d: dict) -> dict:
+    """A dashboard in (close to) Neuronpedia's feature export format, plus the attention-specific fields."""
+    examples = d["top_examples"] + [e for g in d["quantile_groups"] for e in g["examples"]]
+    bins = [(None, None)] * len(d["top_examples"]) + [(g["lo"], g["hi"]) for g in d["quantile_groups"] for _ in g["examples"]]
+    h = d["histogram"]
+    return {
+        "modelId": d["model"], "layer": f"{d['layer']}-attnsae-hook_z", "index": d["feature"], "hook": d["hook"],
+        "maxActApprox": d["max_act"], "frac_nonzero": d["density"], "n_tokens": d["n_tokens"],
+        "pos_str": [t for t, _ in d["logit_effect"]["top"]], "pos_values": [v for _, v in d["logit_effect"]["top"]],
+        "neg_str": [t for t, _ in d["logit_effect"]["bottom"]], "neg_values": [v for _, v in d["logit_effect"]["bottom"]],
+        "logit_convention": d["logit_effect"]["convention"],
+        "freq_hist_data_bar_heights": h["counts"],
+        "freq_hist_data_bar_values": [float(np.sqrt(a * b)) for a, b in zip(h["edges"][:-1], h["edges"][1:])],
+        "decoder_weights_dist": d["head_attribution"], "head_fve": d["head_fve"],
+        "activations": [{
+            "tokens": e["tokens"], "values": e["acts"], "maxValue": e["act"], "maxValueTokenIndex": e["pos"],
+            "minValue": min(e["acts"]), "binMin": lo, "binMax": hi,
+            "dfa_values": e["dfa_values"], "dfa_targetIndex": e["pos"], "dfa_maxValue": max((s["value"] for s in e["dfa_source"]), default=0.0),
+        } for e, (lo, hi) in zip(examples, bins)],
+    }
+

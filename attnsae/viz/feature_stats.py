@@ -1,0 +1,209 @@
+"""Statistics of every feature of an SAE from ONE pass over a token set (all features at once).
+
+Per feature: firing count and density, sum and max of the activation, a histogram of nonzero
+activations (fixed log-spaced bins), the top-k windows by their max activation, a uniform random
+sample of activating tokens (for activation-quantile groups), and each head's share of the
+activation variance from DFA by head (Cov(w_k . z_k, y) / Var(y) over the tokens where it fires).
+Dashboards are then built from these without another pass over the tokens.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from ..attribution.dfa import dfa_bias
+from ..attribution.heads import require_hook_z
+from ..data.windows import token_batches
+
+HIST_EDGES = torch.logspace(-3, 3, 121)  # 20 bins per decade; values outside go to the end bins
+
+
+@dataclass
+class FeatureStats:
+    n_tokens: int  # positions seen (BOS excluded when the SAE was trained without it)
+    n_windows: int
+    count: torch.Tensor  # [F] int64
+    act_sum: torch.Tensor  # [F] float64
+    act_max: torch.Tensor  # [F]
+    hist: torch.Tensor  # [F, len(HIST_EDGES) - 1] int64
+    top_act: torch.Tensor  # [F, k] per-window max activation, descending (0 where fewer windows fired)
+    top_window: torch.Tensor  # [F, k] int64 window index (-1: none)
+    top_pos: torch.Tensor  # [F, k] int64 position of that max in its window
+    sample_act: torch.Tensor  # [F, s] uniform random sample of activating tokens (window -1: empty slot)
+    sample_window: torch.Tensor
+    sample_pos: torch.Tensor
+    head_fve: torch.Tensor  # [F, n_heads] DFA-by-head variance shares on active tokens (nan: < 2 firings)
+
+    @property
+    def density(self) -> torch.Tensor:
+        return self.count.double() / max(self.n_tokens, 1)
+
+    @property
+    def mean_act(self) -> torch.Tensor:
+        return self.act_sum / self.count.clamp_min(1)
+
+    def live(self, threshold: float = 1e-5) -> torch.Tensor:
+        """Features firing on at least `threshold` of tokens (paper: dead below 1 in 100,000)."""
+        return self.density >= threshold
+
+    def save(self, path) -> None:
+        tensors = {f.name: getattr(self, f.name).contiguous() for f in fields(self) if isinstance(getattr(self, f.name), torch.Tensor)}
+        save_file(tensors, str(path), metadata={"n_tokens": str(self.n_tokens), "n_windows": str(self.n_windows)})
+
+    @classmethod
+    def load(cls, path) -> "FeatureStats":
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata()
+        return cls(n_tokens=int(meta["n_tokens"]), n_windows=int(meta["n_windows"]), **load_file(str(path)))
+
+
+class StatsCollector:
+    """Accumulates FeatureStats batch by batch; `update` takes a layer's z for whole windows."""
+
+    def __init__(self, sae, n_heads: int, top_k: int = 20, n_samples: int = 100, seed: int = 0):
+        require_hook_z(sae)
+        self.sae, self.n_heads, self.first = sae, n_heads, sae.cfg.first_pos
+        F = sae.d_sae
+        self.gen = torch.Generator().manual_seed(seed)
+        self.bias = dfa_bias(sae)
+        self.n_tokens = self.n_windows = 0
+        self.count = torch.zeros(F, dtype=torch.long)
+        self.act_sum = torch.zeros(F, dtype=torch.float64)
+        self.act_max = torch.zeros(F)
+        self.hist = torch.zeros(F * (len(HIST_EDGES) - 1), dtype=torch.long)
+        self.top = (torch.zeros(F, top_k), torch.full((F, top_k), -1), torch.zeros(F, top_k, dtype=torch.long))
+        self.sample = (torch.full((F, n_samples), -1.0), torch.zeros(F, n_samples), torch.full((F, n_samples), -1),
+                       torch.zeros(F, n_samples, dtype=torch.long))  # keys, act, window, pos
+        # sums for head variance shares: y = pre - bias = sum_k w_k . z_k over active tokens
+        self.sy = torch.zeros(F, dtype=torch.float64)
+        self.syy = torch.zeros(F, dtype=torch.float64)
+        self.sz = torch.zeros(F, sae.cfg.d_in, dtype=torch.float64)  # sum of z over active tokens
+        self.syz = torch.zeros(F, sae.cfg.d_in, dtype=torch.float64)  # sum of y * z
+
+    @torch.no_grad()
+    def update(self, window_ids: torch.Tensor, z: torch.Tensor) -> None:
+        """window_ids [b]; z [b, p, d_in] (positions before the SAE's first_pos are ignored)."""
+        z = z.flatten(2).float()
+        b, p, _ = z.shape
+        pre = self.sae.pre_acts(z)
+        act = self.sae.activation(pre)
+        act[:, :self.first] = 0
+        self.n_tokens += b * max(p - self.first, 0)
+        self.n_windows += b
+        on = act > 0
+        self.count += on.sum((0, 1))
+        self.act_sum += act.sum((0, 1)).double()
+        self.act_max = torch.maximum(self.act_max, act.amax((0, 1)))
+
+        bi, pi, fi = on.nonzero(as_tuple=True)
+        vals = act[bi, pi, fi]
+        nb = len(HIST_EDGES) - 1
+        self.hist += torch.bincount(fi * nb + torch.bucketize(vals, HIST_EDGES[1:-1]), minlength=self.hist.numel())
+
+        wmax, wpos = act.max(1)  # [b, F]
+        self._merge_top(wmax.T, window_ids[None].expand(wmax.shape[1], -1), wpos.T)
+        self._merge_sample(bi, pi, fi, vals, window_ids)
+
+        y = pre[bi, pi, fi] - self.bias[fi]
+        self.sy.index_add_(0, fi, y.double())
+        self.syy.index_add_(0, fi, (y * y).double())
+        rows = bi * p + pi
+        for acc, w in ((self.sz, torch.ones_like(y)), (self.syz, y)):
+            sel = torch.sparse_coo_tensor(torch.stack([fi, rows]), w, (self.sae.d_sae, b * p), check_invariants=False)
+            acc += torch.sparse.mm(sel, z.view(b * p, -1)).double()
+
+    def _merge_top(self, acts, windows, pos):
+        a = torch.cat([self.top[0], acts], 1)
+        vals, idx = a.topk(self.top[0].shape[1], dim=1)
+        self.top = (vals, torch.cat([self.top[1], windows], 1).gather(1, idx), torch.cat([self.top[2], pos], 1).gather(1, idx))
+
+    def _merge_sample(self, bi, pi, fi, vals, window_ids):
+        """Reservoir by random keys: keep the s activating tokens with the largest keys per feature."""
+        F, s = self.sample[0].shape
+        order = torch.argsort(fi, stable=True)
+        fi, bi, pi, vals = fi[order], bi[order], pi[order], vals[order]
+        counts = torch.bincount(fi, minlength=F)
+        width = int(counts.max()) if len(fi) else 0
+        if width == 0:
+            return
+        slot = torch.arange(len(fi)) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+        new = [torch.full((F, width), fill, dtype=dt) for fill, dt in ((-1.0, torch.float), (0.0, torch.float), (-1, torch.long), (0, torch.long))]
+        new[0][fi, slot] = torch.rand(len(fi), generator=self.gen)
+        new[1][fi, slot] = vals
+        new[2][fi, slot] = window_ids[bi]
+        new[3][fi, slot] = pi
+        keys = torch.cat([self.sample[0], new[0]], 1)
+        _, idx = keys.topk(s, dim=1)
+        self.sample = tuple(torch.cat([old, n], 1).gather(1, idx) for old, n in zip(self.sample, new))
+
+    def result(self) -> FeatureStats:
+        F, H = self.sae.d_sae, self.n_heads
+        w = self.sae.W_enc.detach().double().T.reshape(F, H, -1)  # w_{i,k}
+        n = self.count.double().clamp_min(1)
+        sx = (self.sz.view(F, H, -1) * w).sum(-1)
+        sxy = (self.syz.view(F, H, -1) * w).sum(-1)
+        mean_y = self.sy / n
+        var = self.syy / n - mean_y ** 2
+        fve = (sxy / n[:, None] - sx / n[:, None] * mean_y[:, None]) / var.clamp_min(1e-30)[:, None]
+        fve[self.count < 2] = float("nan")
+        empty = self.sample[2] < 0
+        return FeatureStats(
+            n_tokens=self.n_tokens, n_windows=self.n_windows, count=self.count, act_sum=self.act_sum, act_max=self.act_max,
+            hist=self.hist.view(F, -1), top_act=self.top[0], top_window=self.top[1], top_pos=self.top[2],
+            sample_act=self.sample[1].masked_fill(empty, 0), sample_window=self.sample[2], sample_pos=self.sample[3],
+            head_fve=fve.float(),
+        )
+
+
+def collect_stats(model, saes: list, windows: np.ndarray, batch_size: int = 32, progress: bool = True, **kw) -> list[FeatureStats]:
+    """Stats for every feature of every SAE (any layers of one model) from one pass over `windows`."""
+    collectors = [StatsCollector(sae, model.cfg.n_heads, **kw) for sae in saes]
+    hooks = [sae.cfg.hook_name for sae in saes]
+    bar = tqdm(total=len(windows) * windows.shape[1], unit="tok", unit_scale=True, desc="feature stats", disable=not progress)
+    with torch.no_grad():
+        for i, tokens in enumerate(token_batches(windows, batch_size)):
+            _, cache = model.run_with_cache(tokens, hooks, stop_early=True)
+            ids = torch.arange(i * batch_size, i * batch_size + len(tokens))
+            for col, hook in zip(collectors, hooks):
+                col.update(ids, cache[hook])
+            bar.update(tokens.numel())
+    bar.close()
+    return [c.result() for c in collectors]
+
+
+def stats_from_store(store, sae, n_heads: int, windows_per_batch: int = 32, progress: bool = True, **kw) -> FeatureStats:
+    """The same one pass, reading the SAE's hook from an activation store instead of running the model."""
+    hook = sae.cfg.hook_name
+    first, ctx = store.meta.get("first_pos", 0), store.meta["context_size"]
+    per = ctx - first
+    n_windows = len(store) // per
+    col = StatsCollector(sae, n_heads, **kw)
+    if first > col.first:
+        raise ValueError(f"the store skips positions < {first} but the SAE reads from position {col.first}")
+    bar = tqdm(total=len(store), unit="tok", unit_scale=True, desc="feature stats (store)", disable=not progress)
+    for w0 in range(0, n_windows, windows_per_batch):
+        ids = torch.arange(w0, min(w0 + windows_per_batch, n_windows))
+        rows = store.rows(np.arange(w0 * per, (w0 + len(ids)) * per), hook).float().view(len(ids), per, -1)
+        z = torch.cat([torch.zeros(len(ids), first, rows.shape[-1]), rows], 1)  # masked by first_pos anyway
+        col.update(ids, z)
+        bar.update(rows.shape[0] * per)
+    bar.close()
+    return col.result()
+
+
+def write_summary(stats: FeatureStats, path: Path) -> None:
+    """A small JSON summary next to the full stats file (for people and other tools)."""
+    live = stats.live()
+    Path(path).write_text(json.dumps({
+        "n_tokens": stats.n_tokens, "n_windows": stats.n_windows, "d_sae": len(stats.count),
+        "n_live": int(live.sum()), "dead_threshold": 1e-5, "mean_l0": float(stats.count.sum()) / max(stats.n_tokens, 1),
+    }, indent=2))

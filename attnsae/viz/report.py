@@ -1,0 +1,125 @@
+"""The per-head report: for every head of every layer with an SAE, its top features by weight-based
+head attribution (dead features skipped), with dashboards, as JSON and browsable HTML.
+
+    out/index.html, report.json             layers x heads -> head pages
+    out/heads/L{l}H{h}.html / .json         a head's top-k features: score, density, max activation
+    out/features/L{l}/F{i}.html / .json     feature dashboards; .json is close to Neuronpedia's format
+    out/stats/L{l}.safetensors              the one-pass statistics of every feature (reusable)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..attribution.heads import head_attribution, layer_of, top_features_by_head
+from .dashboard import build_dashboards, neuronpedia_json
+from .feature_stats import FeatureStats, collect_stats, stats_from_store
+from .html import render_dashboard, render_head_page, render_index, write_html
+
+DEAD = 1e-5
+
+
+def feature_stats(model, saes, windows=None, store=None, batch_size: int = 32, progress: bool = True):
+    """(stats per SAE, the windows they index, seconds): from a store when it holds the one SAE's hook,
+    else one forward pass over `windows` for all SAEs."""
+    t = time.perf_counter()
+    if store is not None:
+        if len(saes) != 1 or saes[0].cfg.hook_name not in store.hooks:
+            raise ValueError(f"the store holds {store.hooks}; pass one SAE on one of those hooks, or no store")
+        stats = [stats_from_store(store, saes[0], model.cfg.n_heads, progress=progress)]
+        windows = np.asarray(store.windows())
+    else:
+        stats = collect_stats(model, saes, windows, batch_size=batch_size, progress=progress)
+    return stats, windows, time.perf_counter() - t
+
+
+def random_live(stats: FeatureStats, n: int, seed: int = 0) -> list[int]:
+    live = stats.live(DEAD).nonzero().flatten()
+    pick = torch.randperm(len(live), generator=torch.Generator().manual_seed(seed))[:n]
+    return sorted(live[pick].tolist())
+
+
+def _snippet(example: dict | None, width: int = 8) -> str:
+    if not example:
+        return ""
+    p = example["pos"]
+    before = "".join(example["tokens"][max(0, p - width):p]).replace("\n", "↵")
+    return f"…{before}‹{example['tokens'][p]}›".replace("\n", "↵")
+
+
+def write_dashboards(dashboards: list[dict], out: Path, layer: int, n_heads: int) -> dict[int, str]:
+    """Write features/L{layer}/F{i}.html + .json; returns {feature: path relative to out}."""
+    folder = out / "features" / f"L{layer}"
+    folder.mkdir(parents=True, exist_ok=True)
+    links = {}
+    for d in dashboards:
+        d["links"] = {"index": "../../index.html", "heads": [[f"H{h}", f"../../heads/L{layer}H{h}.html"] for h in range(n_heads)]}
+        name = f"F{d['feature']}"
+        write_html(folder / f"{name}.html", render_dashboard(d))
+        (folder / f"{name}.json").write_text(json.dumps({**neuronpedia_json(d), "dashboard": d}))
+        links[d["feature"]] = f"features/L{layer}/{name}.html"
+    return links
+
+
+def head_report(model, saes: list, out, windows: np.ndarray | None = None, store=None, k: int = 10, n_random: int = 0,
+                seed: int = 0, batch_size: int = 32, progress: bool = True, names: list[str] | None = None,
+                **dashboard_kw) -> dict:
+    """Write the report folder; returns the report dict (also saved as report.json)."""
+    out = Path(out)
+    (out / "heads").mkdir(parents=True, exist_ok=True)
+    (out / "stats").mkdir(exist_ok=True)
+    t0 = time.perf_counter()
+    all_stats, windows, t_stats = feature_stats(model, saes, windows, store, batch_size, progress)
+    n_heads = model.cfg.n_heads
+    layers, t_dash, n_dash = [], 0.0, 0
+    for i, (sae, stats) in enumerate(zip(saes, all_stats)):
+        layer = layer_of(sae)
+        stats.save(out / "stats" / f"L{layer}.safetensors")
+        scores = head_attribution(sae, n_heads)
+        live = stats.live(DEAD)
+        top = top_features_by_head(scores, live, k)
+        extra = random_live(stats, n_random, seed) if n_random else []
+        features = sorted({f for head in top for f, _ in head} | set(extra))
+        t = time.perf_counter()
+        dashboards = build_dashboards(model, sae, stats, windows, features, seed=seed, batch_size=16, progress=progress, **dashboard_kw)
+        t_dash += time.perf_counter() - t
+        n_dash += len(dashboards)
+        by_feature = {d["feature"]: d for d in dashboards}
+        links = write_dashboards(dashboards, out, layer, n_heads)
+        heads = []
+        for h in range(n_heads):
+            rows = [{"feature": f, "score": s, "density": float(stats.density[f]), "max_act": float(stats.act_max[f]),
+                     "head_fve": None if torch.isnan(stats.head_fve[f, h]) else float(stats.head_fve[f, h]),
+                     "top_example": (by_feature[f]["top_examples"] or [None])[0], "dashboard": "../" + links[f]}
+                    for f, s in top[h]]
+            page = {"model": model.cfg.name, "hook": sae.cfg.hook_name, "layer": layer, "head": h, "n_heads": n_heads, "k": k,
+                    "n_tokens": stats.n_tokens, "dead_threshold": DEAD, "features": rows,
+                    "links": {"index": "../index.html",
+                              "prev": f"L{layer}H{h - 1}.html" if h > 0 else None,
+                              "next": f"L{layer}H{h + 1}.html" if h < n_heads - 1 else None}}
+            write_html(out / "heads" / f"L{layer}H{h}.html", render_head_page(page))
+            (out / "heads" / f"L{layer}H{h}.json").write_text(json.dumps(page))
+            heads.append({"head": h, "page": f"heads/L{layer}H{h}.html",
+                          "top": [{"feature": r["feature"], "score": r["score"], "density": r["density"],
+                                   "summary": _snippet(r["top_example"])} for r in rows]})
+        layers.append({"layer": layer, "hook": sae.cfg.hook_name, "sae": names[i] if names else sae.cfg.hook_name, "n_live": int(live.sum()),
+                       "d_sae": sae.d_sae, "heads": heads,
+                       "random_features": [[f"L{layer} F{f}", links[f]] for f in extra]})
+    n_tokens = all_stats[0].n_tokens
+    report = {
+        "model": model.cfg.name, "title": f"{model.cfg.name}: top features of every attention head", "n_tokens": n_tokens,
+        "k": k, "dead_threshold": DEAD, "layers": layers,
+        "dashboards": [pair for layer in layers for pair in layer["random_features"]],
+        "timing": {"stats_seconds": t_stats, "dashboards_seconds": t_dash, "n_dashboards": n_dash,
+                   "total_seconds": time.perf_counter() - t0,
+                   "feature_tokens_per_second": sum(s.d_sae for s in saes) * n_tokens / t_stats,
+                   "source": "store" if store is not None else "model forward"},
+    }
+    write_html(out / "index.html", render_index(report))
+    (out / "report.json").write_text(json.dumps(report, indent=1))
+    return report

@@ -1,0 +1,117 @@
+"""Dashboard data and the per-head report on tiny models of every family."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from attnsae.attribution import dfa_bias
+from attnsae.models.transformer import _norm
+from attnsae.viz.dashboard import build_dashboards, choose_examples, logit_effects, neuronpedia_json
+from attnsae.viz.feature_stats import collect_stats
+from attnsae.viz.report import head_report
+from tests.test_attribution import random_sae
+
+
+@pytest.fixture
+def built(tiny):
+    model, _ = tiny
+    sae = random_sae(model, d_sae=16)
+    with torch.no_grad():
+        sae.b_enc -= 0.2
+    rng = np.random.default_rng(0)
+    windows = rng.integers(3, 101, size=(30, 20)).astype(np.int32)
+    windows[:, 0] = 0
+    (stats,) = collect_stats(model, [sae], windows, batch_size=8, progress=False, n_samples=40)
+    feats = [int(f) for f in stats.count.argsort(descending=True)[:3]]
+    ds = build_dashboards(model, sae, stats, windows, feats, n_top=5, per_group=2, before=6, progress=False)
+    return model, sae, stats, windows, feats, ds
+
+
+def test_examples_agree_with_the_pass_and_dfa_sums_exactly(built):
+    model, sae, stats, windows, feats, ds = built
+    for f, d in zip(feats, ds):
+        assert d["feature"] == f and len(d["head_attribution"]) == model.cfg.n_heads
+        assert [e["act"] for e in d["top_examples"]] == pytest.approx(stats.top_act[f][:5].tolist(), abs=1e-5)
+        assert len(d["quantile_groups"]) == 10 and all(len(g["examples"]) == 2 for g in d["quantile_groups"])
+        his = [g["hi"] for g in d["quantile_groups"]]
+        assert his == sorted(his, reverse=True)  # highest group first
+        for e in d["top_examples"] + [x for g in d["quantile_groups"] for x in g["examples"]]:
+            assert len(e["tokens"]) == len(e["acts"]) == len(e["dfa_values"])
+            assert e["acts"][e["pos"]] == pytest.approx(e["act"], abs=1e-6) and e["act"] > 0
+            # the activating token's pre-activation = sum of head terms + bias = sum over all sources + bias
+            assert sum(e["dfa_head"]) + e["dfa_bias"] == pytest.approx(e["act"], abs=1e-4)
+            assert e["dfa_bias"] == pytest.approx(float(dfa_bias(sae)[f]), abs=1e-6)
+            for s in e["dfa_source"]:
+                assert sum(s["by_head"]) == pytest.approx(s["value"], abs=1e-5)
+                assert e["dfa_values"][s["pos"]] == pytest.approx(s["value"], abs=1e-6)
+                assert s["pos"] <= e["pos"]  # causal
+        g = d["quantile_groups"][0]
+        for e in g["examples"]:
+            assert g["lo"] - 1e-5 <= e["act"] <= g["hi"] + 1e-5
+
+
+def test_quantile_groups_split_the_sample_evenly(built):
+    _, _, stats, _, feats, _ = built
+    _, groups = choose_examples(stats, feats[0], per_group=3)
+    n = int((stats.sample_window[feats[0]] >= 0).sum())
+    sizes = [g["n_sampled"] for g in groups]
+    assert sum(sizes) == n and max(sizes) - min(sizes) <= 1
+
+
+def test_logit_effect_is_the_direct_path_through_the_norm_gains(built):
+    model, sae, _, _, feats, _ = built
+    c = model.cfg
+    _, rows = logit_effects(model, sae, feats, k=5)
+    block = model.blocks[1]
+    for f, row in zip(feats, rows):
+        u = (sae.W_dec[f] @ block.W_O).detach()[None]
+        if c.family == "gemma3":
+            u, s = _norm(u, block.ln1_post_w, None, c.norm_eps, c.family)
+            u = u / s  # undo the 1/RMS scale, keep the (1 + w) gain
+        b = getattr(model, "ln_final_b", None)
+        x, s = _norm(u, model.ln_final_w, b, c.norm_eps, c.family)
+        if b is not None:
+            x = x - b
+        want = ((x / s) @ model.W_U).detach()[0]
+        torch.testing.assert_close(row["top"][1], want.topk(5).values, rtol=1e-4, atol=1e-4)
+        assert row["top"][0].tolist() == want.topk(5).indices.tolist()
+        assert row["bottom"][0].tolist() == want.topk(5, largest=False).indices.tolist()
+
+
+def test_neuronpedia_export_has_the_expected_fields(built):
+    *_, ds = built
+    npj = neuronpedia_json(ds[0])
+    for key in ("modelId", "layer", "index", "maxActApprox", "frac_nonzero", "pos_str", "pos_values", "neg_str",
+                "neg_values", "freq_hist_data_bar_heights", "freq_hist_data_bar_values", "activations", "decoder_weights_dist"):
+        assert key in npj
+    assert len(npj["pos_str"]) == 20 and len(npj["activations"]) == 5 + 20
+    a = npj["activations"][0]
+    assert a["values"][a["maxValueTokenIndex"]] == a["maxValue"]
+    assert len(a["dfa_values"]) == len(a["tokens"])
+    json.dumps(npj)
+
+
+def test_head_report_writes_every_head_and_skips_dead_features(tiny, tmp_path):
+    model, _ = tiny
+    sae = random_sae(model, d_sae=24)
+    with torch.no_grad():
+        sae.b_enc[:4] = -100.0  # dead
+        sae.W_dec[:4] = 0
+        sae.W_dec[:4, :model.cfg.d_head] = 1.0  # ...and all written by head 0: would top its list if not skipped
+    windows = np.random.default_rng(1).integers(3, 101, size=(20, 16)).astype(np.int32)
+    windows[:, 0] = 0
+    r = head_report(model, [sae], tmp_path, windows=windows, k=3, n_random=2, progress=False)
+    (layer,) = r["layers"]
+    assert len(layer["heads"]) == model.cfg.n_heads and layer["n_live"] <= 20
+    for h in range(model.cfg.n_heads):
+        page = json.loads((tmp_path / "heads" / f"L1H{h}.json").read_text())
+        assert len(page["features"]) == 3
+        assert all(row["feature"] >= 4 for row in page["features"])
+        scores = [row["score"] for row in page["features"]]
+        assert scores == sorted(scores, reverse=True)
+        for row in page["features"]:
+            assert (tmp_path / "heads" / row["dashboard"]).resolve().exists()
+    assert (tmp_path / "index.html").exists() and len(r["dashboards"]) == 2
+    assert r["timing"]["feature_tokens_per_second"] > 0
