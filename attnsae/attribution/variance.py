@@ -2,12 +2,13 @@
 
 For parts x_c of the pre-activation y = sum_c x_c + bias, the share of part c is
 
-    FVE_c = Cov(x_c, y) / Var(y)
+    FVE_c = E[x_c y] / E[y^2]
 
-over the tokens where the feature's activation exceeds a threshold. Shares of a full decomposition
-sum to exactly 1 (the bias is constant and explains nothing); a share can be negative when a part
-works against the rest. This is the paper's "head 1.6 explains 94%" (app. E.3) and "'board' source
-tokens explain > 99.9% above activation 5".
+over the tokens where the feature's activation exceeds a threshold: each part's share of the
+variance of y about zero (not about its mean, which on a thresholded set would measure only
+the small spread above the threshold). Shares of a full decomposition sum to exactly 1; a
+share is negative when a part works against the rest. This is the paper's "head 1.6 explains
+94%" (app. E.3) and "'board' source tokens explain > 99.9% above activation 5".
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from .heads import layer_of
 
 
 class Moments:
-    """Running sums for Cov(x_c, y) / Var(y) with parts of any shape [..., C] (float64)."""
+    """Running sums for E[x_c y] / E[y^2] with parts of any shape [..., C] (float64)."""
 
     def __init__(self, part_shape=()):
         self.n = 0
@@ -44,15 +45,10 @@ class Moments:
         self.sx += sx
         self.sxy += sxy
 
-    def var_y(self) -> float:
-        return self.syy / self.n - (self.sy / self.n) ** 2 if self.n else float("nan")
-
     def shares(self) -> torch.Tensor:
-        if self.n < 2:
+        if self.n == 0 or self.syy == 0:
             return torch.full_like(self.sx, float("nan"))
-        cov = self.sxy / self.n - (self.sx / self.n) * (self.sy / self.n)
-        return cov / max(self.var_y(), 1e-30)
-
+        return self.sxy / self.syy
 
 def variance_explained(model, sae, feature: int, windows: np.ndarray, thresholds=(0.0,), source_tokens=(),
                        batch_size: int = 16, top_sources: int = 20, progress: bool = True) -> dict:

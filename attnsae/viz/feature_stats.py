@@ -3,7 +3,7 @@
 Per feature: firing count and density, sum and max of the activation, a histogram of nonzero
 activations (fixed log-spaced bins), the top-k windows by their max activation, a uniform random
 sample of activating tokens (for activation-quantile groups), and each head's share of the
-activation variance from DFA by head (Cov(w_k . z_k, y) / Var(y) over the tokens where it fires).
+activation variance from DFA by head (E[(w_k . z_k) y] / E[y^2] over the tokens where it fires).
 Dashboards are then built from these without another pass over the tokens.
 """
 
@@ -39,7 +39,7 @@ class FeatureStats:
     sample_act: torch.Tensor  # [F, s] uniform random sample of activating tokens (window -1: empty slot)
     sample_window: torch.Tensor
     sample_pos: torch.Tensor
-    head_fve: torch.Tensor  # [F, n_heads] DFA-by-head variance shares on active tokens (nan: < 2 firings)
+    head_fve: torch.Tensor  # [F, n_heads] DFA-by-head variance shares on active tokens (nan: never fired)
 
     @property
     def density(self) -> torch.Tensor:
@@ -83,10 +83,9 @@ class StatsCollector:
         self.top = (torch.zeros(F, top_k), torch.full((F, top_k), -1), torch.zeros(F, top_k, dtype=torch.long))
         self.sample = (torch.full((F, n_samples), -1.0), torch.zeros(F, n_samples), torch.full((F, n_samples), -1),
                        torch.zeros(F, n_samples, dtype=torch.long))  # keys, act, window, pos
-        # sums for head variance shares: y = pre - bias = sum_k w_k . z_k over active tokens
-        self.sy = torch.zeros(F, dtype=torch.float64)
+        # sums for head variance shares: y = pre - bias = sum_k w_k . z_k over active tokens;
+        # sum_t y_t (w_k . z_k,t) = w_k . (sum_t y_t z_k,t), so only sum(y z) is kept
         self.syy = torch.zeros(F, dtype=torch.float64)
-        self.sz = torch.zeros(F, sae.cfg.d_in, dtype=torch.float64)  # sum of z over active tokens
         self.syz = torch.zeros(F, sae.cfg.d_in, dtype=torch.float64)  # sum of y * z
 
     @torch.no_grad()
@@ -114,12 +113,9 @@ class StatsCollector:
         self._merge_sample(bi, pi, fi, vals, window_ids)
 
         y = pre[bi, pi, fi] - self.bias[fi]
-        self.sy.index_add_(0, fi, y.double())
         self.syy.index_add_(0, fi, (y * y).double())
-        rows = bi * p + pi
-        for acc, w in ((self.sz, torch.ones_like(y)), (self.syz, y)):
-            sel = torch.sparse_coo_tensor(torch.stack([fi, rows]), w, (self.sae.d_sae, b * p), check_invariants=False)
-            acc += torch.sparse.mm(sel, z.view(b * p, -1)).double()
+        sel = torch.sparse_coo_tensor(torch.stack([fi, bi * p + pi]), y, (self.sae.d_sae, b * p), check_invariants=False)
+        self.syz += torch.sparse.mm(sel, z.view(b * p, -1)).double()
 
     def _merge_top(self, acts, windows, pos):
         a = torch.cat([self.top[0], acts], 1)
@@ -148,13 +144,9 @@ class StatsCollector:
     def result(self) -> FeatureStats:
         F, H = self.sae.d_sae, self.n_heads
         w = self.sae.W_enc.detach().double().T.reshape(F, H, -1)  # w_{i,k}
-        n = self.count.double().clamp_min(1)
-        sx = (self.sz.view(F, H, -1) * w).sum(-1)
         sxy = (self.syz.view(F, H, -1) * w).sum(-1)
-        mean_y = self.sy / n
-        var = self.syy / n - mean_y ** 2
-        fve = (sxy / n[:, None] - sx / n[:, None] * mean_y[:, None]) / var.clamp_min(1e-30)[:, None]
-        fve[self.count < 2] = float("nan")
+        fve = sxy / self.syy.clamp_min(1e-30)[:, None]
+        fve[self.count == 0] = float("nan")
         empty = self.sample[2] < 0
         return FeatureStats(
             n_tokens=self.n_tokens, n_windows=self.n_windows, count=self.count, act_sum=self.act_sum, act_max=self.act_max,
