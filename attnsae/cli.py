@@ -281,6 +281,37 @@ def cmd_rate(args):
                   f"[{100 * s['ci_low']:.1f}%, {100 * s['ci_high']:.1f}%]); {s['n_total'] - s['n_rated']} unrated")
 
 
+def cmd_head_scores(args):
+    from .experiments.head_scores import head_scores, top_heads, write_head_scores
+    from .models import load_model
+
+    model = load_model(args.model)
+    scores = head_scores(model, n=args.n, batch=args.batch, seed=args.seed)
+    write_head_scores(scores, args.out, model.cfg.name, args.n)
+    for k, v in scores.items():
+        print(f"{k:9s} " + ", ".join(f"{l}.{h} {s:.2f}" for l, h, s in top_heads(v, 5)))
+    print(f"wrote {Path(args.out) / 'head_scores.json'} and head_scores.png")
+
+
+def cmd_ablate_heads(args):
+    from .experiments.head_ablation import TASKS, ablate_heads, write_ablation
+    from .models import load_model
+
+    model = load_model(args.model)
+    if not 0 <= args.layer < model.cfg.n_layers:
+        raise ValueError(f"--layer {args.layer} out of range: {model.cfg.name} has {model.cfg.n_layers} layers")
+    tasks = {t: TASKS[t] for t in args.task}
+    for path in args.template:
+        spec = json.loads(Path(path).read_text())
+        tasks[spec.get("name", Path(path).stem)] = spec
+    result = ablate_heads(model, args.layer, tasks, n=args.n, seed=args.seed)
+    write_ablation(result, args.layer, args.out, model.cfg.name)
+    for name, r in result.items():
+        order = sorted(range(len(r["delta_loss"])), key=lambda h: -r["delta_loss"][h])[:3]
+        print(f"{name}: clean loss {r['clean_loss']:.3f}; largest increases " +
+              ", ".join(f"{args.layer}.{h} +{r['delta_loss'][h]:.3f}" for h in order))
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="attnsae", description="Attention Output SAEs: harvest hook_z, train SAEs, evaluate them, attribute features to heads "
@@ -371,11 +402,33 @@ def build_parser():
     q = rsub.add_parser("score", help="percent interpretable with a Clopper-Pearson 95%% interval")
     q.add_argument("ratings")
     p.set_defaults(fn=cmd_rate)
+
+    p = sub.add_parser("head-scores", help="induction, previous-token and duplicate-token scores of every head (table + heat map)")
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--n", type=int, default=50, help="random tokens per half of each repeated sequence")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.set_defaults(fn=cmd_head_scores)
+
+    p = sub.add_parser("ablate-heads", help="zero-ablate each head of a layer; mean change in answer loss on templated tasks")
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--layer", type=int, required=True)
+    p.add_argument("--task", action="append", choices=["digits", "url"], default=None,
+                   help="built-in task (default: both): digits = '{noun} {digit}, {filler} {noun}| {digit}'; url = a repeated video id")
+    p.add_argument("--template", action="append", default=[], help='JSON file {"name", "template": "prompt with {slot}|answer", '
+                   '"slots": {"slot": [values] or "random:base64:8"}}; repeatable')
+    p.add_argument("--n", type=int, default=64, help="examples per task")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.set_defaults(fn=cmd_ablate_heads)
     return parser
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if getattr(args, "task", ()) is None:
+        args.task = [] if args.template else ["digits", "url"]
     try:
         args.fn(args)
     except (FileNotFoundError, KeyError, ValueError, RuntimeError) as e:

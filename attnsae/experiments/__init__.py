@@ -1,0 +1,1 @@
+"""The papers' experiments: head behaviour scores, induction by prefix length, head ablation, IOI."""

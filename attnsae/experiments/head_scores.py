@@ -1,0 +1,87 @@
+"""Head behaviour scores for every head, from attention patterns on repeated random tokens.
+
+Sequences are [BOS, r_1..r_n, r_1..r_n] with r uniform over ordinary token ids. For a
+destination t in the second half (token r_i, first seen at position i = t - n):
+    induction score        mean attention from t to t - n + 1 (the token after the earlier r_i)
+    duplicate-token score  mean attention from t to t - n     (the earlier r_i itself)
+    previous-token score   mean attention from t to t - 1, over all t >= 2
+These are the usual definitions (TransformerLens' induction/duplicate/previous-token detectors,
+Olsson et al. 2022); scores are in [0, 1].
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def random_token_range(model) -> tuple[int, int]:
+    """Ordinary token ids to sample from: skip the low ids where tokenizers keep special tokens."""
+    v = model.cfg.d_vocab
+    return (min(1000, v // 10) if v > 1000 else 3), v
+
+
+def repeated_random_tokens(model, n: int = 50, batch: int = 32, seed: int = 0) -> torch.Tensor:
+    lo, hi = random_token_range(model)
+    g = torch.Generator().manual_seed(seed)
+    r = torch.randint(lo, hi, (batch, n), generator=g)
+    bos = torch.full((batch, 1), model.cfg.bos_token_id or 0)
+    return torch.cat([bos, r, r], 1)
+
+
+def _diag_mean(pattern: torch.Tensor, offset: int, dests: range) -> torch.Tensor:
+    """pattern [b, h, dest, src] -> [h]: mean of A[t, t - offset] over dests t."""
+    t = torch.tensor(list(dests))
+    return pattern[:, :, t, t - offset].float().mean((0, 2))
+
+
+@torch.no_grad()
+def head_scores(model, n: int = 50, batch: int = 32, seed: int = 0, hooks=()) -> dict[str, np.ndarray]:
+    """{'induction', 'duplicate', 'previous'}: [n_layers, n_heads] arrays (optionally under interventions)."""
+    tokens = repeated_random_tokens(model, n, batch, seed)
+    names = [f"blocks.{l}.attn.hook_pattern" for l in range(model.cfg.n_layers)]
+    _, cache = model.run_with_hooks(tokens, list(hooks), cache=names)
+    second = range(n + 1, 2 * n + 1)
+    out = {"induction": [], "duplicate": [], "previous": []}
+    for name in names:
+        a = cache[name]
+        out["induction"].append(_diag_mean(a, n - 1, second))
+        out["duplicate"].append(_diag_mean(a, n, second))
+        out["previous"].append(_diag_mean(a, 1, range(2, 2 * n + 1)))
+    return {k: torch.stack(v).numpy() for k, v in out.items()}
+
+
+def top_heads(scores: np.ndarray, k: int = 5) -> list[tuple[int, int, float]]:
+    """[(layer, head, score)] of the k highest."""
+    flat = np.argsort(scores, axis=None)[::-1][:k]
+    return [(int(i // scores.shape[1]), int(i % scores.shape[1]), float(scores.flat[i])) for i in flat]
+
+
+def write_head_scores(scores: dict[str, np.ndarray], out, model_name: str, n: int) -> None:
+    from ..evals.plots import _plt
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "head_scores.json").write_text(json.dumps({
+        "model": model_name, "sequence": f"[BOS] + {n} random tokens, repeated once",
+        "definitions": {"induction": "attention from t to t-n+1 on the repeat", "duplicate": "attention from t to t-n on the repeat",
+                        "previous": "attention from t to t-1"},
+        **{k: v.round(4).tolist() for k, v in scores.items()},
+        "top": {k: top_heads(v) for k, v in scores.items()},
+    }, indent=1))
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(15, 0.22 * scores["induction"].shape[0] + 2.5))
+    for ax, (k, v) in zip(axes, scores.items()):
+        im = ax.imshow(v, vmin=0, vmax=1, cmap="Blues", aspect="auto")
+        ax.set_title(f"{k} score")
+        ax.set_xlabel("head")
+        ax.set_ylabel("layer")
+        for layer, head, s in top_heads(v, 3):
+            ax.text(head, layer, f"{s:.2f}", ha="center", va="center", fontsize=7, color="#c00")
+    fig.colorbar(im, ax=axes, shrink=0.8)
+    fig.suptitle(f"{model_name}: head behaviour scores (red: top 3)")
+    fig.savefig(out / "head_scores.png", dpi=110)
+    plt.close(fig)

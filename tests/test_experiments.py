@@ -1,0 +1,96 @@
+"""The head-role experiments find heads planted by construction."""
+
+import numpy as np
+import pytest
+import torch
+
+from attnsae.experiments.head_scores import head_scores, top_heads, write_head_scores
+
+
+def plant_attention(layer: int, head: int, target):
+    """Force one head to attend from each t to target(t, n_pos) (or to itself where that is None)."""
+    def fn(scores, name):
+        n_pos = scores.shape[-1]
+        scores = scores.clone()
+        planted = torch.full((n_pos, n_pos), float("-inf"))
+        for t in range(n_pos):
+            s = target(t, n_pos)
+            planted[t, s if s is not None and 0 <= s <= t else t] = 0.0
+        scores[:, head] = planted
+        return scores
+    return (f"blocks.{layer}.attn.hook_attn_scores", fn)
+
+
+def test_planted_induction_previous_and_duplicate_heads_are_found(tiny):
+    model, _ = tiny
+    n = 10
+    half = lambda t, n_pos: (n_pos - 1) // 2  # noqa: E731
+    hooks = [
+        plant_attention(1, 0, lambda t, p: t - half(t, p) + 1 if t > half(t, p) else None),  # induction
+        plant_attention(1, 1, lambda t, p: t - 1),  # previous token
+        plant_attention(0, 2, lambda t, p: t - half(t, p) if t > half(t, p) else None),  # duplicate token
+    ]
+    s = head_scores(model, n=n, batch=4, hooks=hooks)
+    assert s["induction"].shape == (model.cfg.n_layers, model.cfg.n_heads)
+    assert s["induction"][1, 0] == pytest.approx(1.0) and s["previous"][1, 1] == pytest.approx(1.0)
+    assert s["duplicate"][0, 2] == pytest.approx(1.0)
+    assert top_heads(s["induction"], 1)[0][:2] == (1, 0)
+    assert top_heads(s["previous"], 1)[0][:2] == (1, 1)
+    assert top_heads(s["duplicate"], 1)[0][:2] == (0, 2)
+    # unplanted random heads spread attention: far below 1
+    mask = np.ones_like(s["induction"], dtype=bool)
+    mask[1, 0] = False
+    assert s["induction"][mask].max() < 0.6
+
+
+@pytest.fixture(scope="module")
+def tiny_gpt2_with_tokenizer():
+    from attnsae.models import from_hf, gpt2_tokenizer
+
+    from .conftest import hf_tiny
+
+    model = from_hf(hf_tiny("gpt2", vocab=50257), weights="random")
+    model.tokenizer = gpt2_tokenizer()
+    model.cfg.bos_token_id = 50256
+    return model
+
+
+def test_templates_reuse_slot_values_and_mark_only_answer_tokens(tiny_gpt2_with_tokenizer):
+    from attnsae.experiments.head_ablation import TASKS, encode, fill
+
+    model = tiny_gpt2_with_tokenizer
+    pairs = fill(TASKS["digits"], 20, seed=1)
+    for prompt, answer in pairs:
+        noun, digit = prompt.split(" ")[0], prompt.split(",")[0].split(" ")[1]
+        assert prompt.endswith(" " + noun) and answer == " " + digit
+    url = fill(TASKS["url"], 3)
+    assert all(p.split("v=")[1].startswith(a) for p, a in url)  # the id is repeated
+    tokens, mask = encode(model, pairs + url)
+    for row, m, (prompt, answer) in zip(tokens, mask, pairs + url):
+        predicted = row[1:][m[:-1]]  # tokens predicted at the marked positions
+        assert model.tokenizer.decode(predicted.tolist()) == answer
+    with pytest.raises(ValueError, match="exactly one '\\|'"):
+        fill({"template": "no answer", "slots": {}}, 1)
+    with pytest.raises(ValueError, match="'x' has no values"):
+        fill({"template": "{x}|y", "slots": {}}, 1)
+
+
+def test_head_ablation_matches_removing_the_head_from_W_O(tiny_gpt2_with_tokenizer):
+    from attnsae.experiments.head_ablation import TASKS, ablate_heads, answer_loss, encode, fill
+
+    model = tiny_gpt2_with_tokenizer
+    c = model.cfg
+    r = ablate_heads(model, 1, {"digits": TASKS["digits"]}, n=8)["digits"]
+    assert len(r["delta_loss"]) == c.n_heads and any(abs(d) > 1e-6 for d in r["delta_loss"])
+    tokens, mask = encode(model, fill(TASKS["digits"], 8))
+    W_O = model.blocks[1].W_O.data
+    for h in range(c.n_heads):
+        saved = W_O[h * c.d_head:(h + 1) * c.d_head].clone()
+        W_O[h * c.d_head:(h + 1) * c.d_head] = 0
+        try:
+            assert answer_loss(model, tokens, mask) - r["clean_loss"] == pytest.approx(r["delta_loss"][h], abs=1e-5)
+        finally:
+            W_O[h * c.d_head:(h + 1) * c.d_head] = saved
+    # a head that writes nothing has no effect when ablated
+    W_O[:c.d_head] = 0
+    assert ablate_heads(model, 1, {"digits": TASKS["digits"]}, n=8)["digits"]["delta_loss"][0] == pytest.approx(0, abs=1e-6)
