@@ -312,6 +312,31 @@ def cmd_ablate_heads(args):
               ", ".join(f"{args.layer}.{h} +{r['delta_loss'][h]:.3f}" for h in order))
 
 
+def cmd_induction(args):
+    from .experiments.head_scores import head_scores, top_heads
+    from .experiments.induction import prefix_length_curves, write_prefix_curves
+    from .models import load_model
+
+    model = load_model(args.model)
+    if args.head:
+        heads = []
+        for spec in args.head:
+            try:
+                layer, head = map(int, spec.split("."))
+            except ValueError:
+                raise ValueError(f"--head {spec!r}: write LAYER.HEAD, e.g. 18.6") from None
+            if not (0 <= layer < model.cfg.n_layers and 0 <= head < model.cfg.n_heads):
+                raise ValueError(f"--head {spec}: {model.cfg.name} has {model.cfg.n_layers} layers x {model.cfg.n_heads} heads")
+            heads.append((layer, head))
+    else:  # the strongest induction heads on repeated random tokens
+        heads = [(l, h) for l, h, _ in top_heads(head_scores(model)["induction"], args.top)]
+    r = prefix_length_curves(model, heads, n=args.n, seed=args.seed)
+    write_prefix_curves(r, args.out, model.cfg.name)
+    for name, c in r["heads"].items():
+        print(f"{name}: induction " + " ".join(f"{v:.2f}" for v in c["induction"]) + " | DLA " + " ".join(f"{v:.2f}" for v in c["dla"]))
+    print(f"(prefix lengths {r['lengths'][0]}..{r['lengths'][-1]}) wrote {Path(args.out) / 'prefix_length.json'} and .png")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="attnsae", description="Attention Output SAEs: harvest hook_z, train SAEs, evaluate them, attribute features to heads "
@@ -422,6 +447,15 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
     p.set_defaults(fn=cmd_ablate_heads)
+
+    p = sub.add_parser("induction", help="induction heads by prefix length (1-9) on synthetic repeats: attention and DLA")
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--head", action="append", default=[], help="LAYER.HEAD, repeatable (default: the --top strongest induction heads)")
+    p.add_argument("--top", type=int, default=5)
+    p.add_argument("--n", type=int, default=64, help="sequences per prefix length")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.set_defaults(fn=cmd_induction)
     return parser
 
 

@@ -94,3 +94,61 @@ def test_head_ablation_matches_removing_the_head_from_W_O(tiny_gpt2_with_tokeniz
     # a head that writes nothing has no effect when ablated
     W_O[:c.d_head] = 0
     assert ablate_heads(model, 1, {"digits": TASKS["digits"]}, n=8)["digits"]["delta_loss"][0] == pytest.approx(0, abs=1e-6)
+
+
+def test_prefix_dataset_matches_exactly_k_tokens(tiny):
+    from attnsae.experiments.induction import prefix_dataset
+
+    model, _ = tiny
+    for k in (1, 3):
+        tokens, pos_b = prefix_dataset(model, k, n=16)
+        L = tokens.shape[1]
+        assert torch.equal(tokens[:, pos_b - k:pos_b], tokens[:, L - k:])  # x_1..x_k repeated at the end
+        assert (tokens[:, pos_b - k - 1] != tokens[:, L - k - 1]).all()  # and not one token more
+
+
+def test_head_dla_sums_to_the_layers_direct_logit_effect(tiny):
+    from attnsae.experiments.induction import head_dla, prefix_dataset
+
+    model, _ = tiny
+    c = model.cfg
+    tokens, pos_b = prefix_dataset(model, 2, n=4)
+    _, cache = model.run_with_cache(tokens, ["blocks.1.attn.hook_z", "blocks.1.attn.hook_result", "blocks.1.hook_attn_out",
+                                             "blocks.1.ln1_post.hook_scale", "ln_final.hook_scale"] if c.family == "gemma3" else
+                                    ["blocks.1.attn.hook_z", "blocks.1.attn.hook_result", "blocks.1.hook_attn_out", "ln_final.hook_scale"],
+                                    stop_early=False)
+    last, answer = tokens.shape[1] - 1, tokens[:, pos_b]
+    dla = head_dla(model, cache, 1, last, answer)
+    out = cache["blocks.1.hook_attn_out"][:, last]
+    if c.family == "gpt2":
+        out = out - model.blocks[1].b_O
+        out = out - out.mean(-1, keepdim=True)
+    gain = model.ln_final_w * 1.0
+    gain = 1 + gain if c.family == "gemma3" else gain
+    want = ((out * cache["ln_final.hook_scale"][:, last] * gain) * model.W_U[:, answer].T).sum(-1)
+    torch.testing.assert_close(dla.sum(-1), want.detach(), atol=1e-4, rtol=1e-4)
+
+
+def test_a_planted_induction_head_attends_to_the_target_at_every_prefix_length(tiny):
+    from attnsae.experiments.induction import prefix_length_curves
+
+    model, _ = tiny
+    filler = 20
+
+    def target(t, n_pos):  # last position -> B
+        k = (n_pos - 2 * filler - 3) // 2  # L = 2 filler + 2k + 3
+        return 1 + filler + k if t == n_pos - 1 else t - 1
+
+    hook = plant_attention(1, 1, target)
+    orig = model.run_with_cache
+
+    def with_plant(tokens, names, stop_early=True):
+        return model.run_with_hooks(tokens, [hook], cache=names)
+
+    model.run_with_cache = with_plant
+    try:
+        r = prefix_length_curves(model, [(1, 1), (1, 0)], lengths=[1, 2, 4], n=4)
+    finally:
+        model.run_with_cache = orig
+    assert r["heads"]["1.1"]["induction"] == pytest.approx([1.0, 1.0, 1.0])
+    assert max(r["heads"]["1.0"]["induction"]) < 0.6
