@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from attnsae.experiments.head_scores import head_scores, top_heads, write_head_scores
+from attnsae.experiments.head_scores import head_scores, top_heads
 
 
 def plant_attention(layer: int, head: int, target):

@@ -1,6 +1,5 @@
 """Static HTML rendering (attnsae.viz.html): escaping and structure, plus a real headless-browser
 check with the system chromium (layout, console errors, rating sheet round trip)."""
-import json
 import os
 import random
 import re

@@ -9,9 +9,7 @@ Dashboards are then built from these without another pass over the tokens.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, fields
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -191,11 +189,3 @@ def stats_from_store(store, sae, n_heads: int, windows_per_batch: int = 32, prog
     bar.close()
     return col.result()
 
-
-def write_summary(stats: FeatureStats, path: Path) -> None:
-    """A small JSON summary next to the full stats file (for people and other tools)."""
-    live = stats.live()
-    Path(path).write_text(json.dumps({
-        "n_tokens": stats.n_tokens, "n_windows": stats.n_windows, "d_sae": len(stats.count),
-        "n_live": int(live.sum()), "dead_threshold": 1e-5, "mean_l0": float(stats.count.sum()) / max(stats.n_tokens, 1),
-    }, indent=2))

@@ -516,7 +516,6 @@ def _card(k: str, v: str) -> str:
 def render_dashboard(d: dict) -> str:
     """One feature's dashboard as a full HTML document (schema: attnsae.viz.dashboard)."""
     feat = d.get("feature")
-    n_heads = d.get("n_heads") or len(d.get("head_attribution") or [])
     links = d.get("links") or {}
     head_links = {}
     for i, item in enumerate(links.get("heads") or []):
