@@ -27,28 +27,26 @@ class Moments:
 
     def __init__(self, part_shape=()):
         self.n = 0
-        self.sy = self.syy = 0.0
-        self.sx = torch.zeros(part_shape, dtype=torch.float64)
+        self.syy = 0.0
         self.sxy = torch.zeros(part_shape, dtype=torch.float64)
 
     def add(self, y: torch.Tensor, x: torch.Tensor) -> None:
         """y [N], x [N, ...parts]."""
         y, x = y.double(), x.double()
-        self.add_sums(y, x.sum(0), torch.einsum("n,n...->...", y, x))
+        self.add_sums(y, torch.einsum("n,n...->...", y, x))
 
-    def add_sums(self, y: torch.Tensor, sx: torch.Tensor, sxy: torch.Tensor) -> None:
-        """y [N] with the parts' sums over those N already taken (sum x_c, sum x_c y)."""
+    def add_sums(self, y: torch.Tensor, sxy: torch.Tensor) -> None:
+        """y [N] with sum_n x_c y over those N already taken."""
         y = y.double()
         self.n += len(y)
-        self.sy += float(y.sum())
         self.syy += float((y * y).sum())
-        self.sx += sx
         self.sxy += sxy
 
     def shares(self) -> torch.Tensor:
         if self.n == 0 or self.syy == 0:
-            return torch.full_like(self.sx, float("nan"))
+            return torch.full_like(self.sxy, float("nan"))
         return self.sxy / self.syy
+
 
 def variance_explained(model, sae, feature: int, windows: np.ndarray, thresholds=(0.0,), source_tokens=(),
                        batch_size: int = 16, top_sources: int = 20, progress: bool = True) -> dict:
@@ -75,8 +73,7 @@ def variance_explained(model, sae, feature: int, windows: np.ndarray, thresholds
                     continue
                 a["heads"].add(y[m], by_head[m])
                 tok, c = src_tok[m].flatten(), src[m].double()
-                a["tokens"].add_sums(y[m], torch.zeros(vocab, dtype=torch.float64).index_add_(0, tok, c.flatten()),
-                                     torch.zeros(vocab, dtype=torch.float64).index_add_(0, tok, (c * y[m, None]).flatten()))
+                a["tokens"].add_sums(y[m], torch.zeros(vocab, dtype=torch.float64).index_add_(0, tok, (c * y[m, None]).flatten()))
                 a["chosen"].add(y[m], (src[m] * chosen[src_tok[m]]).sum(-1))
     out = {"feature": feature, "layer": layer, "n_heads": n_heads, "thresholds": []}
     for t, a in acc.items():

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from ..attribution.logit_path import through_final_norm
 from .head_scores import random_token_range
 
 
@@ -33,15 +34,10 @@ def prefix_dataset(model, k: int, n: int = 64, filler: int = 20, seed: int = 0) 
 def head_dla(model, cache: dict, layer: int, pos: int, answer: torch.Tensor) -> torch.Tensor:
     """[batch, n_heads]: each head's direct contribution to the answer's logit at `pos`, through the
     final norm (and Gemma's post-attention norm) with their per-token scales frozen."""
-    c, block = model.cfg, model.blocks[layer]
     z = cache[f"blocks.{layer}.attn.hook_z"][:, pos].float()  # [b, h, dh]
-    out = torch.einsum("bhd,hdm->bhm", z, block.W_O_heads.float())
-    if c.family == "gemma3":
-        out = out * cache[f"blocks.{layer}.ln1_post.hook_scale"][:, pos, None].float() * (1 + block.ln1_post_w.float())
-    if c.family == "gpt2":
-        out = out - out.mean(-1, keepdim=True)
-    gain = model.ln_final_w.float()
-    out = out * cache["ln_final.hook_scale"][:, pos, None].float() * (1 + gain if c.family == "gemma3" else gain)
+    out = torch.einsum("bhd,hdm->bhm", z, model.blocks[layer].W_O_heads.float())
+    post = cache[f"blocks.{layer}.ln1_post.hook_scale"][:, pos, None] if model.cfg.family == "gemma3" else None
+    out = through_final_norm(model, layer, out, post, cache["ln_final.hook_scale"][:, pos, None])
     return torch.einsum("bhm,mb->bh", out, model.W_U.float()[:, answer])
 
 

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from ..attribution.dfa import attention_parts, dfa_by_head, dfa_by_source
 from ..attribution.heads import head_attribution, layer_of
+from ..attribution.logit_path import convention, through_final_norm
 from .feature_stats import HIST_EDGES, FeatureStats
 
 
@@ -39,24 +40,11 @@ def logit_effects(model, sae, features, k: int = 20) -> tuple[str, list[dict]]:
 
     Norm scales (division by the RMS / std) are per-token positive numbers, so they are dropped:
     token rankings are unaffected. Gains are kept, and LayerNorm's centering."""
-    c = model.cfg
-    block = model.blocks[layer_of(sae)]
+    layer = layer_of(sae)
     d = sae.W_dec.detach().float()[torch.as_tensor(features, dtype=torch.long)]
-    u = d @ block.W_O.detach().float()  # [F, d_model]
-    steps = ["W_O d_i"]
-    if c.family == "gemma3":
-        u = u * (1 + block.ln1_post_w.detach().float())
-        steps.append("post-attention norm gain (1 + w)")
-    if c.family == "gpt2":
-        u = u - u.mean(-1, keepdim=True)
-        steps.append("LayerNorm centering")
-    gain = model.ln_final_w.detach().float()
-    u = u * (1 + gain if c.family == "gemma3" else gain)
-    steps.append("final norm gain" + (" (1 + w)" if c.family == "gemma3" else ""))
-    logits = u @ model.W_U.detach().float()
-    convention = "W_U · " + " · ".join(reversed(steps)) + "; norm scales (1/RMS) ignored, token ranking unaffected"
+    logits = through_final_norm(model, layer, d @ model.blocks[layer].W_O.detach().float()) @ model.W_U.detach().float()
     top, bottom = logits.topk(k, dim=-1), logits.topk(k, dim=-1, largest=False)
-    return convention, [{"top": (top.indices[i], top.values[i]), "bottom": (bottom.indices[i], bottom.values[i])}
+    return convention(model), [{"top": (top.indices[i], top.values[i]), "bottom": (bottom.indices[i], bottom.values[i])}
                         for i in range(len(features))]
 
 
@@ -97,7 +85,7 @@ def build_dashboards(model, sae, stats: FeatureStats, windows: np.ndarray, featu
     layer, n_heads = layer_of(sae), model.cfg.n_heads
     text = TokenText(model.tokenizer)
     attribution = head_attribution(sae, n_heads)
-    convention, logits = logit_effects(model, sae, features)
+    path, logits = logit_effects(model, sae, features)
     chosen = {f: choose_examples(stats, f, n_top, per_group=per_group, seed=seed) for f in features}
 
     # every shown (feature, window, pos), grouped by window; a window is run up to its last shown position
@@ -131,7 +119,7 @@ def build_dashboards(model, sae, stats: FeatureStats, windows: np.ndarray, featu
             "max_act": float(stats.act_max[f]), "mean_act": float(stats.mean_act[f]),
             "head_attribution": attribution[f].tolist(),
             "head_fve": None if torch.isnan(stats.head_fve[f]).any() else stats.head_fve[f].tolist(),
-            "logit_effect": {"convention": convention,
+            "logit_effect": {"convention": path,
                              "top": [[s, float(v)] for s, v in zip(text(lg["top"][0]), lg["top"][1])],
                              "bottom": [[s, float(v)] for s, v in zip(text(lg["bottom"][0]), lg["bottom"][1])]},
             "histogram": _histogram(stats, f),

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from ..attribution.dfa import dfa_bias
 from ..attribution.heads import require_hook_z
 from ..data.windows import token_batches
+from ..evals.metrics import DEAD_THRESHOLD
 
 HIST_EDGES = torch.logspace(-3, 3, 121)  # 20 bins per decade; values outside go to the end bins
 
@@ -47,7 +48,7 @@ class FeatureStats:
     def mean_act(self) -> torch.Tensor:
         return self.act_sum / self.count.clamp_min(1)
 
-    def live(self, threshold: float = 1e-5) -> torch.Tensor:
+    def live(self, threshold: float = DEAD_THRESHOLD) -> torch.Tensor:
         """Features firing on at least `threshold` of tokens (paper: dead below 1 in 100,000)."""
         return self.density >= threshold
 

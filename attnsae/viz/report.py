@@ -17,12 +17,10 @@ import numpy as np
 import torch
 
 from ..attribution.heads import head_attribution, layer_of, top_features_by_head
+from ..evals.metrics import DEAD_THRESHOLD
 from .dashboard import build_dashboards, neuronpedia_json
 from .feature_stats import FeatureStats, collect_stats, stats_from_store
 from .html import render_dashboard, render_head_page, render_index, write_html
-
-DEAD = 1e-5
-
 
 def feature_stats(model, saes, windows=None, store=None, batch_size: int = 32, progress: bool = True):
     """(stats per SAE, the windows they index, seconds): from a store when it holds the one SAE's hook,
@@ -39,7 +37,7 @@ def feature_stats(model, saes, windows=None, store=None, batch_size: int = 32, p
 
 
 def random_live(stats: FeatureStats, n: int, seed: int = 0) -> list[int]:
-    live = stats.live(DEAD).nonzero().flatten()
+    live = stats.live().nonzero().flatten()
     pick = torch.randperm(len(live), generator=torch.Generator().manual_seed(seed))[:n]
     return sorted(live[pick].tolist())
 
@@ -48,7 +46,7 @@ def _snippet(example: dict | None, width: int = 8) -> str:
     if not example:
         return ""
     p = example["pos"]
-    before = "".join(example["tokens"][max(0, p - width):p]).replace("\n", "↵")
+    before = "".join(example["tokens"][max(0, p - width):p])
     return f"…{before}‹{example['tokens'][p]}›".replace("\n", "↵")
 
 
@@ -81,7 +79,7 @@ def head_report(model, saes: list, out, windows: np.ndarray | None = None, store
         layer = layer_of(sae)
         stats.save(out / "stats" / f"L{layer}.safetensors")
         scores = head_attribution(sae, n_heads)
-        live = stats.live(DEAD)
+        live = stats.live()
         top = top_features_by_head(scores, live, k)
         extra = random_live(stats, n_random, seed) if n_random else []
         features = sorted({f for head in top for f, _ in head} | set(extra))
@@ -98,7 +96,7 @@ def head_report(model, saes: list, out, windows: np.ndarray | None = None, store
                      "top_example": (by_feature[f]["top_examples"] or [None])[0], "dashboard": "../" + links[f]}
                     for f, s in top[h]]
             page = {"model": model.cfg.name, "hook": sae.cfg.hook_name, "layer": layer, "head": h, "n_heads": n_heads, "k": k,
-                    "n_tokens": stats.n_tokens, "dead_threshold": DEAD, "features": rows,
+                    "n_tokens": stats.n_tokens, "dead_threshold": DEAD_THRESHOLD, "features": rows,
                     "links": {"index": "../index.html",
                               "prev": f"L{layer}H{h - 1}.html" if h > 0 else None,
                               "next": f"L{layer}H{h + 1}.html" if h < n_heads - 1 else None}}
@@ -113,7 +111,7 @@ def head_report(model, saes: list, out, windows: np.ndarray | None = None, store
     n_tokens = all_stats[0].n_tokens
     report = {
         "model": model.cfg.name, "title": f"{model.cfg.name}: top features of every attention head", "n_tokens": n_tokens,
-        "k": k, "dead_threshold": DEAD, "layers": layers,
+        "k": k, "dead_threshold": DEAD_THRESHOLD, "layers": layers,
         "dashboards": [pair for layer in layers for pair in layer["random_features"]],
         "timing": {"stats_seconds": t_stats, "dashboards_seconds": t_dash, "n_dashboards": n_dash,
                    "total_seconds": time.perf_counter() - t0,

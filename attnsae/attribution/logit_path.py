@@ -1,0 +1,37 @@
+"""The direct path from an attention layer's output to the logits, through the norms after it.
+
+Norms are linear once their per-token scale (1/RMS or 1/std) is frozen. With the scales given
+this is the exact direct contribution at that token; without them they are dropped, which keeps
+every token's logit ranking (the scale is one positive number per token).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _gain(model, w: torch.Tensor) -> torch.Tensor:
+    w = w.detach().float()
+    return 1 + w if model.cfg.family == "gemma3" else w  # Gemma stores norm gains as (gain - 1)
+
+
+def through_final_norm(model, layer: int, out: torch.Tensor, post_scale=None, final_scale=None) -> torch.Tensor:
+    """[..., d_model] attention-layer output -> what it adds to the unembedding input: Gemma's
+    post-attention norm gain, LayerNorm's centring, the final norm gain (times the scales if given)."""
+    c, out = model.cfg, out.float()
+    if c.family == "gemma3":
+        out = out * _gain(model, model.blocks[layer].ln1_post_w)
+        if post_scale is not None:
+            out = out * post_scale.float()
+    if c.family == "gpt2":
+        out = out - out.mean(-1, keepdim=True)
+    out = out * _gain(model, model.ln_final_w)
+    return out if final_scale is None else out * final_scale.float()
+
+
+def convention(model) -> str:
+    """How through_final_norm(..) @ W_U approximates a direct logit effect, in words for a page."""
+    c = model.cfg
+    steps = ["W_O d_i"] + (["post-attention norm gain (1 + w)"] if c.family == "gemma3" else []) \
+        + (["LayerNorm centering"] if c.family == "gpt2" else []) + ["final norm gain" + (" (1 + w)" if c.family == "gemma3" else "")]
+    return "W_U · " + " · ".join(reversed(steps)) + "; norm scales (1/RMS) ignored, token ranking unaffected"
