@@ -314,7 +314,9 @@ def cmd_ablate_heads(args):
 
 def cmd_induction(args):
     from .experiments.head_scores import head_scores, top_heads
-    from .experiments.induction import prefix_length_curves, write_prefix_curves
+    from .data import WindowSpec, load_windows
+    from .experiments.induction import (corpus_prefix_lengths, corrupt_long_prefix, prefix_length_curves, write_corpus_prefix,
+                                        write_prefix_curves)
     from .models import load_model
 
     model = load_model(args.model)
@@ -335,6 +337,18 @@ def cmd_induction(args):
     for name, c in r["heads"].items():
         print(f"{name}: induction " + " ".join(f"{v:.2f}" for v in c["induction"]) + " | DLA " + " ".join(f"{v:.2f}" for v in c["dla"]))
     print(f"(prefix lengths {r['lengths'][0]}..{r['lengths'][-1]}) wrote {Path(args.out) / 'prefix_length.json'} and .png")
+    if args.corpus_windows:
+        _, held = load_windows(model, WindowSpec(corpus=args.corpus, ctx=args.ctx))
+        held = held[: args.corpus_windows]
+        found = corpus_prefix_lengths(model, heads, held, threshold=args.threshold)
+        corrupted = corrupt_long_prefix(model, heads, held, found, n=args.n, seed=args.seed)
+        write_corpus_prefix(found, corrupted, args.out, model.cfg.name, args.threshold)
+        for name, f in found.items():
+            c, total = corrupted[name], max(1, sum(f["counts"]))
+            print(f"{name} real text: {sum(f['counts'])} attentions > {args.threshold}, prefix 0/1/>=2: "
+                  f"{f['counts'][0] / total:.2f}/{f['counts'][1] / total:.2f}/{sum(f['counts'][2:]) / total:.2f}"
+                  + (f" | long prefix {c['clean']:.2f} -> corrupted to 1-prefix {c['corrupted']:.2f} (n={c['n']})" if c["n"] else ""))
+        print(f"wrote {Path(args.out) / 'corpus_prefix.json'} and .png ({len(held)} held-out windows)")
 
 
 def build_parser():
@@ -448,11 +462,16 @@ def build_parser():
     p.add_argument("--out", required=True)
     p.set_defaults(fn=cmd_ablate_heads)
 
-    p = sub.add_parser("induction", help="induction heads by prefix length (1-9) on synthetic repeats: attention and DLA")
+    p = sub.add_parser("induction", help="induction heads by prefix length: synthetic repeats (attention, DLA), "
+                       "real text (prefix lengths where a head attends, long-prefix examples corrupted to 1-prefix)")
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--head", action="append", default=[], help="LAYER.HEAD, repeatable (default: the --top strongest induction heads)")
     p.add_argument("--top", type=int, default=5)
-    p.add_argument("--n", type=int, default=64, help="sequences per prefix length")
+    p.add_argument("--n", type=int, default=64, help="sequences per prefix length; real long-prefix examples corrupted per head")
+    p.add_argument("--corpus", default="default", help="real text for the prefix-length distribution (default: %(default)s)")
+    p.add_argument("--corpus-windows", type=int, default=400, help="held-out windows of real text; 0 skips that part")
+    p.add_argument("--ctx", type=int, default=128, help="tokens per real-text window (default: %(default)s)")
+    p.add_argument("--threshold", type=float, default=0.3, help="real text: count (dest, src) where a head attends above this")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
     p.set_defaults(fn=cmd_induction)

@@ -148,3 +148,24 @@ def test_generated_report_renders_in_headless_chromium(gpt2_run):
         assert page.evaluate("document.documentElement.scrollWidth") <= 1280
         browser.close()
     assert errors == []
+
+
+def test_head_role_experiments_from_the_command_line(gpt2_run):
+    """head-scores, ablate-heads and induction (synthetic and real text) on the random GPT-2."""
+    tmp_path, common, env = gpt2_run
+    model = common[:2]
+    r = attnsae("head-scores", *model, "--n", "20", "--batch", "4", "--out", str(tmp_path / "hs"), env=env)
+    assert r.returncode == 0, r.stderr
+    scores = json.loads((tmp_path / "hs" / "head_scores.json").read_text())
+    assert {"induction", "previous", "duplicate"} <= set(scores)
+    r = attnsae("ablate-heads", *model, "--layer", "1", "--n", "4", "--out", str(tmp_path / "abl"), env=env)
+    assert r.returncode == 0, r.stderr
+    r = attnsae("induction", *common, "--head", "1.0", "--head", "0.2", "--n", "4", "--corpus-windows", "6", "--ctx", "32",
+                "--threshold", "0.2", "--out", str(tmp_path / "ind"), env=env)
+    assert r.returncode == 0, r.stderr
+    real = json.loads((tmp_path / "ind" / "corpus_prefix.json").read_text())
+    assert set(real["heads"]) == {"1.0", "0.2"}
+    assert all(sum(h["share"]) == pytest.approx(1.0) for h in real["heads"].values() if sum(h["counts"]))
+    assert (tmp_path / "ind" / "corpus_prefix.png").exists() and (tmp_path / "ind" / "prefix_length.png").exists()
+    r = attnsae("induction", *model, "--head", "5.0", "--out", str(tmp_path / "bad"), env=env)
+    assert r.returncode == 2 and "has 2 layers x 4 heads" in r.stderr and "Traceback" not in r.stderr

@@ -152,3 +152,63 @@ def test_a_planted_induction_head_attends_to_the_target_at_every_prefix_length(t
         model.run_with_cache = orig
     assert r["heads"]["1.1"]["induction"] == pytest.approx([1.0, 1.0, 1.0])
     assert max(r["heads"]["1.0"]["induction"]) < 0.6
+
+
+def test_prefix_length_counts_the_matching_run():
+    from attnsae.experiments.induction import prefix_length
+
+    t = [0, 5, 6, 7, 8, 9, 6, 7, 8]  # at 8, "6 7 8" repeats the tokens before src 5 (9)
+    assert prefix_length(t, 8, 5) == 3
+    assert prefix_length(t, 8, 5, cap=2) == 2
+    assert prefix_length(t, 8, 4) == 0  # t[3] = 7 != 8
+    assert prefix_length([0, 3, 4, 9, 3, 4], 5, 3) == 2  # stops at BOS, never matches position 0
+
+
+def plant_prefix_head(layer: int, head: int, min_prefix: int, held: dict):
+    """A head that attends from each token to the latest source whose prefix match with it is at
+    least min_prefix long (else to BOS); it reads the tokens from held['tokens']."""
+    from attnsae.experiments.induction import prefix_length
+
+    def fn(scores, name):
+        scores = scores.clone()
+        for b, row in enumerate(held["tokens"].tolist()):
+            planted = torch.full(scores.shape[-2:], float("-inf"))
+            for d in range(len(row)):
+                src = [s for s in range(2, d + 1) if prefix_length(row, d, s) >= min_prefix]
+                planted[d, src[-1] if src else 0] = 0.0
+            scores[b, head] = planted
+        return scores
+    return (f"blocks.{layer}.attn.hook_attn_scores", fn)
+
+
+def test_real_text_prefix_lengths_and_corruption_separate_long_and_short_prefix_heads(tiny):
+    """Fig. 19b/4b by construction: a planted long-prefix head only attends with prefixes >= 2 and
+    stops after the corruption to a 1-token prefix; a planted 1-prefix head keeps attending."""
+    from attnsae.experiments.induction import corpus_prefix_lengths, corrupt_long_prefix, random_token_range
+
+    model, _ = tiny
+    lo, hi = random_token_range(model)
+    g = torch.Generator().manual_seed(0)
+    half = torch.stack([lo + torch.randperm(hi - lo, generator=g)[:12] for _ in range(6)])  # no repeats inside
+    windows = torch.cat([torch.full((6, 1), model.cfg.bos_token_id or 0), half, half], 1)
+    held = {}
+    hooks = [plant_prefix_head(1, 0, 2, held), plant_prefix_head(1, 1, 1, held)]
+    orig = model.run_with_cache
+
+    def planted(tokens, names, stop_early=True):
+        held["tokens"] = tokens
+        return model.run_with_hooks(tokens, hooks, cache=names)
+
+    model.run_with_cache = planted
+    try:
+        found = corpus_prefix_lengths(model, [(1, 0), (1, 1)], windows, cap=9, batch=4, progress=False)
+        corrupted = corrupt_long_prefix(model, [(1, 0), (1, 1)], windows, found, n=20)
+    finally:
+        model.run_with_cache = orig
+    # second copy offsets j = 0..11 have prefix min(j + 1, 9); the long head skips j = 0
+    want_long = [0, 0] + [6] * 7 + [6 * 4]
+    assert found["1.0"]["counts"] == want_long
+    assert found["1.1"]["counts"] == [0, 6] + want_long[2:]
+    assert corrupted["1.0"]["n"] == 20 and corrupted["1.0"]["clean"] == pytest.approx(1.0)
+    assert corrupted["1.0"]["corrupted"] == pytest.approx(0.0, abs=1e-6)
+    assert corrupted["1.1"]["clean"] == pytest.approx(1.0) and corrupted["1.1"]["corrupted"] == pytest.approx(1.0)

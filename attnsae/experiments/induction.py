@@ -82,3 +82,112 @@ def write_prefix_curves(result: dict, out, model_name: str) -> None:
     fig.tight_layout()
     fig.savefig(out / "prefix_length.png", dpi=110)
     plt.close(fig)
+
+
+# --- Real text (fig. 19b and fig. 4b) ---------------------------------------------------------
+
+def prefix_length(tokens, dest: int, src: int, cap: int = 9) -> int:
+    """How many tokens ending at `dest` repeat the tokens ending just before `src`: the n with
+    tokens[dest-i] == tokens[src-1-i] for i < n (0 when attention to src is not induction)."""
+    n = 0
+    while n < cap and src - 1 - n >= 1 and tokens[dest - n] == tokens[src - 1 - n]:
+        n += 1
+    return n
+
+
+@torch.no_grad()
+def corpus_prefix_lengths(model, heads: list[tuple[int, int]], windows, threshold: float = 0.3, cap: int = 9,
+                          batch: int = 16, progress: bool = True) -> dict:
+    """Where each head attends > threshold to a non-BOS source on real text, the prefix length of
+    that (dest, src) pair (0: not induction; capped at `cap`). Returns {'L.H': {'counts': [cap+1],
+    'examples': [(window, dest, src, attention, prefix)]}}."""
+    from tqdm.auto import tqdm
+
+    layers = sorted({l for l, _ in heads})
+    names = [f"blocks.{l}.attn.hook_pattern" for l in layers]
+    res = {f"{l}.{h}": {"counts": [0] * (cap + 1), "examples": []} for l, h in heads}
+    windows = torch.as_tensor(windows, dtype=torch.long)
+    for i in tqdm(range(0, len(windows), batch), desc="prefix lengths", disable=not progress, leave=False):
+        toks = windows[i:i + batch]
+        _, cache = model.run_with_cache(toks, names)
+        rows = toks.tolist()  # python ints: the prefix walk is a scalar loop
+        for l, h in heads:
+            pat = cache[f"blocks.{l}.attn.hook_pattern"][:, h].float()
+            pat[:, :, 0] = 0  # BOS is the attention sink, not a token the head moves
+            b, d, s = (pat > threshold).nonzero(as_tuple=True)
+            r = res[f"{l}.{h}"]
+            for bi, di, si in zip(b.tolist(), d.tolist(), s.tolist()):
+                n = prefix_length(rows[bi], di, si, cap)
+                r["counts"][n] += 1
+                r["examples"].append((i + bi, di, si, float(pat[bi, di, si]), n))
+    return res
+
+
+@torch.no_grad()
+def corrupt_long_prefix(model, heads: list[tuple[int, int]], windows, found: dict, min_prefix: int = 2,
+                        n: int = 100, seed: int = 0) -> dict:
+    """Fig. 4b: take up to n real examples where the head attends > threshold with a prefix of at
+    least `min_prefix` tokens, replace the second-to-last repeated token (dest-1: the 'A' of
+    'A B ... A B -> C') by a random other token so that only a 1-token prefix remains, and
+    re-measure the head's attention dest -> src. {'L.H': {'n', 'clean', 'corrupted'}} means."""
+    lo, hi = random_token_range(model)
+    g = torch.Generator().manual_seed(seed)
+    windows = torch.as_tensor(windows, dtype=torch.long)
+    out = {}
+    for l, h in heads:
+        ex = [e for e in found[f"{l}.{h}"]["examples"] if e[4] >= min_prefix]
+        ex = [ex[j] for j in torch.randperm(len(ex), generator=g)[:n].tolist()]
+        if not ex:
+            out[f"{l}.{h}"] = {"n": 0, "clean": None, "corrupted": None}
+            continue
+        clean = torch.stack([windows[w] for w, *_ in ex])
+        bad = clean.clone()
+        for j, (w, d, s, _, _) in enumerate(ex):
+            t = int(torch.randint(lo, hi, (1,), generator=g))
+            while t in (int(clean[j, d - 1]), int(clean[j, s - 2])):  # must break the 2-token match
+                t = lo + (t - lo + 1) % (hi - lo)
+            bad[j, d - 1] = t
+        att = []
+        for toks in (clean, bad):
+            vals = []
+            for i in range(0, len(toks), 16):
+                _, cache = model.run_with_cache(toks[i:i + 16], [f"blocks.{l}.attn.hook_pattern"])
+                pat = cache[f"blocks.{l}.attn.hook_pattern"][:, h].float()
+                vals += [float(pat[j, ex[i + j][1], ex[i + j][2]]) for j in range(len(pat))]
+            att.append(sum(vals) / len(vals))
+        out[f"{l}.{h}"] = {"n": len(ex), "clean": att[0], "corrupted": att[1]}
+    return out
+
+
+def write_corpus_prefix(found: dict, corrupted: dict, out, model_name: str, threshold: float) -> None:
+    """JSON (counts, shares, corruption means; no example lists) and the fig. 19b / 4b plots."""
+    from ..evals.plots import _plt
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {name: {"counts": r["counts"], "share": [c / max(1, sum(r["counts"])) for c in r["counts"]],
+                      "corruption": corrupted.get(name)} for name, r in found.items()}
+    (out / "corpus_prefix.json").write_text(json.dumps({"model": model_name, "threshold": threshold,
+                                                        "heads": summary}, indent=1))
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    width = 0.8 / max(1, len(summary))
+    for i, (name, r) in enumerate(summary.items()):
+        xs = [x + i * width for x in range(len(r["counts"]))]
+        axes[0].bar(xs, r["share"], width, label=f"{name} (n={sum(r['counts'])})")
+    cap = len(next(iter(summary.values()))["counts"]) - 1
+    axes[0].set_xticks(range(cap + 1), [str(k) for k in range(cap)] + [f"≥{cap}"])
+    axes[0].set_xlabel("prefix length (0: not induction)")
+    axes[0].set_ylabel(f"share of attention > {threshold} (non-BOS)")
+    axes[0].legend(frameon=False, fontsize=8)
+    names = [k for k, v in summary.items() if v["corruption"] and v["corruption"]["n"]]
+    for j, key in enumerate(("clean", "corrupted")):
+        axes[1].bar([i + j * 0.4 for i in range(len(names))], [summary[k]["corruption"][key] for k in names], 0.4,
+                    label="long prefix (clean)" if key == "clean" else "corrupted to 1-prefix")
+    axes[1].set_xticks([i + 0.2 for i in range(len(names))], names)
+    axes[1].set_ylabel("mean attention to the induction target")
+    axes[1].legend(frameon=False, fontsize=8)
+    fig.suptitle(f"{model_name}: induction on real text")
+    fig.tight_layout()
+    fig.savefig(out / "corpus_prefix.png", dpi=110)
+    plt.close(fig)
