@@ -347,8 +347,213 @@ def cmd_induction(args):
             c, total = corrupted[name], max(1, sum(f["counts"]))
             print(f"{name} real text: {sum(f['counts'])} attentions > {args.threshold}, prefix 0/1/>=2: "
                   f"{f['counts'][0] / total:.2f}/{f['counts'][1] / total:.2f}/{sum(f['counts'][2:]) / total:.2f}"
-                  + (f" | long prefix {c['clean']:.2f} -> corrupted to 1-prefix {c['corrupted']:.2f} (n={c['n']})" if c["n"] else ""))
+                  + (f" | long prefix {c['clean']:.2f} -> 1-prefix {c['corrupted']:.2f}, control {c['control']:.2f} (n={c['n']})" if c["n"] else ""))
         print(f"wrote {Path(args.out) / 'corpus_prefix.json'} and .png ({len(held)} held-out windows)")
+
+
+def _experiment_inputs(args, check=None):
+    """(model, SAEs, windows, store or None, store_index or None) for induction-features / case-study /
+    polysemanticity. Every check that needs no model runs first; `check(model, saes)` runs before the corpus
+    is tokenized. With --store: the store's (complete) windows, a seeded random --windows of them when
+    `subset`; without: a seeded random --windows of the corpus."""
+    from .attribution import require_hook_z
+    from .data import ActivationStore, WindowSpec, load_windows
+    from .evals import check_compatible
+    from .models import load_model
+    from .pipeline import DTYPES
+    from .sae import load_sae
+
+    saes = [load_sae(p) for p in args.sae]
+    for s in saes:
+        require_hook_z(s)
+    names = {s.cfg.model_name for s in saes}
+    if len(names) > 1 and not args.model:
+        raise ValueError(f"the SAEs come from different models {sorted(map(str, names))}; pass --model")
+    store = ActivationStore(args.store, verify=False) if args.store else None  # sha256 of GBs of shards: skipped here
+    model = load_model(args.model or saes[0].cfg.model_name, dtype=DTYPES[args.model_dtype])
+    for s in saes:
+        check_compatible(model, s)
+    if check is not None:
+        check(model, saes)
+    if store is not None:
+        per = store.meta["context_size"] - store.meta.get("first_pos", 0)
+        n = len(store) // per  # windows whose activations are all in the store (a harvest may be unfinished)
+        index = np.arange(n)
+        if getattr(args, "subset", True):
+            index = np.sort(np.random.default_rng(args.seed).permutation(n)[: args.windows])
+        return model, saes, np.asarray(store.windows()[index]), store, index
+    train, held = load_windows(model, WindowSpec(corpus=args.corpus, ctx=saes[0].cfg.context_size))
+    every = np.concatenate([train, held])
+    pick = np.sort(np.random.default_rng(args.seed).permutation(len(every))[: args.windows])
+    return model, saes, every[pick], None, None
+
+
+def _add_experiment_args(p, windows_default: int, multi_sae: bool = False, store_subset: bool = True):
+    p.add_argument("--sae", action="append", required=True,
+                   help="SAE folder on a layer's attn.hook_z" + ("; repeat for more layers" if multi_sae else ""))
+    p.add_argument("--model", default=None, help="default: the model named in the SAE's config")
+    p.add_argument("--store", default=None, help="read the SAE's hook_z from this activation store instead of running "
+                   "the model (fast); the windows are the store's")
+    p.add_argument("--corpus", default="default", help="without --store: corpus to sample windows from (default: %(default)s)")
+    p.add_argument("--windows", type=int, default=windows_default,
+                   help=("random windows of the corpus, or of the store (default: %(default)s)" if store_subset else
+                         "without --store: random windows of the corpus (default: %(default)s); with it, all its windows"))
+    p.add_argument("--model-dtype", choices=["float32", "bfloat16"], default="bfloat16")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(subset=store_subset)
+
+
+def _head_of_layer(spec: str, layer: int, n_heads: int) -> int:
+    try:
+        l, h = map(int, spec.split("."))
+    except ValueError:
+        raise ValueError(f"--head {spec!r}: write LAYER.HEAD, e.g. 18.6") from None
+    if l != layer:
+        raise ValueError(f"--head {spec}: the SAE is on layer {layer}; name heads of that layer")
+    if not 0 <= h < n_heads:
+        raise ValueError(f"--head {spec}: layer {layer} has {n_heads} heads")
+    return h
+
+
+def cmd_induction_features(args):
+    from .attribution import layer_of
+    from .evals.metrics import DEAD_THRESHOLD
+    from .experiments.induction_features import find_induction_features, write_induction_features
+    from .sae import load_feature_density
+
+    if len(args.sae) != 1:
+        raise ValueError("induction-features takes one --sae")
+    heads = []
+    check = lambda model, saes: heads.extend(_head_of_layer(s, layer_of(saes[0]), model.cfg.n_heads)  # noqa: E731
+                                             for s in args.head)
+    model, (sae,), windows, store, index = _experiment_inputs(args, check)
+    density = load_feature_density(args.sae[0])
+    live = None if density is None else density >= DEAD_THRESHOLD
+    r = find_induction_features(model, sae, windows, heads or None, store=store, store_index=index, live=live,
+                                threshold=args.threshold, pooled=args.pooled, n_control=args.control,
+                                per_feature=args.per_feature, seed=args.seed)
+    r["sae"], r["store"] = str(args.sae[0]), args.store
+    r["live"] = "every feature (the SAE folder has no sparsity.safetensors)" if density is None else \
+        f"training density >= {DEAD_THRESHOLD:g} (sparsity.safetensors)"
+    write_induction_features(r, args.out)
+    heads_s = ", ".join(f"{h} ({s:.2f})" for h, s in r["head_induction_scores"].items()) if r["head_induction_scores"] \
+        else ", ".join(r["heads"])
+    print(f"{r['model']} L{r['layer']}: induction heads {heads_s}; {r['candidates']['n']} candidates "
+          f"(attribution >= {args.threshold}{', pooled' if args.pooled else ''}), {r['controls']['n']} controls, "
+          f"{len(windows)} windows")
+    print(r["headline"])
+    passing = sorted((x for x in r["candidate_features"] if x["passes"]), key=lambda x: -x["pass_rate"])[:10]
+    if passing:
+        print("e.g. " + ", ".join(f"F{x['feature']} {x['token']!r} {x['pass_rate']:.0%}" for x in passing))
+    print(f"wrote {Path(args.out) / 'induction_features.json'} and induction_features.png")
+
+
+def cmd_case_study(args):
+    from .experiments.case_study import case_study, parse_proxy, write_case_study
+
+    if len(args.sae) != 1:
+        raise ValueError("case-study takes one --sae")
+    proxy = []
+
+    def check(model, saes):
+        if not 0 <= args.feature < saes[0].d_sae:
+            raise ValueError(f"--feature {args.feature} out of range: the SAE has {saes[0].d_sae} features")
+        proxy.append(parse_proxy(args.proxy, model.tokenizer, model.cfg.d_vocab))
+    model, (sae,), windows, store, index = _experiment_inputs(args, check)
+    r = case_study(sae, args.feature, proxy[0], windows, model=model, store=store, store_index=index, bins=args.bins,
+                   n_show=args.show, seed=args.seed)
+    r["sae"], r["store"] = str(args.sae[0]), args.store
+    write_case_study(r, args.out, model.cfg.name)
+    pct = lambda x: "n/a" if x is None else f"{x:.1%}"  # noqa: E731
+    print(f"L{r['layer']}.F{r['feature']} vs proxy {r['proxy']!r} ({r['proxy_description']}) over {r['n_tokens']:,} tokens:")
+    print(f"  fires on {r['n_fire']:,} (density {r['density']:.2e}, max {r['max_act']:.2f}); proxy true on {r['n_proxy']:,}")
+    print(f"  specificity P(proxy | fires) = {pct(r['precision'])}, by activation mass {pct(r['precision_by_mass'])}; "
+          f"sensitivity P(fires | proxy) = {pct(r['sensitivity'])} ({r['n_false_negatives']:,} false negatives)")
+    if r["precision_above"]:
+        print("  P(proxy | act > x): " + ", ".join(f"x = {x['min_act']:.2f} ({x['fraction_of_max']:.0%} of max, {x['n']:,} tokens) "
+                                                  f"{pct(x['precision'])}" for x in r["precision_above"]))
+    for x in r["false_negatives"][:3]:
+        print("  false negative: " + x["text"].replace("\n", "↵"))
+    stem = f"case_study_L{r['layer']}_F{r['feature']}"
+    print(f"wrote {Path(args.out) / stem}.json and .png")
+
+
+def cmd_polysemanticity(args):
+    from .attribution import layer_of
+    from .experiments.case_study import polysemanticity, read_labels, write_polysemanticity
+    from .viz.feature_stats import FeatureStats, collect_stats, stats_from_store
+
+    labels = []
+
+    def check(model, saes):
+        layers = [layer_of(s) for s in saes]
+        if len(set(layers)) != len(layers):
+            raise ValueError(f"two --sae on the same layer ({layers}); give one SAE per layer")
+        if args.labels:
+            labels.append(read_labels(args.labels, layers))
+    model, saes, windows, store, _ = _experiment_inputs(args, check)
+    stats = []
+    for sae in saes:
+        layer = layer_of(sae)
+        saved = Path(args.stats) / f"L{layer}.safetensors" if args.stats else None
+        if saved is not None and saved.exists():
+            st = FeatureStats.load(saved)
+            if st.n_windows != len(windows):
+                raise ValueError(f"{saved} covers {st.n_windows} windows, the inputs have {len(windows)}: pass the --store "
+                                 "it was computed on, or no --stats")
+        elif store is not None:
+            if sae.cfg.hook_name not in store.hooks:
+                raise ValueError(f"the store holds no {sae.cfg.hook_name}; pass a store with every SAE's hook, or no --store")
+            st = stats_from_store(store, sae, model.cfg.n_heads)
+        else:
+            (st,) = collect_stats(model, [sae], windows)
+        stats.append(st)
+    r = polysemanticity(model, saes, stats, windows, labels=labels[0] if labels else None, k=args.k,
+                        n_examples=args.examples)
+    r["saes"], r["n_windows"] = [str(p) for p in args.sae], len(windows)
+    write_polysemanticity(r, args.out)
+    print(f"{r['model']} layers {r['layers']}: {r['n_classified']} of {r['n_heads']} heads classified from their top {r['k']} "
+          f"features ({r['labels']})")
+    pct = lambda v: "n/a" if v["fraction"] is None else f"{100 * v['fraction']:.1f}% ({v['n']})"  # noqa: E731
+    coarse = "table_coarse" in r
+    print(f"  {'':42s} {'families':14s}" + (" coarse (context features one family)" if coarse else ""))
+    for c, v in r["table"].items():
+        print(f"  plausibly {c:32s} {pct(v):14s}" + (f" {pct(r['table_coarse'][c])}" if coarse else ""))
+    print(f"wrote {Path(args.out) / 'polysemanticity.json'}, .md and .png")
+
+
+def cmd_ioi(args):
+    from .experiments.ioi import parse_heads
+    from .experiments.ioi_report import run_ioi
+    from .models import load_model
+    from .pipeline import DTYPES
+    from .sae import load_sae
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    saes = [load_sae(p) for p in args.sae]
+    names = {s.cfg.model_name for s in saes}
+    if len(names) > 1 and not args.model:
+        raise ValueError(f"the SAEs come from different models {sorted(map(str, names))}; pass --model")
+    model = load_model(args.model or (saes[0].cfg.model_name if saes else "smollm2-135m"), dtype=DTYPES[args.model_dtype])
+    sections = None
+    if args.cross_section:
+        sections = {}
+        for spec in args.cross_section:
+            try:
+                layers = sorted({int(x) for x in spec.split(",")})
+            except ValueError:
+                raise ValueError(f"--cross-section {spec!r}: write layers separated by commas, e.g. 5,6") from None
+            bad = [l for l in layers if not 0 <= l < model.cfg.n_layers]
+            if bad:
+                raise ValueError(f"--cross-section {spec}: layers {bad} out of range ({model.cfg.n_layers} layers)")
+            sections[f"layers {spec}"] = layers
+    run_ioi(model, saes, args.out, n=args.n, n_abc=args.n_abc, seed=args.seed, parts=args.parts,
+            s_inhibition=parse_heads(args.s_inhibition, model) if args.s_inhibition else None,
+            k_s_inhibition=args.k_s_inhibition, noise_layers=args.noise_layers, sections=sections,
+            feature_layers=args.feature_layers, min_attn=args.min_attn, chunk=args.chunk)
 
 
 def build_parser():
@@ -475,6 +680,114 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
     p.set_defaults(fn=cmd_induction)
+
+    p = sub.add_parser(
+        "induction-features", help="find '<token> is next by induction' features: attribution to induction heads, then "
+        "behaviour on repeated bigrams, vs a control group (paper app. F)",
+        description="Selection: features with weight-based attribution >= --threshold to one of the layer's induction heads. "
+        "Behaviour: t = the feature's top direct-logit token; over up to --per-feature windows containing t, at every bigram "
+        "'A t' the feature should fire at A when the bigram occurred earlier in the window (a later instance) and not at "
+        "its first instance. Pass rate = fired later instances / later instances; passes at > 0.6. Controls: random live "
+        "features with attribution < 0.1 to the heads. Writes induction_features.json and .png (pass-rate histograms).",
+        epilog="example: attnsae induction-features --sae runs/layers/L18/sae --head 18.6 --out runs/experiments/induction_features_L18",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_experiment_args(p, 2000)
+    p.add_argument("--head", action="append", default=[], help="LAYER.HEAD of an induction head in the SAE's layer, "
+                   "repeatable (default: the layer's heads with induction score >= 0.3 on repeated random tokens)")
+    p.add_argument("--threshold", type=float, default=0.6, help="selection: attribution to one head >= this (default: %(default)s)")
+    p.add_argument("--pooled", action="store_true", help="selection on the attribution summed over the heads")
+    p.add_argument("--per-feature", type=int, default=200, help="windows containing the token, per feature (default: %(default)s)")
+    p.add_argument("--control", type=int, default=200, help="random control features (default: %(default)s)")
+    p.add_argument("--out", required=True)
+    p.set_defaults(fn=cmd_induction_features)
+
+    p = sub.add_parser(
+        "case-study", help="one feature against a proxy: specificity and expected-value plots, sensitivity and its "
+        "false negatives (paper 3.3, app. E, G, H)",
+        description="PROXY is one of (TOKEN: a token's text verbatim after the colon, leading space included, or #ID):\n"
+        "  induction:TOKEN     TOKEN is next by induction (an earlier 'A TOKEN' and the current token is A)\n"
+        "  after:TOKEN:N       the N tokens after TOKEN, stopping at punctuation ('question starting with Which')\n"
+        "  context:T1,T2,...   at or after any of these tokens ('text about pets')\n"
+        "  token:TOKEN         the current token is TOKEN\n"
+        "  inside:OPEN:CLOSE   inside an unclosed OPEN in the text so far (e.g. inside:(:) )\n"
+        "Specificity: histogram of nonzero activations split by proxy true/false; expected value: per bin, sum of "
+        "activations / tokens. Sensitivity: fraction of proxy-true tokens where the feature fires. Writes "
+        "case_study_L<l>_F<i>.json and .png.",
+        epilog="example: attnsae case-study --sae runs/main/sae --store runs/main/store --feature 1951 --proxy 'inside:(:)' "
+        "--out runs/experiments/case_study",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_experiment_args(p, 2000)
+    p.add_argument("--feature", type=int, required=True, help="feature index")
+    p.add_argument("--proxy", required=True, help="the proxy, e.g. 'induction: board' (see above)")
+    p.add_argument("--bins", type=int, default=40, help="activation bins (default: %(default)s)")
+    p.add_argument("--show", type=int, default=50, help="false negatives / false positives listed (default: %(default)s)")
+    p.add_argument("--out", required=True)
+    p.set_defaults(fn=cmd_case_study)
+
+    p = sub.add_parser(
+        "polysemanticity", help="classify every head from the families of its top features: monosemantic, minor "
+        "exception, bisemantic, polysemantic (paper app. J, table 3)",
+        description="Each head's top --k live features by weight-based attribution get a family: from --labels (JSON "
+        "{\"feature_id\": \"label\"}, keys '1951' or 'L15.F1951'), or automatically from the mechanism of their top "
+        "activating examples (the top DFA source position: attention sink, current token, duplicate token, induction, "
+        "previous token, else the source token's text; 'mixed' when no mechanism covers half the examples). A head is "
+        "monosemantic (one family), minor exception (all but 1-2), bisemantic (two families) or polysemantic. Writes "
+        "polysemanticity.json, .md and .png.",
+        epilog="example: attnsae polysemanticity --sae runs/main/sae --store runs/main/store --stats runs/main/heads/stats "
+        "--out runs/experiments/polysemanticity_L15",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_experiment_args(p, 2000, multi_sae=True, store_subset=False)
+    p.add_argument("--labels", default=None, help="a person's labels, JSON {\"feature_id\": \"label\"}")
+    p.add_argument("--stats", default=None, help="folder of L<layer>.safetensors feature statistics computed on the same "
+                   "--store (as `attnsae report` writes in its stats/)")
+    p.add_argument("--k", type=int, default=10, help="top features per head (default: %(default)s)")
+    p.add_argument("--examples", type=int, default=10, help="top activating examples per feature for automatic "
+                   "families (default: %(default)s)")
+    p.add_argument("--out", required=True)
+    p.set_defaults(fn=cmd_polysemanticity)
+    p = sub.add_parser(
+        "ioi", help="indirect object identification (paper 4.3, app. K): head roles, SAE splicing, features at S2, noising",
+        formatter_class=argparse.RawDescriptionHelpFormatter, description="""\
+IOI prompts ("When Mary and John went to the store, John gave a drink to" -> " Mary") built for the
+model's tokenizer (single-token names only), ABBA and BABA orders, the ABC distribution for means.
+logit diff = logit(IO) - logit(S) at the last token (END). Parts (--parts, default all):
+  heads     S-inhibition heads (attend END->S2 more than IO, mean-ablating them at END lowers the logit
+            diff, small direct logit attribution) and name movers (attend IO, positive DLA)
+  splice    each --sae spliced in alone and in cross-sections (error term dropped) vs mean ablation from
+            ABC: logit diff and KL at END (figs. 14, 15)
+  features  each SAE feature zero-ablated at S2 with the SAE's error term kept; mean change in logit
+            diff per order, ranked (fig. 16a)
+  path      the same, but removed only from the S-inhibition heads' values at S2 (fig. 16b)
+  noise     the layers of the 2 strongest induction heads (or --noise-layers) patched at S2 from corrupted
+            prompts (3 perturbations; "and" -> alongside/besides/plus/with/,/including); logit diff
+            recovered relative to zero ablation (fig. 5, table 4)
+Writes OUT/ioi.json and PNG figures; prints the headline numbers.""",
+        epilog="example:\n  attnsae ioi --model smollm2-135m --sae runs/main/sae runs/layers/L*/sae --out runs/experiments/ioi")
+    p.add_argument("--model", default=None, help="default: the model named in the SAEs' config, else smollm2-135m")
+    p.add_argument("--sae", nargs="+", action="extend", default=[], help="SAE folders on attn.hook_z, at most one per layer "
+                   "(layers without one are skipped)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--parts", nargs="+", choices=["heads", "splice", "features", "path", "noise"],
+                   default=["heads", "splice", "features", "path", "noise"])
+    p.add_argument("--n", type=int, default=64, help="prompts per order (ABBA and BABA each; default: %(default)s)")
+    p.add_argument("--n-abc", type=int, default=128, help="ABC prompts for the mean ablations (default: %(default)s)")
+    p.add_argument("--s-inhibition", action="append", default=[], metavar="L.H",
+                   help="use these S-inhibition heads for path patching instead of the found ones; repeatable")
+    p.add_argument("--k-s-inhibition", type=int, default=4, help="found S-inhibition heads used for path patching")
+    p.add_argument("--noise-layers", type=int, nargs="+", default=None, help="default: the 2 strongest induction heads' layers")
+    p.add_argument("--feature-layers", type=int, nargs="+", default=None, help="SAE layers for features/path (default: those holding "
+                   "the 2 strongest induction or duplicate-token heads, else all)")
+    p.add_argument("--cross-section", action="append", default=[], metavar="L1,L2",
+                   help="layers spliced together, repeatable (default: the layers of the model's duplicate-token, "
+                        "previous-token, induction, S-inhibition and name-mover heads)")
+    p.add_argument("--min-attn", type=float, default=0.1, help="attention to S2 or IO a head needs to be a candidate")
+    p.add_argument("--model-dtype", choices=["float32", "bfloat16"], default="float32",
+                   help="float32 (default): bfloat16 changes single-prompt logit diffs by ~0.1 on SmolLM2")
+    p.add_argument("--chunk", type=int, default=256, help="rows per forward when batching interventions")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is 2x faster on a 2-core machine "
+                   "another job is using)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(fn=cmd_ioi)
     return parser
 
 

@@ -212,3 +212,4 @@ def test_real_text_prefix_lengths_and_corruption_separate_long_and_short_prefix_
     assert corrupted["1.0"]["n"] == 20 and corrupted["1.0"]["clean"] == pytest.approx(1.0)
     assert corrupted["1.0"]["corrupted"] == pytest.approx(0.0, abs=1e-6)
     assert corrupted["1.1"]["clean"] == pytest.approx(1.0) and corrupted["1.1"]["corrupted"] == pytest.approx(1.0)
+    assert corrupted["1.0"]["control"] == pytest.approx(1.0)  # an edit outside the match keeps the long prefix

@@ -127,35 +127,41 @@ def corpus_prefix_lengths(model, heads: list[tuple[int, int]], windows, threshol
 def corrupt_long_prefix(model, heads: list[tuple[int, int]], windows, found: dict, min_prefix: int = 2,
                         n: int = 100, seed: int = 0) -> dict:
     """Fig. 4b: take up to n real examples where the head attends > threshold with a prefix of at
-    least `min_prefix` tokens, replace the second-to-last repeated token (dest-1: the 'A' of
-    'A B ... A B -> C') by a random other token so that only a 1-token prefix remains, and
-    re-measure the head's attention dest -> src. {'L.H': {'n', 'clean', 'corrupted'}} means."""
+    least `min_prefix` tokens (and below the cap, so the match's end is known), replace the
+    second-to-last repeated token (dest-1: the 'A' of 'A B ... A B -> C') by a random other token
+    so that only a 1-token prefix remains, and re-measure the head's attention dest -> src.
+    The control replaces instead the first token before the match (dest-prefix), which keeps
+    the prefix length: it shows how much attention any nearby edit, and the selection of
+    examples above the threshold, costs. {'L.H': {'n', 'clean', 'corrupted', 'control'}} means."""
     lo, hi = random_token_range(model)
     g = torch.Generator().manual_seed(seed)
     windows = torch.as_tensor(windows, dtype=torch.long)
     out = {}
     for l, h in heads:
-        ex = [e for e in found[f"{l}.{h}"]["examples"] if e[4] >= min_prefix]
+        r = found[f"{l}.{h}"]
+        cap = len(r["counts"]) - 1
+        ex = [e for e in r["examples"] if min_prefix <= e[4] < cap and e[1] - e[4] >= 1]
         ex = [ex[j] for j in torch.randperm(len(ex), generator=g)[:n].tolist()]
         if not ex:
-            out[f"{l}.{h}"] = {"n": 0, "clean": None, "corrupted": None}
+            out[f"{l}.{h}"] = {"n": 0, "clean": None, "corrupted": None, "control": None}
             continue
         clean = torch.stack([windows[w] for w, *_ in ex])
-        bad = clean.clone()
-        for j, (w, d, s, _, _) in enumerate(ex):
-            t = int(torch.randint(lo, hi, (1,), generator=g))
-            while t in (int(clean[j, d - 1]), int(clean[j, s - 2])):  # must break the 2-token match
-                t = lo + (t - lo + 1) % (hi - lo)
-            bad[j, d - 1] = t
-        att = []
-        for toks in (clean, bad):
+        bad, ctrl = clean.clone(), clean.clone()
+        for j, (w, d, s, _, k) in enumerate(ex):
+            for toks, pos, keep in ((bad, d - 1, s - 2), (ctrl, d - k, s - 1 - k)):
+                t = int(torch.randint(lo, hi, (1,), generator=g))
+                while t in (int(clean[j, pos]), int(clean[j, keep])):  # corrupted: break the match; control: don't extend it
+                    t = lo + (t - lo + 1) % (hi - lo)
+                toks[j, pos] = t
+        att = {}
+        for key, toks in (("clean", clean), ("corrupted", bad), ("control", ctrl)):
             vals = []
             for i in range(0, len(toks), 16):
                 _, cache = model.run_with_cache(toks[i:i + 16], [f"blocks.{l}.attn.hook_pattern"])
                 pat = cache[f"blocks.{l}.attn.hook_pattern"][:, h].float()
                 vals += [float(pat[j, ex[i + j][1], ex[i + j][2]]) for j in range(len(pat))]
-            att.append(sum(vals) / len(vals))
-        out[f"{l}.{h}"] = {"n": len(ex), "clean": att[0], "corrupted": att[1]}
+            att[key] = sum(vals) / len(vals)
+        out[f"{l}.{h}"] = {"n": len(ex), **att}
     return out
 
 
@@ -181,10 +187,11 @@ def write_corpus_prefix(found: dict, corrupted: dict, out, model_name: str, thre
     axes[0].set_ylabel(f"share of attention > {threshold} (non-BOS)")
     axes[0].legend(frameon=False, fontsize=8)
     names = [k for k, v in summary.items() if v["corruption"] and v["corruption"]["n"]]
-    for j, key in enumerate(("clean", "corrupted")):
-        axes[1].bar([i + j * 0.4 for i in range(len(names))], [summary[k]["corruption"][key] for k in names], 0.4,
-                    label="long prefix (clean)" if key == "clean" else "corrupted to 1-prefix")
-    axes[1].set_xticks([i + 0.2 for i in range(len(names))], names)
+    labels = {"clean": "long prefix (clean)", "corrupted": "corrupted to 1-prefix", "control": "control: edit before the match"}
+    for j, key in enumerate(labels):
+        axes[1].bar([i + j * 0.27 for i in range(len(names))], [summary[k]["corruption"][key] for k in names], 0.27,
+                    label=labels[key])
+    axes[1].set_xticks([i + 0.27 for i in range(len(names))], names)
     axes[1].set_ylabel("mean attention to the induction target")
     axes[1].legend(frameon=False, fontsize=8)
     fig.suptitle(f"{model_name}: induction on real text")
