@@ -431,7 +431,7 @@ def cmd_induction_features(args):
     live = None if density is None else density >= DEAD_THRESHOLD
     r = find_induction_features(model, sae, windows, heads or None, store=store, store_index=index, live=live,
                                 threshold=args.threshold, pooled=args.pooled, n_control=args.control,
-                                per_feature=args.per_feature, seed=args.seed)
+                                per_feature=args.per_feature, repeat_windows=args.repeat_windows, seed=args.seed)
     r["sae"], r["store"] = str(args.sae[0]), args.store
     r["live"] = "every feature (the SAE folder has no sparsity.safetensors)" if density is None else \
         f"training density >= {DEAD_THRESHOLD:g} (sparsity.safetensors)"
@@ -442,6 +442,12 @@ def cmd_induction_features(args):
           f"(attribution >= {args.threshold}{', pooled' if args.pooled else ''}), {r['controls']['n']} controls, "
           f"{len(windows)} windows")
     print(r["headline"])
+    if r["repeat_base_rates"]:
+        b, c, k = r["repeat_base_rates"], r["candidates"], r["controls"]
+        f = lambda x: "n/a" if x is None else f"{x:.2f}"  # noqa: E731
+        print(f"where they fire (median over features): P(token repeats an earlier one) candidates {f(c['median_p_duplicate'])}"
+              f" vs controls {f(k['median_p_duplicate'])} (all tokens {b['p_duplicate']:.2f}); P(next token predicted by "
+              f"induction) {f(c['median_p_induction_next'])} vs {f(k['median_p_induction_next'])} ({b['p_induction_next']:.2f})")
     passing = sorted((x for x in r["candidate_features"] if x["passes"]), key=lambda x: -x["pass_rate"])[:10]
     if passing:
         print("e.g. " + ", ".join(f"F{x['feature']} {x['token']!r} {x['pass_rate']:.0%}" for x in passing))
@@ -698,6 +704,8 @@ def build_parser():
     p.add_argument("--pooled", action="store_true", help="selection on the attribution summed over the heads")
     p.add_argument("--per-feature", type=int, default=200, help="windows containing the token, per feature (default: %(default)s)")
     p.add_argument("--control", type=int, default=200, help="random control features (default: %(default)s)")
+    p.add_argument("--repeat-windows", type=int, default=300, help="windows on which each feature's P(repeated token | "
+                   "fires) and P(next token predicted by induction | fires) are measured; 0 skips (default: %(default)s)")
     p.add_argument("--out", required=True)
     p.set_defaults(fn=cmd_induction_features)
 

@@ -1,0 +1,382 @@
+"""Automatic detection of "<token> is next by induction" features (paper appendix F, fig. 10).
+
+Selection heuristic: a feature is an induction-feature *candidate* when its weight-based head
+attribution (paper eq. 2) to one of the layer's induction heads is >= 0.6 (`pooled=True`: the
+attribution summed over those heads is >= 0.6). The heads are given, or are the heads of the SAE's
+layer whose induction score on repeated random tokens (experiments.head_scores) is >= 0.3.
+
+Behaviour heuristic, for one feature i:
+  t  = the token with the largest positive direct logit effect W_U . (norm gains . W_O d_i)
+       (viz.dashboard.logit_effects), the tokenizer's special and added tokens skipped;
+  W  = up to 200 windows of the pool that contain t at a position >= first_pos + 1 (so the token
+       before it is one the SAE reads); windows are taken in one shared random order, so features
+       share windows and the forward pass is paid once per window, not once per feature;
+  instances: every position p >= first_pos of a window in W with tokens[p+1] = t, i.e. every
+       bigram "A t" with A = tokens[p]. The instance is the FIRST instance when the bigram (A, t)
+       does not occur earlier in the window, and a LATER instance when it does (at some q < p).
+  At a later instance t is next by induction, so the feature is expected to fire at p (act > 0);
+  at a first instance it is not.
+
+      induction pass rate = #(later instances where f_i(p) > 0) / #(later instances)
+      first-instance fire rate = #(first instances where f_i(p) > 0) / #(first instances)
+
+  pooled over all instances in W (a micro-average, every instance counts once). The feature
+  passes when its pass rate is > 0.6 (paper). A feature whose sample holds no later instance is
+  untestable: it is reported and counted as not passing, so "x/y pass" keeps y = all features.
+  Windows are 128-token cuts of the corpus, so "first" means first within the window.
+
+Control group: up to N random live features whose attribution summed over the induction heads
+is < 0.1, put through the same behaviour heuristic. Reported as the paper does:
+"x/y candidates pass vs a/b controls".
+
+Not in the paper, for SAEs whose induction features are not one-per-token: repeat_rates gives each
+feature's P(duplicate | fires) and P(induction-predictable next token | fires) on a sample of windows,
+beside the base rates of those events over all tokens.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..attribution.heads import head_attribution, layer_of, require_hook_z
+
+SELECT_THRESHOLD = 0.6  # paper: attribution >= 0.6 to the induction head
+CONTROL_MAX = 0.1  # paper: controls have attribution < 10% to it
+PASS_THRESHOLD = 0.6  # paper: the heuristic passes at an induction pass rate > 60%
+MIN_HEAD_SCORE = 0.3  # a head counts as an induction head from this induction score up
+
+
+# ---- feature activations at chosen positions, from the model or from an activation store ----
+
+def encode_features(sae, x: torch.Tensor, features) -> torch.Tensor:
+    """f(x) restricted to `features`: [..., F]. A ReLU SAE computes only those encoder columns;
+    TopK needs every pre-activation to know which latents survive, so it encodes all."""
+    idx = torch.as_tensor(features, dtype=torch.long)
+    x = x.float()
+    if sae.cfg.architecture == "topk":
+        return sae.encode(x)[..., idx]
+    if sae.cfg.apply_b_dec_to_input:
+        x = x - sae.b_dec.detach().float()
+    pre = x @ sae.W_enc.detach().float()[:, idx] + sae.b_enc.detach().float()[idx]
+    return torch.relu(pre)
+
+
+@torch.no_grad()
+def activations_at(sae, features, windows: np.ndarray, w, p, *, model=None, store=None, store_index=None,
+                   batch_size: int = 16, progress: bool = False) -> torch.Tensor:
+    """Activations [n, F] of `features` at the n query points (window w[j], position p[j]).
+
+    From `model`: a forward over each batch of queried windows that stops after the SAE's hook and is
+    cut after the batch's last queried position (attention is causal, so earlier positions do not
+    change). From `store`: only the queried rows are read; row i of `windows` is the store's window
+    store_index[i] (default i), so `windows` may be a subset of store.windows().
+    Positions before the SAE's first_pos (BOS) get 0, as everywhere in attnsae."""
+    require_hook_z(sae)
+    w, p = np.asarray(w, dtype=np.int64), np.asarray(p, dtype=np.int64)
+    out = torch.zeros(len(w), len(features))
+    ok = p >= sae.cfg.first_pos
+    if store is not None:
+        hook = sae.cfg.hook_name
+        if hook not in store.hooks:
+            raise ValueError(f"the store holds {store.hooks}, not the SAE's hook {hook}")
+        first, ctx = store.meta.get("first_pos", 0), store.meta["context_size"]
+        if ctx != windows.shape[1]:
+            raise ValueError(f"the store's windows are {ctx} tokens, these are {windows.shape[1]}")
+        sw = w if store_index is None else np.asarray(store_index, dtype=np.int64)[w]
+        rows = sw * (ctx - first) + p - first
+        sel = np.flatnonzero(ok)
+        for i in tqdm(range(0, len(sel), 65536), desc="encoding (store)", disable=not progress):
+            j = sel[i:i + 65536]
+            out[j] = encode_features(sae, store.rows(rows[j], hook), features)
+        return out
+    if model is None:
+        raise ValueError("activations_at needs a model or a store")
+    order = np.flatnonzero(ok)
+    order = order[np.lexsort((p[order], w[order]))]
+    wins, starts = np.unique(w[order], return_index=True)
+    bounds = np.append(starts, len(order))
+    end = {int(win): int(p[order[bounds[k + 1] - 1]]) + 1 for k, win in enumerate(wins)}  # last query + 1
+    span = {int(win): order[bounds[k]:bounds[k + 1]] for k, win in enumerate(wins)}
+    by_end = sorted(end, key=end.get)  # similar lengths batch together
+    for b in tqdm(range(0, len(by_end), batch_size), desc="encoding (model)", disable=not progress):
+        ws = by_end[b:b + batch_size]
+        n = max(end[x] for x in ws)
+        tokens = torch.from_numpy(np.asarray(windows[ws, :n], dtype=np.int64)).to(model.device)
+        _, cache = model.run_with_cache(tokens, [sae.cfg.hook_name], stop_early=True)
+        acts = encode_features(sae, cache[sae.cfg.hook_name].flatten(2).cpu(), features)
+        for k, x in enumerate(ws):
+            j = span[x]
+            out[j] = acts[k, p[j]]
+    return out
+
+
+# ---- selection heuristic ----
+
+@torch.no_grad()
+def layer_induction_heads(model, layer: int, min_score: float = MIN_HEAD_SCORE, n: int = 50, batch: int = 16,
+                          seed: int = 0) -> list[tuple[int, float]]:
+    """[(head, induction score)] of `layer`'s heads scoring >= min_score on repeated random tokens
+    (the induction score of experiments.head_scores), strongest first."""
+    from .head_scores import _diag_mean, repeated_random_tokens
+
+    tokens = repeated_random_tokens(model, n, batch, seed).to(model.device)
+    name = f"blocks.{layer}.attn.hook_pattern"
+    _, cache = model.run_with_cache(tokens, [name], stop_early=True)
+    scores = _diag_mean(cache[name].cpu(), n - 1, range(n + 1, 2 * n + 1))
+    heads = [(h, float(s)) for h, s in enumerate(scores) if s >= min_score]
+    if not heads:
+        best = int(scores.argmax())
+        raise ValueError(f"layer {layer} has no head with induction score >= {min_score} (best: {layer}.{best} "
+                         f"{float(scores[best]):.2f}); name the heads explicitly")
+    return sorted(heads, key=lambda x: -x[1])
+
+
+def select_candidates(attribution: torch.Tensor, heads, live: torch.Tensor | None = None,
+                      threshold: float = SELECT_THRESHOLD, pooled: bool = False) -> list[int]:
+    """Features with attribution >= threshold to one of `heads` (pooled: summed over them), live ones only."""
+    a = attribution[:, list(heads)]
+    score = a.sum(1) if pooled else a.max(1).values
+    keep = score >= threshold
+    if live is not None:
+        keep &= live
+    return keep.nonzero().flatten().tolist()
+
+
+def select_controls(attribution: torch.Tensor, heads, live: torch.Tensor, n: int, max_attr: float = CONTROL_MAX,
+                    seed: int = 0) -> list[int]:
+    """Up to n random live features whose attribution summed over `heads` is < max_attr (sorted)."""
+    ok = ((attribution[:, list(heads)].sum(1) < max_attr) & live).nonzero().flatten()
+    pick = torch.randperm(len(ok), generator=torch.Generator().manual_seed(seed))[:n]
+    return sorted(ok[pick].tolist())
+
+
+# ---- behaviour heuristic ----
+
+def bigram_instances(windows: np.ndarray, target: int, window_ids, first_pos: int = 1):
+    """Instances of bigrams "A target" in the given windows: (w, p, is_first) arrays, where p is A's
+    position (>= first_pos) and is_first says the bigram (A, target) did not occur earlier in window w."""
+    ws, ps, first = [], [], []
+    for w in window_ids:
+        row = windows[w]
+        seen = set()
+        for p in (np.flatnonzero(row[first_pos + 1:] == target) + first_pos).tolist():
+            a = int(row[p])
+            ws.append(int(w))
+            ps.append(p)
+            first.append(a not in seen)
+            seen.add(a)
+    return np.asarray(ws, dtype=np.int64), np.asarray(ps, dtype=np.int64), np.asarray(first, dtype=bool)
+
+
+def choose_windows(windows: np.ndarray, target: int, n: int, rank: np.ndarray, first_pos: int = 1) -> np.ndarray:
+    """Up to n windows holding `target` at a position >= first_pos + 1, the first ones in `rank` order
+    (rank[w] = the window's place in one random order shared by all features)."""
+    has = np.flatnonzero((windows[:, first_pos + 1:] == target).any(1))
+    return has[np.argsort(rank[has], kind="stable")[:n]]
+
+
+def pass_rates(fired: np.ndarray, is_first: np.ndarray, pass_threshold: float = PASS_THRESHOLD) -> dict:
+    """Counts and rates for one feature from its instances (see the module docstring)."""
+    fired, is_first = np.asarray(fired, dtype=bool), np.asarray(is_first, dtype=bool)
+    n_first, n_later = int(is_first.sum()), int((~is_first).sum())
+    k_first, k_later = int((fired & is_first).sum()), int((fired & ~is_first).sum())
+    rate = k_later / n_later if n_later else None
+    first_rate = k_first / n_first if n_first else None  # a later instance implies a first one in its window
+    passes = rate is not None and rate > pass_threshold
+    return {"n_first": n_first, "n_first_fired": k_first, "n_later": n_later, "n_later_fired": k_later,
+            "pass_rate": rate, "first_fire_rate": first_rate, "testable": n_later > 0, "passes": passes,
+            # ours, not the paper's: also quiet on first instances (a feature firing everywhere passes the paper's rule)
+            "passes_strict": passes and first_rate is not None and first_rate <= 1 - pass_threshold}
+
+
+def behaviour(model, sae, features, windows: np.ndarray, *, store=None, store_index=None, per_feature: int = 200,
+              pass_threshold: float = PASS_THRESHOLD, min_act: float = 0.0, seed: int = 0, batch_size: int = 16,
+              progress: bool = True) -> list[dict]:
+    """The induction behaviour heuristic for each feature: one dict per feature (token, counts, rates).
+    A feature "fires" at a position when its activation is > min_act (default 0)."""
+    from ..viz.dashboard import logit_effects
+
+    features = [int(f) for f in features]
+    if not features:
+        return []
+    first = sae.cfg.first_pos
+    # the top token that text can hold: special tokens (e.g. SmolLM2's <filename>) never follow a bigram
+    tok = model.tokenizer
+    special = set(getattr(tok, "all_special_ids", None) or []) | set(getattr(tok, "added_tokens_decoder", None) or {})
+    _, effects = logit_effects(model, sae, features, k=len(special) + 1)
+    tops = [next((int(i), float(v)) for i, v in zip(*e["top"]) if int(i) not in special) for e in effects]
+    targets = [t for t, _ in tops]
+    rank = np.random.default_rng(seed).permutation(len(windows))
+    per = []
+    for t in targets:
+        wins = choose_windows(windows, t, per_feature, rank, first)
+        w, p, is_first = bigram_instances(windows, t, wins, first)
+        per.append((wins, w, p, is_first))
+    # one pass over the union of queried (window, position) points, all features at once
+    qw = np.concatenate([x[1] for x in per]) if per else np.zeros(0, np.int64)
+    qp = np.concatenate([x[2] for x in per]) if per else np.zeros(0, np.int64)
+    key = qw * windows.shape[1] + qp
+    uniq, inv = np.unique(key, return_inverse=True)
+    acts = activations_at(sae, features, windows, uniq // windows.shape[1], uniq % windows.shape[1], model=model,
+                          store=store, store_index=store_index, batch_size=batch_size, progress=progress)
+    text = (lambda i: model.tokenizer.decode([i])) if model.tokenizer is not None else (lambda i: f"<{i}>")
+    out, offset = [], 0
+    for col, (f, (t, logit), (wins, w, p, is_first)) in enumerate(zip(features, tops, per)):
+        a = acts[inv[offset:offset + len(w)], col].numpy()
+        offset += len(w)
+        out.append({"feature": f, "token_id": t, "token": text(t), "logit_effect": logit,
+                    "n_windows": len(wins), **pass_rates(a > min_act, is_first, pass_threshold),
+                    "mean_act_later": float(a[~is_first].mean()) if (~is_first).any() else None})
+    return out
+
+
+def repeat_masks(windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(duplicate, induction_next) bool [n, ctx]: tokens[p] occurred at some q < p; and some such q also has
+    tokens[q+1] = tokens[p+1] (the next token is predictable by copying what followed an earlier copy).
+    Position 0 (BOS) is never a source; the last position has no next token (induction_next False)."""
+    w = np.asarray(windows)
+    dup, nxt = np.zeros(w.shape, dtype=bool), np.zeros(w.shape, dtype=bool)
+    for i, row in enumerate(w.tolist()):
+        followers: dict[int, set] = {}  # token -> the tokens that followed its earlier copies
+        for p in range(1, len(row)):
+            f = followers.get(row[p])
+            dup[i, p] = f is not None
+            nxt[i, p] = f is not None and p + 1 < len(row) and row[p + 1] in f
+            if p + 1 < len(row):  # this copy's follower is known only to later positions
+                followers.setdefault(row[p], set()).add(row[p + 1])
+    return dup, nxt
+
+
+def repeat_rates(model, sae, features, windows: np.ndarray, *, store=None, store_index=None, n_windows: int = 300,
+                 seed: int = 0, batch_size: int = 16, progress: bool = True) -> tuple[list[dict], dict]:
+    """A token-agnostic view of induction: over n_windows random pool windows (positions first_pos..ctx-2), per
+    feature the fraction of its firing tokens that are duplicates and that are induction-predictable
+    (repeat_masks), to compare with the base rates over all those tokens. ([per feature], base rates)."""
+    first, ctx = sae.cfg.first_pos, windows.shape[1]
+    pick = np.sort(np.random.default_rng([seed, 1]).permutation(len(windows))[:n_windows])
+    dup, nxt = repeat_masks(windows[pick])
+    pos = np.arange(first, ctx - 1)
+    w, p = np.repeat(pick, len(pos)), np.tile(pos, len(pick))
+    on = activations_at(sae, features, windows, w, p, model=model, store=store, store_index=store_index,
+                        batch_size=batch_size, progress=progress).numpy() > 0  # [n, F]
+    d, x = dup[:, first:ctx - 1].ravel(), nxt[:, first:ctx - 1].ravel()
+    n_on, n_dup, n_nxt = on.sum(0), d.astype(np.int64) @ on, x.astype(np.int64) @ on  # int: bool @ bool is an OR
+    rows = [{"n_fire_sample": int(n), "p_duplicate": float(n_dup[j] / n) if n else None,
+             "p_induction_next": float(n_nxt[j] / n) if n else None} for j, n in enumerate(n_on)]
+    return rows, {"n_windows": int(len(pick)), "n_tokens": int(len(d)), "p_duplicate": float(d.mean()),
+                  "p_induction_next": float(x.mean())}
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Counts over a group of features, and medians over those where the rate is defined."""
+    med = lambda xs: float(np.median(xs)) if xs else None  # noqa: E731
+    return {"n": len(rows), "n_testable": sum(r["testable"] for r in rows), "n_pass": sum(r["passes"] for r in rows),
+            "n_pass_strict": sum(r["passes_strict"] for r in rows),
+            "median_pass_rate": med([r["pass_rate"] for r in rows if r["testable"]]),
+            "median_first_fire_rate": med([r["first_fire_rate"] for r in rows if r["testable"]]),
+            "median_first_fire_rate_of_passing": med([r["first_fire_rate"] for r in rows if r["passes"]]),
+            "median_p_duplicate": med([r["p_duplicate"] for r in rows if r.get("p_duplicate") is not None]),
+            "median_p_induction_next": med([r["p_induction_next"] for r in rows if r.get("p_induction_next") is not None])}
+
+
+def find_induction_features(model, sae, windows: np.ndarray, heads=None, *, store=None, store_index=None,
+                            live: torch.Tensor | None = None, threshold: float = SELECT_THRESHOLD, pooled: bool = False, n_control: int = 200,
+                            control_max: float = CONTROL_MAX, per_feature: int = 200,
+                            pass_threshold: float = PASS_THRESHOLD, min_head_score: float = MIN_HEAD_SCORE,
+                            repeat_windows: int = 300, seed: int = 0, batch_size: int = 16, progress: bool = True) -> dict:
+    """Selection + behaviour heuristics on the SAE's layer; returns the JSON-able report.
+
+    heads: head indices of the SAE's layer (default: those with induction score >= min_head_score).
+    live: [d_sae] bool (default: every feature; pass the SAE's density >= 1e-5 when known).
+    repeat_windows: windows for the token-agnostic repeat_rates of every feature (0: skip)."""
+    layer = layer_of(sae)
+    n_heads = model.cfg.n_heads
+    if heads is None:
+        found = layer_induction_heads(model, layer, min_head_score)
+        heads, head_scores = [h for h, _ in found], {f"{layer}.{h}": s for h, s in found}
+    else:
+        heads = [int(h) for h in heads]
+        bad = [h for h in heads if not 0 <= h < n_heads]
+        if bad:
+            raise ValueError(f"heads {bad} out of range: layer {layer} has {n_heads} heads")
+        head_scores = None
+    attribution = head_attribution(sae, n_heads)
+    live = torch.ones(sae.d_sae, dtype=torch.bool) if live is None else live.bool()
+    cands = select_candidates(attribution, heads, live, threshold, pooled)
+    controls = select_controls(attribution, heads, live, n_control, control_max, seed)
+    rows = behaviour(model, sae, cands + controls, windows, store=store, store_index=store_index, per_feature=per_feature,
+                     pass_threshold=pass_threshold, seed=seed, batch_size=batch_size, progress=progress)
+    rep, base = repeat_rates(model, sae, cands + controls, windows, store=store, store_index=store_index,
+                             n_windows=repeat_windows, seed=seed, batch_size=batch_size, progress=progress) \
+        if repeat_windows and cands + controls else ([{}] * len(rows), None)
+    for r, x in zip(rows, rep):
+        r["attribution"] = {f"{layer}.{h}": round(float(attribution[r["feature"], h]), 4) for h in heads}
+        r.update(x)
+    cand_rows, ctrl_rows = rows[:len(cands)], rows[len(cands):]
+    sc, sk = summarize(cand_rows), summarize(ctrl_rows)
+    other_rule = len(select_candidates(attribution, heads, live, threshold, not pooled))
+    return {
+        "model": model.cfg.name, "hook": sae.cfg.hook_name, "layer": layer, "d_sae": sae.d_sae,
+        "n_live": int(live.sum()), "heads": [f"{layer}.{h}" for h in heads], "head_induction_scores": head_scores,
+        "n_windows_pool": len(windows),
+        "rules": {
+            "selection": f"attribution {'summed over' if pooled else 'to one of'} the heads >= {threshold}",
+            "n_candidates_other_rule": other_rule,
+            "control": f"random live features with attribution summed over the heads < {control_max} (up to {n_control})",
+            "token": "top positive direct logit effect W_U . (norm gains . W_O d_i), special / added tokens skipped",
+            "windows": f"up to {per_feature} pool windows containing the token",
+            "pass_rate": "#(later instances of a bigram 'A t' in a window where the feature fires at A) / #(later instances)",
+            "first_fire_rate": "#(first instances of 'A t' in a window where it fires at A) / #(first instances)",
+            "passes": f"pass rate > {pass_threshold}; untestable (no later instance) counts as not passing",
+            "passes_strict": f"passes and first-instance fire rate <= {1 - pass_threshold:.2g} (not in the paper)",
+            "p_duplicate": "of the tokens where the feature fires, the fraction whose token occurred earlier in the window",
+            "p_induction_next": "... whose next token also followed an earlier copy of the current token (induction "
+                                "predicts it); compare with repeat_base_rates (not in the paper)",
+        },
+        "candidates": sc, "controls": sk, "repeat_base_rates": base,
+        "passing_fraction_of_live": sc["n_pass"] / max(int(live.sum()), 1),  # paper: the family is 5% of live features
+        "headline": f"{sc['n_pass']}/{sc['n']} candidates pass vs {sk['n_pass']}/{sk['n']} controls "
+                    f"(testable: {sc['n_testable']}/{sc['n']} and {sk['n_testable']}/{sk['n']}; also quiet on first "
+                    f"instances: {sc['n_pass_strict']} vs {sk['n_pass_strict']})",
+        "candidate_features": cand_rows, "control_features": ctrl_rows,
+    }
+
+
+def write_induction_features(result: dict, out) -> None:
+    """out/induction_features.json and out/induction_features.png (pass-rate histograms, as fig. 10)."""
+    from ..evals.plots import _plt
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "induction_features.json").write_text(json.dumps(result, indent=1))
+    plt = _plt()
+    base = result.get("repeat_base_rates")
+    fig, axes = plt.subplots(2 if base else 1, 2, figsize=(10, 6.6 if base else 3.6), squeeze=False)
+    bins = np.linspace(0, 1, 21)
+    for col, (key, name, color) in enumerate((("candidate_features", "candidates", "#3b6ea8"),
+                                              ("control_features", "controls", "#999"))):
+        ax = axes[0, col]
+        rates = [r["pass_rate"] for r in result[key] if r["testable"]]
+        s = result["candidates" if key == "candidate_features" else "controls"]
+        ax.hist(rates, bins=bins, color=color)
+        ax.axvline(PASS_THRESHOLD, color="#b33", ls="--", lw=1)
+        ax.set_title(f"{name}: {s['n_pass']}/{s['n']} pass ({s['n_testable']} testable)", fontsize=10)
+        ax.set_xlabel("induction pass rate (paper's heuristic)")
+        ax.set_ylabel("features")
+        if base:  # the token-agnostic view
+            ax = axes[1, col]
+            ax.hist([r["p_induction_next"] for r in result[key] if r.get("p_induction_next") is not None], bins=bins,
+                    color=color)
+            ax.axvline(base["p_induction_next"], color="#b33", ls="--", lw=1, label="all tokens")
+            ax.set_xlabel("P(next token predicted by induction | fires)")
+            ax.set_ylabel("features")
+            ax.legend(frameon=False, fontsize=8)
+    fig.suptitle(f"{result['model']} L{result['layer']}: induction features (heads {', '.join(result['heads'])})")
+    fig.tight_layout()
+    fig.savefig(out / "induction_features.png", dpi=110)
+    plt.close(fig)

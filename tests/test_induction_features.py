@@ -1,0 +1,246 @@
+"""Automatic induction-feature detection finds a feature planted to fire exactly on induction."""
+
+import numpy as np
+import pytest
+import torch
+
+from attnsae.experiments.induction_features import (activations_at, behaviour, bigram_instances, choose_windows,
+                                                    encode_features, find_induction_features, layer_induction_heads,
+                                                    pass_rates, repeat_masks, select_candidates, select_controls)
+from attnsae.sae import SAE, SAEConfig
+from attnsae.viz.dashboard import logit_effects
+from tests.test_attribution import random_sae
+from tests.test_experiments import plant_attention
+
+
+def test_instances_and_pass_rate_on_hand_built_windows():
+    t = 7
+    windows = np.array([
+        [0, 5, 7, 9, 5, 7, 5, 7, 8, 7, 3],  # "5 7" at 1 (first), 4, 6 (later); "8 7" at 8 (first)
+        [0, 7, 7, 2, 9, 9, 2, 7, 3, 3, 3],  # 7 right after BOS is no instance; "7 7" at 1, "2 7" at 6: first
+        [0, 1, 2, 3, 4, 5, 6, 8, 9, 1, 2],  # no 7
+    ])
+    w, p, first = bigram_instances(windows, t, [0, 1, 2], first_pos=1)
+    assert list(zip(w, p, first)) == [(0, 1, True), (0, 4, False), (0, 6, False), (0, 8, True), (1, 1, True), (1, 6, True)]
+    acts = np.zeros(windows.shape)
+    acts[0, 4] = 2.0  # fires at one of the two later instances
+    acts[0, 8] = 0.5  # and at one of the four first instances
+    acts[0, 3] = 9.0  # elsewhere: ignored
+    r = pass_rates(acts[w, p] > 0, first)
+    assert (r["n_later"], r["n_later_fired"], r["n_first"], r["n_first_fired"]) == (2, 1, 4, 1)
+    assert r["pass_rate"] == 0.5 and r["first_fire_rate"] == 0.25 and r["testable"] and not r["passes"]
+    acts[0, 6] = 1.0
+    r = pass_rates(acts[w, p] > 0, first)
+    assert r["pass_rate"] == 1.0 and r["passes"] and r["passes_strict"]
+    r = pass_rates(np.ones(len(w), bool), first)  # fires everywhere: passes the paper's rule, not the strict one
+    assert r["passes"] and not r["passes_strict"]
+    r = pass_rates(np.zeros(2, bool), np.array([True, True]))
+    assert r["pass_rate"] is None and not r["testable"] and not r["passes"]
+    # windows holding t after position 1, in the shared random order
+    rank = np.array([2, 0, 1])
+    assert choose_windows(windows, t, 5, rank).tolist() == [1, 0]
+    assert choose_windows(windows, t, 1, rank).tolist() == [1]
+
+
+def test_repeat_masks_match_brute_force():
+    w = np.random.default_rng(3).integers(0, 5, size=(30, 12))
+    dup, nxt = repeat_masks(w)
+    for row, d, x in zip(w, dup, nxt):
+        for p in range(len(row)):
+            earlier = [q for q in range(1, p) if row[q] == row[p]]
+            assert d[p] == (p >= 1 and bool(earlier))
+            assert x[p] == (p + 1 < len(row) and any(row[q + 1] == row[p + 1] for q in earlier))
+
+
+def test_selection_and_control_rules():
+    a = torch.tensor([[0.9, 0.1, 0.0], [0.4, 0.4, 0.2], [0.05, 0.0, 0.95], [0.0, 0.02, 0.98], [0.6, 0.0, 0.4]])
+    live = torch.tensor([True, True, True, True, False])
+    assert select_candidates(a, [0], live) == [0]
+    assert select_candidates(a, [0, 1], live) == [0]  # per head: 0.4 and 0.4 are each below 0.6
+    assert select_candidates(a, [0, 1], live, pooled=True) == [0, 1]
+    assert select_candidates(a, [0], None) == [0, 4]  # 0.6 itself counts (>=)
+    assert select_controls(a, [0], live, 10) == [2, 3]
+    assert select_controls(a, [0, 1], live, 10) == [2, 3]  # summed over the heads: 0.05 and 0.02
+    assert select_controls(a, [2], live, 10) == [0]  # 4 has 0.4 but is dead anyway
+    assert len(select_controls(a, [0], live, 1)) == 1
+
+
+def planted_sae(model, layer=1):
+    """Feature 0: written by head 0 only (attribution 1) and reading direction u of head 0's z.
+    Feature 1: half head 0, half head 1. Features 2-4 are written by the last head only:
+    2 fires everywhere, 3 never, 4 is the dead one (never fires)."""
+    c = model.cfg
+    H, dh = c.n_heads, c.d_head
+    sae = SAE(SAEConfig(d_in=H * dh, d_sae=5, hook_name=f"blocks.{layer}.attn.hook_z", model_name=c.name))
+    g = torch.Generator().manual_seed(3)
+    dec = torch.zeros(5, H, dh)
+    dec[0, 0] = torch.randn(dh, generator=g)
+    dec[1, 0], dec[1, 1] = torch.randn(dh, generator=g), torch.randn(dh, generator=g)
+    dec[1, 1] *= dec[1, 0].norm() / dec[1, 1].norm()
+    dec[2:, H - 1] = torch.randn(3, dh, generator=g)
+    u = torch.zeros(dh)
+    u[0] = 1.0
+    with torch.no_grad():
+        sae.W_dec.copy_(dec.flatten(1) / dec.flatten(1).norm(dim=1, keepdim=True))
+        sae.W_enc.zero_()
+        sae.W_enc[:dh, 0] = u
+        sae.b_enc.copy_(torch.tensor([-0.5, -1.0, 5.0, -1.0, -1.0]))
+        sae.b_dec.zero_()
+    return sae, u
+
+
+def is_induction(row, p, t):
+    """Brute force: an earlier q < p with row[q] = row[p] and row[q + 1] = t."""
+    return any(row[q] == row[p] and row[q + 1] == t for q in range(p))
+
+
+def plant_induction_z(model, layer, t, u):
+    """Run the model with head 0's z at p set to u where t is next by induction at p, else 0."""
+    hook = f"blocks.{layer}.attn.hook_z"
+
+    def run(tokens, names, stop_early=True):
+        rows = tokens.cpu().numpy()
+        ind = torch.tensor([[float(is_induction(r, p, t)) for p in range(len(r))] for r in rows])
+
+        def fn(z, name):
+            z = z.clone()
+            z[:, :, 0] = ind[..., None] * u
+            return z
+        return model.run_with_hooks(tokens, [(hook, fn)], cache=names)
+    return run
+
+
+def windows_with_bigrams(targets, bos, n_per=4, ctx=24, seed=0):
+    """Random windows; for each target t, n_per windows with 'a t' at 3, 10 and 20 and 'b t' at 15."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for t in targets + [None] * 2:  # two windows with no planted bigram
+        for _ in range(n_per if t is not None else 1):
+            w = rng.integers(3, 101, size=ctx)
+            w[0] = bos
+            if t is not None:
+                a, b = rng.choice([x for x in range(3, 101) if x != t], 2, replace=False)
+                for p, x in ((3, a), (10, a), (15, b), (20, a)):
+                    w[p], w[p + 1] = x, t
+            out.append(w)
+    return np.stack(out)
+
+
+def test_planted_induction_feature_is_selected_passes_and_controls_do_not(tiny, monkeypatch):
+    model, _ = tiny
+    sae, u = planted_sae(model)
+    _, eff = logit_effects(model, sae, range(5), k=1)
+    targets = [int(e["top"][0][0]) for e in eff]
+    windows = windows_with_bigrams(targets[:4], model.cfg.bos_token_id or 0)
+    monkeypatch.setattr(model, "run_with_cache", plant_induction_z(model, 1, targets[0], u))
+    live = torch.tensor([True, True, True, True, False])
+    r = find_induction_features(model, sae, windows, heads=[0], live=live, n_control=10, progress=False)
+    assert [x["feature"] for x in r["candidate_features"]] == [0]
+    assert [x["feature"] for x in r["control_features"]] == [2, 3]  # 1 is half head 0; 4 is dead
+    f0 = r["candidate_features"][0]
+    assert f0["token_id"] == targets[0] and f0["attribution"] == {"1.0": 1.0}
+    # at least 2 later ('a t' at 10 and 20) and 2 first ('a t' at 3, 'b t' at 15) instances per planted window
+    assert f0["n_later"] >= 8 and f0["n_first"] >= 8
+    assert f0["pass_rate"] == 1.0 and f0["first_fire_rate"] == 0.0 and f0["passes_strict"]
+    always, never = r["control_features"]
+    assert always["pass_rate"] == 1.0 and always["first_fire_rate"] == 1.0 and always["passes"] and not always["passes_strict"]
+    assert never["pass_rate"] == 0.0 and not never["passes"]
+    assert r["candidates"]["n_pass"] == 1 and r["controls"]["n_pass"] == 1 and r["controls"]["n_pass_strict"] == 0
+    # token-agnostic: feature 0 fires only on repeated tokens; the always-on one at the base rate; 'never' has none
+    assert f0["p_duplicate"] == 1.0 and always["p_duplicate"] == pytest.approx(r["repeat_base_rates"]["p_duplicate"])
+    assert never["n_fire_sample"] == 0 and never["p_duplicate"] is None
+    assert r["headline"].startswith("1/1 candidates pass vs 1/2 controls")
+    # pooled over heads 0 and 1, the half-and-half feature joins
+    r = find_induction_features(model, sae, windows, heads=[0, 1], live=live, pooled=True, n_control=0, progress=False)
+    assert [x["feature"] for x in r["candidate_features"]] == [0, 1]
+    with pytest.raises(ValueError, match="out of range"):
+        find_induction_features(model, sae, windows, heads=[model.cfg.n_heads], progress=False)
+
+
+def test_behaviour_counts_match_brute_force_on_random_windows(tiny):
+    """An ordinary random SAE: the counts equal a direct loop over a full forward's activations."""
+    model, _ = tiny
+    sae = random_sae(model, d_sae=8)
+    windows = np.random.default_rng(1).integers(3, 12, size=(10, 20))  # small vocabulary: many repeats
+    windows[:, 0] = model.cfg.bos_token_id or 0
+    rows = behaviour(model, sae, range(8), windows, per_feature=6, progress=False, batch_size=3)
+    _, cache = model.run_with_cache(torch.from_numpy(windows.astype(np.int64)), [sae.cfg.hook_name])
+    acts = sae.encode(cache[sae.cfg.hook_name].flatten(2)).detach()
+    rank = np.random.default_rng(0).permutation(len(windows))
+    for r in rows:
+        t, f = r["token_id"], r["feature"]
+        wins = [w for w in np.argsort(rank) if (windows[w, 2:] == t).any()][:6]
+        later = fl = first = ff = 0
+        for w in wins:
+            for p in range(1, windows.shape[1] - 1):
+                if windows[w, p + 1] == t:
+                    earlier = any(windows[w, q] == windows[w, p] and windows[w, q + 1] == t for q in range(1, p))
+                    fired = bool(acts[w, p, f] > 0)
+                    later, fl = later + earlier, fl + (earlier and fired)
+                    first, ff = first + (not earlier), ff + (not earlier and fired)
+        assert (r["n_later"], r["n_later_fired"], r["n_first"], r["n_first_fired"], r["n_windows"]) == (later, fl, first, ff, len(wins))
+
+
+def test_activations_from_store_match_the_model_and_full_encoding(tiny, tmp_path):
+    from attnsae.data import harvest
+
+    model, _ = tiny
+    windows = np.random.default_rng(2).integers(3, 101, size=(6, 12)).astype(np.int32)
+    windows[:, 0] = model.cfg.bos_token_id or 0
+    store = harvest(model, windows, tmp_path / "s", ["blocks.1.attn.hook_z"], dtype="float32", progress=False)
+    feats = [1, 4, 6]
+    for sae in (random_sae(model, d_sae=8), random_sae(model, d_sae=8, architecture="topk", k=3)):
+        w = np.array([0, 5, 2, 2, 3, 0])
+        p = np.array([1, 11, 4, 0, 7, 3])
+        from_model = activations_at(sae, feats, windows, w, p, model=model, batch_size=2)
+        from_store = activations_at(sae, feats, windows, w, p, store=store)
+        _, cache = model.run_with_cache(torch.from_numpy(windows.astype(np.int64)), [sae.cfg.hook_name])
+        full = sae.encode(cache[sae.cfg.hook_name].flatten(2))[torch.from_numpy(w), torch.from_numpy(p)][:, feats].detach()
+        full[p == 0] = 0  # BOS is not read
+        torch.testing.assert_close(from_model, full, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(from_store, full, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(encode_features(sae, cache[sae.cfg.hook_name].flatten(2), feats),
+                                   sae.encode(cache[sae.cfg.hook_name].flatten(2))[..., feats], atol=1e-5, rtol=1e-5)
+        # a subset of the store's windows, mapped back by store_index
+        sub = activations_at(sae, feats, windows[[3, 0]], np.array([1, 0]), np.array([5, 2]), store=store, store_index=[3, 0])
+        torch.testing.assert_close(sub, activations_at(sae, feats, windows, np.array([0, 3]), np.array([5, 2]), model=model))
+
+
+def test_layer_induction_heads_finds_a_planted_head(tiny, monkeypatch):
+    model, _ = tiny
+    n = 20  # repeated-random-token half length (tiny GPT-2 has a context of 64)
+    hook = plant_attention(1, 2, lambda t, p: t - n + 1 if t > n else None)
+    orig = model.run_with_cache
+    monkeypatch.setattr(model, "run_with_cache", lambda tokens, names, stop_early=True:
+                        model.run_with_hooks(tokens, [hook], cache=names))
+    heads = layer_induction_heads(model, 1, n=n, batch=4)
+    assert heads[0][0] == 2 and heads[0][1] == pytest.approx(1.0) and len(heads) == 1
+    monkeypatch.setattr(model, "run_with_cache", orig)
+    with pytest.raises(ValueError, match="no head with induction score"):
+        layer_induction_heads(model, 1, n=n, batch=4)
+
+
+@pytest.fixture(scope="module")
+def cli_setup(tmp_path_factory):
+    from .test_case_study import make_cli_setup
+
+    return make_cli_setup(tmp_path_factory.mktemp("cli"))
+
+
+def test_cli_induction_features(cli_setup, monkeypatch, capsys):
+    import json
+
+    from .test_case_study import run_cli
+
+    tmp, model = cli_setup
+    common = ["--sae", str(tmp / "sae"), "--corpus", str(tmp / "corpus.txt"), "--windows", "20"]
+    code, out, err = run_cli(monkeypatch, capsys, model, "induction-features", *common, "--head", "1.0", "--threshold", "0.2",
+                             "--control", "4", "--out", str(tmp / "ind"))
+    assert code == 0, err
+    r = json.loads((tmp / "ind" / "induction_features.json").read_text())
+    assert r["heads"] == ["1.0"] and r["controls"]["n"] == len(r["control_features"]) <= 4
+    assert r["candidates"]["n"] == len(r["candidate_features"]) and r["headline"] in out
+    assert (tmp / "ind" / "induction_features.png").exists()
+    for head, message in (("0.1", "the SAE is on layer 1"), ("1.9", "layer 1 has 4 heads"), ("x", "write LAYER.HEAD")):
+        code, _, err = run_cli(monkeypatch, capsys, model, "induction-features", *common, "--head", head, "--out", str(tmp / "bad"))
+        assert code == 2 and message in err, err
