@@ -313,7 +313,7 @@ def cmd_ablate_heads(args):
 
 
 def cmd_induction(args):
-    from .experiments.head_scores import head_scores, top_heads
+    from .experiments.head_scores import head_scores, parse_heads, top_heads
     from .data import WindowSpec, load_windows
     from .experiments.induction import (corpus_prefix_lengths, corrupt_long_prefix, prefix_length_curves, write_corpus_prefix,
                                         write_prefix_curves)
@@ -321,15 +321,7 @@ def cmd_induction(args):
 
     model = load_model(args.model)
     if args.head:
-        heads = []
-        for spec in args.head:
-            try:
-                layer, head = map(int, spec.split("."))
-            except ValueError:
-                raise ValueError(f"--head {spec!r}: write LAYER.HEAD, e.g. 18.6") from None
-            if not (0 <= layer < model.cfg.n_layers and 0 <= head < model.cfg.n_heads):
-                raise ValueError(f"--head {spec}: {model.cfg.name} has {model.cfg.n_layers} layers x {model.cfg.n_heads} heads")
-            heads.append((layer, head))
+        heads = parse_heads(args.head, model)
     else:  # the strongest induction heads on repeated random tokens
         heads = [(l, h) for l, h, _ in top_heads(head_scores(model)["induction"], args.top)]
     r = prefix_length_curves(model, heads, n=args.n, seed=args.seed)
@@ -529,7 +521,7 @@ def cmd_polysemanticity(args):
 
 
 def cmd_ioi(args):
-    from .experiments.ioi import parse_heads
+    from .experiments.head_scores import parse_heads
     from .experiments.ioi_report import run_ioi
     from .models import load_model
     from .pipeline import DTYPES

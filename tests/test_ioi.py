@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from attnsae.experiments import ioi
+from attnsae.experiments.head_scores import parse_heads
 from attnsae.experiments.ioi_saes import ablate_s2, feature_ablation, path_patching, saes_by_layer, splice_eval
 from attnsae.models import from_hf, gpt2_tokenizer
 from attnsae.sae import SAE, SAEConfig
@@ -434,11 +435,11 @@ def test_noising_with_the_clean_prompts_recovers_everything(setup):
 
 def test_parse_heads_checks_the_model(setup):
     model = setup[0]
-    assert ioi.parse_heads(["1.0", "0.2"], model) == [(1, 0), (0, 2)]
+    assert parse_heads(["1.0", "0.2"], model) == [(1, 0), (0, 2)]
     with pytest.raises(ValueError, match="LAYER.HEAD"):
-        ioi.parse_heads(["1"], model)
+        parse_heads(["1"], model)
     with pytest.raises(ValueError, match="layers x"):
-        ioi.parse_heads(["9.0"], model)
+        parse_heads(["9.0"], model)
 
 
 # ---- command line --------------------------------------------------------------------------------

@@ -85,3 +85,17 @@ def write_head_scores(scores: dict[str, np.ndarray], out, model_name: str, n: in
     fig.suptitle(f"{model_name}: head behaviour scores (red: top 3)")
     fig.savefig(out / "head_scores.png", dpi=110)
     plt.close(fig)
+
+
+def parse_heads(specs, model) -> list[tuple[int, int]]:
+    """['L.H', ...] -> [(layer, head)], checked against the model."""
+    out = []
+    for spec in specs:
+        try:
+            layer, head = map(int, str(spec).split("."))
+        except ValueError:
+            raise ValueError(f"head {spec!r}: write LAYER.HEAD, e.g. 8.6") from None
+        if not (0 <= layer < model.cfg.n_layers and 0 <= head < model.cfg.n_heads):
+            raise ValueError(f"head {spec}: {model.cfg.name} has {model.cfg.n_layers} layers x {model.cfg.n_heads} heads")
+        out.append((layer, head))
+    return out

@@ -479,20 +479,6 @@ def s_inhibition_after(roles: dict, layer: int, k: int) -> list[tuple[int, int]]
     return found["s_inhibition"][:k]
 
 
-def parse_heads(specs, model) -> list[tuple[int, int]]:
-    """['L.H', ...] -> [(layer, head)], checked against the model."""
-    out = []
-    for spec in specs:
-        try:
-            layer, head = map(int, str(spec).split("."))
-        except ValueError:
-            raise ValueError(f"head {spec!r}: write LAYER.HEAD, e.g. 8.6") from None
-        if not (0 <= layer < model.cfg.n_layers and 0 <= head < model.cfg.n_heads):
-            raise ValueError(f"head {spec}: {model.cfg.name} has {model.cfg.n_layers} layers x {model.cfg.n_heads} heads")
-        out.append((layer, head))
-    return out
-
-
 # ---- noising at S2 ------------------------------------------------------------------------------
 
 @torch.no_grad()
