@@ -6,7 +6,8 @@ import torch
 
 from attnsae.experiments.induction_features import (activations_at, behaviour, bigram_instances, choose_windows,
                                                     encode_features, find_induction_features, layer_induction_heads,
-                                                    pass_rates, repeat_masks, select_candidates, select_controls)
+                                                    pass_rates, repeat_first_half, repeat_masks, select_candidates,
+                                                    select_controls)
 from attnsae.sae import SAE, SAEConfig
 from attnsae.viz.dashboard import logit_effects
 from tests.test_attribution import random_sae
@@ -157,6 +158,39 @@ def test_planted_induction_feature_is_selected_passes_and_controls_do_not(tiny, 
         find_induction_features(model, sae, windows, heads=[model.cfg.n_heads], progress=False)
 
 
+def test_repeat_first_half_makes_every_bigram_of_the_half_recur():
+    w = np.arange(2 * 8).reshape(2, 8)  # BOS + 7 content tokens: half 3, one token of padding
+    assert repeat_first_half(w, 1).tolist() == [[0, 1, 2, 3, 1, 2, 3, 1], [8, 9, 10, 11, 9, 10, 11, 9]]
+    w = np.arange(1, 9)[None]  # no BOS, even content
+    assert repeat_first_half(w, 0).tolist() == [[1, 2, 3, 4, 1, 2, 3, 4]]
+    # every bigram of the half has a first instance there and a later one in the copy
+    row = np.random.default_rng(0).permutation(100)[:33][None]
+    r = repeat_first_half(row, 1)
+    for t in row[0, 2:17]:
+        _, _, first = bigram_instances(r, int(t), [0], 1)
+        assert first.tolist() == [True, False]
+
+
+def test_repeat_half_makes_a_feature_testable_that_natural_windows_cannot_test(tiny, monkeypatch):
+    """The planted feature's token occurs once per window: untestable as is, passing on repeated halves."""
+    model, _ = tiny
+    sae, u = planted_sae(model)
+    _, eff = logit_effects(model, sae, [0], k=1)
+    t = int(eff[0]["top"][0][0])
+    rng = np.random.default_rng(4)
+    windows = rng.choice([x for x in range(3, 101) if x != t], size=(6, 24))
+    windows[:, 0] = model.cfg.bos_token_id or 0
+    windows[:, 6] = t  # once, in the first half (content positions 1..11)
+    monkeypatch.setattr(model, "run_with_cache", plant_induction_z(model, 1, t, u))
+    kw = dict(heads=[0], n_control=0, repeat_windows=0, progress=False)
+    f0 = find_induction_features(model, sae, windows, **kw)["candidate_features"][0]
+    assert not f0["testable"] and f0["n_first"] == 6
+    r = find_induction_features(model, sae, windows, repeat_half=True, **kw)
+    f0 = r["candidate_features"][0]
+    assert f0["testable"] and f0["n_later"] == 6 and f0["pass_rate"] == 1.0 and f0["first_fire_rate"] == 0.0
+    assert "first half twice" in r["rules"]["windows"]
+
+
 def test_behaviour_counts_match_brute_force_on_random_windows(tiny):
     """An ordinary random SAE: the counts equal a direct loop over a full forward's activations."""
     model, _ = tiny
@@ -241,6 +275,10 @@ def test_cli_induction_features(cli_setup, monkeypatch, capsys):
     assert r["heads"] == ["1.0"] and r["controls"]["n"] == len(r["control_features"]) <= 4
     assert r["candidates"]["n"] == len(r["candidate_features"]) and r["headline"] in out
     assert (tmp / "ind" / "induction_features.png").exists()
+    code, out, err = run_cli(monkeypatch, capsys, model, "induction-features", *common, "--head", "1.0", "--threshold", "0.2",
+                             "--control", "4", "--repeat-half", "--out", str(tmp / "ind2"))
+    assert code == 0, err
+    assert "first half twice" in json.loads((tmp / "ind2" / "induction_features.json").read_text())["rules"]["windows"]
     for head, message in (("0.1", "the SAE is on layer 1"), ("1.9", "layer 1 has 4 heads"), ("x", "write LAYER.HEAD")):
         code, _, err = run_cli(monkeypatch, capsys, model, "induction-features", *common, "--head", head, "--out", str(tmp / "bad"))
         assert code == 2 and message in err, err

@@ -99,7 +99,8 @@ def harvest(
     if writer.manifest["complete"]:
         return ActivationStore(root)
     first_pos = meta["first_pos"]
-    bar = tqdm(total=len(windows), initial=start, desc=f"harvest {','.join(hooks)}", unit="win", disable=not progress)
+    label = hooks[0] if len(hooks) == 1 else f"{len(hooks)} hooks"  # 30 hook names would fill the terminal
+    bar = tqdm(total=len(windows), initial=start, desc=f"harvest {label}", unit="win", disable=not progress)
     with torch.inference_mode():
         for s in range(start, len(windows), windows_per_shard):
             e = min(s + windows_per_shard, len(windows))

@@ -29,6 +29,9 @@ Control group: up to N random live features whose attribution summed over the in
 is < 0.1, put through the same behaviour heuristic. Reported as the paper does:
 "x/y candidates pass vs a/b controls".
 
+Not in the paper, for short windows where a feature's token rarely recurs after the same token: repeat_half
+tests on windows holding their first half twice (repeat_first_half), so nearly every feature is testable.
+
 Not in the paper, for SAEs whose induction features are not one-per-token: repeat_rates gives each
 feature's P(duplicate | fires) and P(induction-predictable next token | fires) on a sample of windows,
 beside the base rates of those events over all tokens.
@@ -180,6 +183,17 @@ def choose_windows(windows: np.ndarray, target: int, n: int, rank: np.ndarray, f
     return has[np.argsort(rank[has], kind="stable")[:n]]
 
 
+def repeat_first_half(windows: np.ndarray, first_pos: int = 1) -> np.ndarray:
+    """Windows of the same length holding their first half twice: row[:first_pos] + X + X (+ X[0] when the
+    content length is odd), X = the first (ctx - first_pos) // 2 content tokens. Every bigram of X recurs in
+    the second copy, so a feature whose token occurs in X has later instances to test; natural windows
+    rarely repeat a given bigram within 128 tokens, which leaves most features untestable."""
+    w = np.asarray(windows)
+    h = (w.shape[1] - first_pos) // 2
+    x = w[:, first_pos:first_pos + h]
+    return np.concatenate([w[:, :first_pos], x, x, x[:, :(w.shape[1] - first_pos) % 2]], 1)
+
+
 def pass_rates(fired: np.ndarray, is_first: np.ndarray, pass_threshold: float = PASS_THRESHOLD) -> dict:
     """Counts and rates for one feature from its instances (see the module docstring)."""
     fired, is_first = np.asarray(fired, dtype=bool), np.asarray(is_first, dtype=bool)
@@ -288,12 +302,17 @@ def find_induction_features(model, sae, windows: np.ndarray, heads=None, *, stor
                             live: torch.Tensor | None = None, threshold: float = SELECT_THRESHOLD, pooled: bool = False, n_control: int = 200,
                             control_max: float = CONTROL_MAX, per_feature: int = 200,
                             pass_threshold: float = PASS_THRESHOLD, min_head_score: float = MIN_HEAD_SCORE,
-                            repeat_windows: int = 300, seed: int = 0, batch_size: int = 16, progress: bool = True) -> dict:
+                            repeat_windows: int = 300, repeat_half: bool = False, seed: int = 0, batch_size: int = 16,
+                            progress: bool = True) -> dict:
     """Selection + behaviour heuristics on the SAE's layer; returns the JSON-able report.
 
     heads: head indices of the SAE's layer (default: those with induction score >= min_head_score).
     live: [d_sae] bool (default: every feature; pass the SAE's density >= 1e-5 when known).
-    repeat_windows: windows for the token-agnostic repeat_rates of every feature (0: skip)."""
+    repeat_windows: windows for the token-agnostic repeat_rates of every feature (0: skip).
+    repeat_half: test on repeat_first_half(windows) instead, run through the model (a store holds only the
+    original windows, so it is not read)."""
+    if repeat_half:
+        windows, store, store_index = repeat_first_half(windows, sae.cfg.first_pos), None, None
     layer = layer_of(sae)
     n_heads = model.cfg.n_heads
     if heads is None:
@@ -329,7 +348,8 @@ def find_induction_features(model, sae, windows: np.ndarray, heads=None, *, stor
             "n_candidates_other_rule": other_rule,
             "control": f"random live features with attribution summed over the heads < {control_max} (up to {n_control})",
             "token": "top positive direct logit effect W_U . (norm gains . W_O d_i), special / added tokens skipped",
-            "windows": f"up to {per_feature} pool windows containing the token",
+            "windows": f"up to {per_feature} pool windows containing the token"
+                       + (", each holding its first half twice (repeat_first_half)" if repeat_half else ""),
             "pass_rate": "#(later instances of a bigram 'A t' in a window where the feature fires at A) / #(later instances)",
             "first_fire_rate": "#(first instances of 'A t' in a window where it fires at A) / #(first instances)",
             "passes": f"pass rate > {pass_threshold}; untestable (no later instance) counts as not passing",
