@@ -424,7 +424,7 @@ def cmd_induction_features(args):
     r = find_induction_features(model, sae, windows, heads or None, store=store, store_index=index, live=live,
                                 threshold=args.threshold, pooled=args.pooled, n_control=args.control,
                                 per_feature=args.per_feature, repeat_windows=args.repeat_windows,
-                                repeat_half=args.repeat_half, seed=args.seed)
+                                repeat_half=args.repeat_half, token=args.token, seed=args.seed)
     r["sae"], r["store"] = str(args.sae[0]), args.store
     r["live"] = "every feature (the SAE folder has no sparsity.safetensors)" if density is None else \
         f"training density >= {DEAD_THRESHOLD:g} (sparsity.safetensors)"
@@ -699,6 +699,9 @@ def build_parser():
     p.add_argument("--control", type=int, default=200, help="random control features (default: %(default)s)")
     p.add_argument("--repeat-windows", type=int, default=300, help="windows on which each feature's P(repeated token | "
                    "fires) and P(next token predicted by induction | fires) are measured; 0 skips (default: %(default)s)")
+    p.add_argument("--token", choices=["logit", "next"], default="logit", help="the token t tested per feature: logit "
+                   "(paper: its top direct-logit token) or next (the token most often next where it fires, on the "
+                   "--repeat-windows sample; for middle layers, whose features act through later layers)")
     p.add_argument("--repeat-half", action="store_true", help="test on windows holding their first half twice, so every "
                    "bigram of that half recurs and nearly every feature is testable (runs the model; a --store gives only "
                    "the windows)")

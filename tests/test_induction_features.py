@@ -191,6 +191,31 @@ def test_repeat_half_makes_a_feature_testable_that_natural_windows_cannot_test(t
     assert "first half twice" in r["rules"]["windows"]
 
 
+def test_token_next_tests_the_token_a_feature_predicts_when_its_logit_token_is_another(tiny, monkeypatch):
+    """Feature 0 fires where s is next by induction, but its top direct-logit token is not s (a middle-layer
+    feature acting through later layers): the paper's token misses it, token='next' finds s and passes."""
+    model, _ = tiny
+    sae, u = planted_sae(model)
+    _, eff = logit_effects(model, sae, [0], k=1)
+    t_logit = int(eff[0]["top"][0][0])
+    s = next(x for x in range(3, 101) if x != t_logit)
+    windows = windows_with_bigrams([s], model.cfg.bos_token_id or 0, n_per=6)
+    windows[windows == t_logit] = s + 1 if s + 1 != t_logit else s + 2  # the logit token never occurs
+    monkeypatch.setattr(model, "run_with_cache", plant_induction_z(model, 1, s, u))
+    kw = dict(heads=[0], n_control=0, progress=False)
+    f0 = find_induction_features(model, sae, windows, **kw)["candidate_features"][0]
+    assert f0["token_id"] == t_logit and f0["token_source"] == "logit" and not f0["testable"]
+    r = find_induction_features(model, sae, windows, token="next", **kw)
+    f0 = r["candidate_features"][0]
+    fires = [(row, p) for row in windows for p in range(1, windows.shape[1] - 1) if is_induction(row, p, s)]
+    share = np.mean([row[p + 1] == s for row, p in fires])  # < 1: a random later copy of A need not precede s
+    assert f0["top_next_token_id"] == s and f0["top_next_share"] == pytest.approx(share) and share > 0.5
+    assert (f0["token_id"], f0["token_source"], f0["logit_token_id"]) == (s, "given", t_logit)
+    assert f0["n_later"] >= 12 and f0["pass_rate"] == 1.0 and f0["first_fire_rate"] == 0.0
+    with pytest.raises(ValueError, match="repeat_windows"):
+        find_induction_features(model, sae, windows, token="next", repeat_windows=0, **kw)
+
+
 def test_behaviour_counts_match_brute_force_on_random_windows(tiny):
     """An ordinary random SAE: the counts equal a direct loop over a full forward's activations."""
     model, _ = tiny

@@ -29,6 +29,10 @@ Control group: up to N random live features whose attribution summed over the in
 is < 0.1, put through the same behaviour heuristic. Reported as the paper does:
 "x/y candidates pass vs a/b controls".
 
+Not in the paper, for an SAE on a middle layer (its features reach the logits through later layers, so the
+top direct-logit token can be a stray subword): token="next" tests instead the token most often next where the
+feature fires, counted on the repeat_rates sample; controls get the same treatment.
+
 Not in the paper, for short windows where a feature's token rarely recurs after the same token: repeat_half
 tests on windows holding their first half twice (repeat_first_half), so nearly every feature is testable.
 
@@ -209,10 +213,11 @@ def pass_rates(fired: np.ndarray, is_first: np.ndarray, pass_threshold: float = 
 
 
 def behaviour(model, sae, features, windows: np.ndarray, *, store=None, store_index=None, per_feature: int = 200,
-              pass_threshold: float = PASS_THRESHOLD, min_act: float = 0.0, seed: int = 0, batch_size: int = 16,
-              progress: bool = True) -> list[dict]:
+              pass_threshold: float = PASS_THRESHOLD, min_act: float = 0.0, targets: dict | None = None, seed: int = 0,
+              batch_size: int = 16, progress: bool = True) -> list[dict]:
     """The induction behaviour heuristic for each feature: one dict per feature (token, counts, rates).
-    A feature "fires" at a position when its activation is > min_act (default 0)."""
+    A feature "fires" at a position when its activation is > min_act (default 0). targets: {feature: token id}
+    to test instead of the top direct-logit token (token_source "given"; the logit token is still reported)."""
     from ..viz.dashboard import logit_effects
 
     features = [int(f) for f in features]
@@ -224,10 +229,11 @@ def behaviour(model, sae, features, windows: np.ndarray, *, store=None, store_in
     special = set(getattr(tok, "all_special_ids", None) or []) | set(getattr(tok, "added_tokens_decoder", None) or {})
     _, effects = logit_effects(model, sae, features, k=len(special) + 1)
     tops = [next((int(i), float(v)) for i, v in zip(*e["top"]) if int(i) not in special) for e in effects]
-    targets = [t for t, _ in tops]
+    targets = targets or {}
+    tested = [targets.get(f, t) for f, (t, _) in zip(features, tops)]
     rank = np.random.default_rng(seed).permutation(len(windows))
     per = []
-    for t in targets:
+    for t in tested:
         wins = choose_windows(windows, t, per_feature, rank, first)
         w, p, is_first = bigram_instances(windows, t, wins, first)
         per.append((wins, w, p, is_first))
@@ -240,10 +246,11 @@ def behaviour(model, sae, features, windows: np.ndarray, *, store=None, store_in
                           store=store, store_index=store_index, batch_size=batch_size, progress=progress)
     text = (lambda i: model.tokenizer.decode([i])) if model.tokenizer is not None else (lambda i: f"<{i}>")
     out, offset = [], 0
-    for col, (f, (t, logit), (wins, w, p, is_first)) in enumerate(zip(features, tops, per)):
+    for col, (f, t, (t_logit, logit), (wins, w, p, is_first)) in enumerate(zip(features, tested, tops, per)):
         a = acts[inv[offset:offset + len(w)], col].numpy()
         offset += len(w)
-        out.append({"feature": f, "token_id": t, "token": text(t), "logit_effect": logit,
+        out.append({"feature": f, "token_id": t, "token": text(t), "token_source": "given" if f in targets else "logit",
+                    "logit_token_id": t_logit, "logit_token": text(t_logit), "logit_effect": logit,
                     "n_windows": len(wins), **pass_rates(a > min_act, is_first, pass_threshold),
                     "mean_act_later": float(a[~is_first].mean()) if (~is_first).any() else None})
     return out
@@ -270,7 +277,8 @@ def repeat_rates(model, sae, features, windows: np.ndarray, *, store=None, store
                  seed: int = 0, batch_size: int = 16, progress: bool = True) -> tuple[list[dict], dict]:
     """A token-agnostic view of induction: over n_windows random pool windows (positions first_pos..ctx-2), per
     feature the fraction of its firing tokens that are duplicates and that are induction-predictable
-    (repeat_masks), to compare with the base rates over all those tokens. ([per feature], base rates)."""
+    (repeat_masks), to compare with the base rates over all those tokens; and the token most often next where
+    it fires, with its share. ([per feature], base rates)."""
     first, ctx = sae.cfg.first_pos, windows.shape[1]
     pick = np.sort(np.random.default_rng([seed, 1]).permutation(len(windows))[:n_windows])
     dup, nxt = repeat_masks(windows[pick])
@@ -280,8 +288,15 @@ def repeat_rates(model, sae, features, windows: np.ndarray, *, store=None, store
                         batch_size=batch_size, progress=progress).numpy() > 0  # [n, F]
     d, x = dup[:, first:ctx - 1].ravel(), nxt[:, first:ctx - 1].ravel()
     n_on, n_dup, n_nxt = on.sum(0), d.astype(np.int64) @ on, x.astype(np.int64) @ on  # int: bool @ bool is an OR
-    rows = [{"n_fire_sample": int(n), "p_duplicate": float(n_dup[j] / n) if n else None,
-             "p_induction_next": float(n_nxt[j] / n) if n else None} for j, n in enumerate(n_on)]
+    following = windows[w, p + 1]
+    rows = []
+    for j, n in enumerate(n_on):
+        ids, counts = np.unique(following[on[:, j]], return_counts=True)
+        top = int(counts.argmax()) if n else None
+        rows.append({"n_fire_sample": int(n), "p_duplicate": float(n_dup[j] / n) if n else None,
+                     "p_induction_next": float(n_nxt[j] / n) if n else None,
+                     "top_next_token_id": int(ids[top]) if n else None,
+                     "top_next_share": float(counts[top] / n) if n else None})
     return rows, {"n_windows": int(len(pick)), "n_tokens": int(len(d)), "p_duplicate": float(d.mean()),
                   "p_induction_next": float(x.mean())}
 
@@ -302,15 +317,23 @@ def find_induction_features(model, sae, windows: np.ndarray, heads=None, *, stor
                             live: torch.Tensor | None = None, threshold: float = SELECT_THRESHOLD, pooled: bool = False, n_control: int = 200,
                             control_max: float = CONTROL_MAX, per_feature: int = 200,
                             pass_threshold: float = PASS_THRESHOLD, min_head_score: float = MIN_HEAD_SCORE,
-                            repeat_windows: int = 300, repeat_half: bool = False, seed: int = 0, batch_size: int = 16,
-                            progress: bool = True) -> dict:
+                            repeat_windows: int = 300, repeat_half: bool = False, token: str = "logit", seed: int = 0,
+                            batch_size: int = 16, progress: bool = True) -> dict:
     """Selection + behaviour heuristics on the SAE's layer; returns the JSON-able report.
 
     heads: head indices of the SAE's layer (default: those with induction score >= min_head_score).
     live: [d_sae] bool (default: every feature; pass the SAE's density >= 1e-5 when known).
     repeat_windows: windows for the token-agnostic repeat_rates of every feature (0: skip).
     repeat_half: test on repeat_first_half(windows) instead, run through the model (a store holds only the
-    original windows, so it is not read)."""
+    original windows, so it is not read).
+    token: which token t the behaviour heuristic tests: "logit" (paper: the top direct-logit token) or "next" (the
+    token most often next where the feature fires in the repeat_rates sample; the logit token for a feature that
+    never fires there). "next" suits SAEs on a middle layer, whose features act through later layers rather
+    than on the logits directly."""
+    if token not in ("logit", "next"):
+        raise ValueError(f"token must be 'logit' or 'next', not {token!r}")
+    if token == "next" and not repeat_windows:
+        raise ValueError("token='next' picks each feature's token on the repeat_rates sample: repeat_windows must be > 0")
     if repeat_half:
         windows, store, store_index = repeat_first_half(windows, sae.cfg.first_pos), None, None
     layer = layer_of(sae)
@@ -328,11 +351,14 @@ def find_induction_features(model, sae, windows: np.ndarray, heads=None, *, stor
     live = torch.ones(sae.d_sae, dtype=torch.bool) if live is None else live.bool()
     cands = select_candidates(attribution, heads, live, threshold, pooled)
     controls = select_controls(attribution, heads, live, n_control, control_max, seed)
-    rows = behaviour(model, sae, cands + controls, windows, store=store, store_index=store_index, per_feature=per_feature,
-                     pass_threshold=pass_threshold, seed=seed, batch_size=batch_size, progress=progress)
-    rep, base = repeat_rates(model, sae, cands + controls, windows, store=store, store_index=store_index,
+    feats = cands + controls
+    rep, base = repeat_rates(model, sae, feats, windows, store=store, store_index=store_index,
                              n_windows=repeat_windows, seed=seed, batch_size=batch_size, progress=progress) \
-        if repeat_windows and cands + controls else ([{}] * len(rows), None)
+        if repeat_windows and feats else ([{}] * len(feats), None)
+    targets = {f: x["top_next_token_id"] for f, x in zip(feats, rep) if x.get("top_next_token_id") is not None} \
+        if token == "next" else None
+    rows = behaviour(model, sae, feats, windows, store=store, store_index=store_index, per_feature=per_feature,
+                     pass_threshold=pass_threshold, targets=targets, seed=seed, batch_size=batch_size, progress=progress)
     for r, x in zip(rows, rep):
         r["attribution"] = {f"{layer}.{h}": round(float(attribution[r["feature"], h]), 4) for h in heads}
         r.update(x)
@@ -347,7 +373,9 @@ def find_induction_features(model, sae, windows: np.ndarray, heads=None, *, stor
             "selection": f"attribution {'summed over' if pooled else 'to one of'} the heads >= {threshold}",
             "n_candidates_other_rule": other_rule,
             "control": f"random live features with attribution summed over the heads < {control_max} (up to {n_control})",
-            "token": "top positive direct logit effect W_U . (norm gains . W_O d_i), special / added tokens skipped",
+            "token": "top positive direct logit effect W_U . (norm gains . W_O d_i), special / added tokens skipped"
+                     if token == "logit" else "the token most often next where the feature fires in the repeat sample "
+                     "(the top direct-logit token for features that never fire there)",
             "windows": f"up to {per_feature} pool windows containing the token"
                        + (", each holding its first half twice (repeat_first_half)" if repeat_half else ""),
             "pass_rate": "#(later instances of a bigram 'A t' in a window where the feature fires at A) / #(later instances)",
