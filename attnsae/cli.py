@@ -684,7 +684,7 @@ def build_parser():
         "induction-features", help="find '<token> is next by induction' features: attribution to induction heads, then "
         "behaviour on repeated bigrams, vs a control group (paper app. F)",
         description="Selection: features with weight-based attribution >= --threshold to one of the layer's induction heads. "
-        "Behaviour: t = the feature's top direct-logit token; over up to --per-feature windows containing t, at every bigram "
+        "Behaviour: t = the feature's top direct-logit token (--token next: the token it most often precedes); over up to --per-feature windows containing t, at every bigram "
         "'A t' the feature should fire at A when the bigram occurred earlier in the window (a later instance) and not at "
         "its first instance. Pass rate = fired later instances / later instances; passes at > 0.6. Controls: random live "
         "features with attribution < 0.1 to the heads. Writes induction_features.json and .png (pass-rate histograms).",
