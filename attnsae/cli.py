@@ -300,7 +300,8 @@ def cmd_ablate_heads(args):
     model = load_model(args.model)
     if not 0 <= args.layer < model.cfg.n_layers:
         raise ValueError(f"--layer {args.layer} out of range: {model.cfg.name} has {model.cfg.n_layers} layers")
-    tasks = {t: TASKS[t] for t in args.task}
+    names = args.task if args.task is not None else ([] if args.template else list(TASKS))  # templates alone: just those
+    tasks = {t: TASKS[t] for t in names}
     for path in args.template:
         spec = json.loads(Path(path).read_text())
         tasks[spec.get("name", Path(path).stem)] = spec
@@ -343,6 +344,14 @@ def cmd_induction(args):
         print(f"wrote {Path(args.out) / 'corpus_prefix.json'} and .png ({len(held)} held-out windows)")
 
 
+def _model_name(args, saes, default: str | None = None) -> str:
+    """--model, else the model the SAEs were trained on (they must agree), else `default`."""
+    names = {s.cfg.model_name for s in saes}
+    if len(names) > 1 and not args.model:
+        raise ValueError(f"the SAEs come from different models {sorted(map(str, names))}; pass --model")
+    return args.model or (saes[0].cfg.model_name if saes else default)
+
+
 def _experiment_inputs(args, check=None):
     """(model, SAEs, windows, store or None, store_index or None) for induction-features / case-study /
     polysemanticity. Every check that needs no model runs first; `check(model, saes)` runs before the corpus
@@ -358,11 +367,9 @@ def _experiment_inputs(args, check=None):
     saes = [load_sae(p) for p in args.sae]
     for s in saes:
         require_hook_z(s)
-    names = {s.cfg.model_name for s in saes}
-    if len(names) > 1 and not args.model:
-        raise ValueError(f"the SAEs come from different models {sorted(map(str, names))}; pass --model")
+    name = _model_name(args, saes)
     store = ActivationStore(args.store, verify=False) if args.store else None  # sha256 of GBs of shards: skipped here
-    model = load_model(args.model or saes[0].cfg.model_name, dtype=DTYPES[args.model_dtype])
+    model = load_model(name, dtype=DTYPES[args.model_dtype])
     for s in saes:
         check_compatible(model, s)
     if check is not None:
@@ -395,15 +402,13 @@ def _add_experiment_args(p, windows_default: int, multi_sae: bool = False, store
     p.set_defaults(subset=store_subset)
 
 
-def _head_of_layer(spec: str, layer: int, n_heads: int) -> int:
-    try:
-        l, h = map(int, spec.split("."))
-    except ValueError:
-        raise ValueError(f"--head {spec!r}: write LAYER.HEAD, e.g. 18.6") from None
+def _head_of_layer(spec: str, layer: int, model) -> int:
+    """LAYER.HEAD -> HEAD, for a head of the SAE's layer."""
+    from .experiments.head_scores import parse_heads
+
+    ((l, h),) = parse_heads([spec], model)
     if l != layer:
         raise ValueError(f"--head {spec}: the SAE is on layer {layer}; name heads of that layer")
-    if not 0 <= h < n_heads:
-        raise ValueError(f"--head {spec}: layer {layer} has {n_heads} heads")
     return h
 
 
@@ -416,7 +421,7 @@ def cmd_induction_features(args):
     if len(args.sae) != 1:
         raise ValueError("induction-features takes one --sae")
     heads = []
-    check = lambda model, saes: heads.extend(_head_of_layer(s, layer_of(saes[0]), model.cfg.n_heads)  # noqa: E731
+    check = lambda model, saes: heads.extend(_head_of_layer(s, layer_of(saes[0]), model)  # noqa: E731
                                              for s in args.head)
     model, (sae,), windows, store, index = _experiment_inputs(args, check)
     density = load_feature_density(args.sae[0])
@@ -533,10 +538,7 @@ def cmd_ioi(args):
 
         torch.set_num_threads(args.threads)
     saes = [load_sae(p) for p in args.sae]
-    names = {s.cfg.model_name for s in saes}
-    if len(names) > 1 and not args.model:
-        raise ValueError(f"the SAEs come from different models {sorted(map(str, names))}; pass --model")
-    model = load_model(args.model or (saes[0].cfg.model_name if saes else "smollm2-135m"), dtype=DTYPES[args.model_dtype])
+    model = load_model(_model_name(args, saes, "smollm2-135m"), dtype=DTYPES[args.model_dtype])
     sections = None
     if args.cross_section:
         sections = {}
@@ -800,8 +802,6 @@ Writes OUT/ioi.json and PNG figures; prints the headline numbers.""",
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    if getattr(args, "task", ()) is None:
-        args.task = [] if args.template else ["digits", "url"]
     try:
         args.fn(args)
     except (FileNotFoundError, KeyError, ValueError, RuntimeError) as e:

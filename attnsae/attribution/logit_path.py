@@ -29,6 +29,16 @@ def through_final_norm(model, layer: int, out: torch.Tensor, post_scale=None, fi
     return out if final_scale is None else out * final_scale.float()
 
 
+def head_direct_effect(model, layer: int, z: torch.Tensor, directions: torch.Tensor, final_scale,
+                       post_scale=None) -> torch.Tensor:
+    """[b, n_heads]: each head's direct contribution along one unembedding direction per row (directions
+    [d_model, b], e.g. W_U[:, answer] or W_U[:, io] - W_U[:, s]), from its z [b, h, d_head] at one position,
+    through the norms after the layer with that position's scales ([b, 1]) frozen."""
+    out = torch.einsum("bhd,hdm->bhm", z.float(), model.blocks[layer].W_O_heads.float())
+    out = through_final_norm(model, layer, out, None if post_scale is None else post_scale[:, None], final_scale[:, None])
+    return torch.einsum("bhm,mb->bh", out, directions.float())
+
+
 def convention(model) -> str:
     """How through_final_norm(..) @ W_U approximates a direct logit effect, in words for a page."""
     c = model.cfg

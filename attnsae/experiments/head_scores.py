@@ -60,6 +60,11 @@ def top_heads(scores: np.ndarray, k: int = 5) -> list[tuple[int, int, float]]:
     return [(int(i // scores.shape[1]), int(i % scores.shape[1]), float(scores.flat[i])) for i in flat]
 
 
+def top_layers(scores: np.ndarray, k: int) -> list[int]:
+    """The layers holding the k highest-scoring heads, ascending."""
+    return sorted({l for l, _, _ in top_heads(scores, k)})
+
+
 def write_head_scores(scores: dict[str, np.ndarray], out, model_name: str, n: int) -> None:
     from ..evals.plots import _plt
 
@@ -95,7 +100,10 @@ def parse_heads(specs, model) -> list[tuple[int, int]]:
             layer, head = map(int, str(spec).split("."))
         except ValueError:
             raise ValueError(f"head {spec!r}: write LAYER.HEAD, e.g. 8.6") from None
-        if not (0 <= layer < model.cfg.n_layers and 0 <= head < model.cfg.n_heads):
-            raise ValueError(f"head {spec}: {model.cfg.name} has {model.cfg.n_layers} layers x {model.cfg.n_heads} heads")
+        shape = f"{model.cfg.name} has {model.cfg.n_layers} layers x {model.cfg.n_heads} heads"
+        if not 0 <= layer < model.cfg.n_layers:
+            raise ValueError(f"head {spec}: {shape}")
+        if not 0 <= head < model.cfg.n_heads:
+            raise ValueError(f"head {spec}: layer {layer} has {model.cfg.n_heads} heads ({shape})")
         out.append((layer, head))
     return out

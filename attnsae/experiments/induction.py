@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ..attribution.logit_path import through_final_norm
+from ..attribution.logit_path import head_direct_effect
 from .head_scores import random_token_range
 
 
@@ -34,11 +34,9 @@ def prefix_dataset(model, k: int, n: int = 64, filler: int = 20, seed: int = 0) 
 def head_dla(model, cache: dict, layer: int, pos: int, answer: torch.Tensor) -> torch.Tensor:
     """[batch, n_heads]: each head's direct contribution to the answer's logit at `pos`, through the
     final norm (and Gemma's post-attention norm) with their per-token scales frozen."""
-    z = cache[f"blocks.{layer}.attn.hook_z"][:, pos].float()  # [b, h, dh]
-    out = torch.einsum("bhd,hdm->bhm", z, model.blocks[layer].W_O_heads.float())
-    post = cache[f"blocks.{layer}.ln1_post.hook_scale"][:, pos, None] if model.cfg.family == "gemma3" else None
-    out = through_final_norm(model, layer, out, post, cache["ln_final.hook_scale"][:, pos, None])
-    return torch.einsum("bhm,mb->bh", out, model.W_U.float()[:, answer])
+    post = cache[f"blocks.{layer}.ln1_post.hook_scale"][:, pos] if model.cfg.family == "gemma3" else None
+    return head_direct_effect(model, layer, cache[f"blocks.{layer}.attn.hook_z"][:, pos], model.W_U[:, answer],
+                              cache["ln_final.hook_scale"][:, pos], post)
 
 
 @torch.no_grad()

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from ..attribution.logit_path import through_final_norm
+from ..attribution.logit_path import head_direct_effect
 
 NAMES = (
     "Mary John Alice Bob Tom James Michael David Sarah Emma Anna Paul Mark Kevin Laura Lisa Daniel Rachel Steven "
@@ -330,10 +330,12 @@ def rows_forward(model, start: int, resid: torch.Tensor, end: torch.Tensor, make
     return torch.cat(out) if out else torch.zeros(0, model.cfg.d_vocab)
 
 
-def logit_diff(logits_end: torch.Tensor, batch: IOIBatch) -> torch.Tensor:
-    """[n]: logit(IO) - logit(S) at END, from run_end's logits."""
-    ar = torch.arange(len(batch))
-    return (logits_end[ar, batch.io_id] - logits_end[ar, batch.s_id]).float()
+def logit_diff(logits_end: torch.Tensor, batch: IOIBatch, prompt_of: torch.Tensor | None = None) -> torch.Tensor:
+    """[n]: logit(IO) - logit(S) at END, from run_end's logits; with prompt_of, row r of the logits belongs
+    to prompt prompt_of[r] (batched interventions)."""
+    rows = torch.arange(len(batch)) if prompt_of is None else prompt_of
+    ar = torch.arange(len(rows))
+    return (logits_end[ar, batch.io_id[rows]] - logits_end[ar, batch.s_id[rows]]).float()
 
 
 def summarize(values: torch.Tensor, batch: IOIBatch, vocab: IOIVocab | None = None) -> dict:
@@ -396,11 +398,8 @@ def template_means_at_end(model, abc: IOIBatch, layers, hooks=()) -> dict[int, t
 def head_dla(model, layer: int, z_end: torch.Tensor, io_id, s_id, final_scale, post_scale=None) -> torch.Tensor:
     """[n, n_heads]: each head's direct contribution to logit(IO) - logit(S) at END, from its z there
     [n, h, dh], through the norms after it with their per-token scales frozen (as induction.head_dla)."""
-    out = torch.einsum("bhd,hdm->bhm", z_end.float(), model.blocks[layer].W_O_heads.float())
-    out = through_final_norm(model, layer, out, None if post_scale is None else post_scale[:, None],
-                             final_scale[:, None])
     W_U = model.W_U.float()
-    return torch.einsum("bhm,mb->bh", out, W_U[:, io_id] - W_U[:, s_id])
+    return head_direct_effect(model, layer, z_end, W_U[:, io_id] - W_U[:, s_id], final_scale, post_scale)
 
 
 def classify_heads(effect: np.ndarray, attn_s2: np.ndarray, attn_io: np.ndarray, dla: np.ndarray, min_attn: float = 0.1,
@@ -461,8 +460,7 @@ def head_roles(model, batch: IOIBatch, abc: IOIBatch, min_attn: float = 0.1, hoo
             return list(hooks) + [(f"blocks.{l}.attn.hook_z", fn)]
 
         out = rows_forward(model, l, cache[f"blocks.{l}.hook_resid_pre"][prompt_of], batch.end[prompt_of], make_hooks, chunk)
-        ar_rows = torch.arange(len(prompt_of))
-        ld_abl = out[ar_rows, batch.io_id[prompt_of]] - out[ar_rows, batch.s_id[prompt_of]]
+        ld_abl = logit_diff(out, batch, prompt_of)
         for j, h in enumerate(heads):
             effect[l, h] = float(ld_abl[j * n:(j + 1) * n].mean() - ld.mean())
     roles = classify_heads(effect, attn_s2, attn_io, dla, min_attn)

@@ -15,7 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..evals.plots import _plt
 from . import ioi
+from .head_scores import top_layers
 from .ioi_saes import feature_ablation, path_patching, saes_by_layer, splice_eval
 
 PARTS = ("heads", "splice", "features", "path", "noise")
@@ -24,9 +26,7 @@ PARTS = ("heads", "splice", "features", "path", "noise")
 def role_sections(head_scores: dict, roles: dict | None, k: int = 2) -> dict[str, list[int]]:
     """Cross-sections (fig. 15) from the model's own heads: the layers of its k strongest duplicate-token,
     previous-token and induction heads, and of the S-inhibition and name-mover heads found on IOI."""
-    from .head_scores import top_heads
-
-    out = {f"{name} heads": sorted({l for l, _, _ in top_heads(head_scores[key], k)})
+    out = {f"{name} heads": top_layers(head_scores[key], k)
            for name, key in (("duplicate-token", "duplicate"), ("previous-token", "previous"), ("induction", "induction"))}
     if roles:
         out["S-inhibition heads"] = sorted({l for l, _ in roles["s_inhibition"][:4]})
@@ -127,7 +127,7 @@ def run_ioi(model, saes=(), out=None, n: int = 64, n_abc: int = 128, seed: int =
                 + f"; error term {_error_str(r['table'])}")
     if "noise" in parts:
         t = time.time()
-        layers = list(noise_layers) if noise_layers is not None else _induction_layers(hs)
+        layers = list(noise_layers) if noise_layers is not None else top_layers(hs["induction"], 2)
         res["noise"] = ioi.noise_s2(model, batch, ioi.corruptions(vocab, prompts, seed + 2), layers)
         timing["noise"] = time.time() - t
         z = res["noise"]
@@ -144,18 +144,10 @@ def run_ioi(model, saes=(), out=None, n: int = 64, n_abc: int = 128, seed: int =
 def default_feature_layers(by_layer: dict, hs: dict | None) -> list[int]:
     """SAE layers holding one of the model's 2 strongest induction or 2 strongest duplicate-token heads (the paper
     studies GPT-2's L5/L6 induction and L3 duplicate-token layers); all SAE layers if none of those has one."""
-    from .head_scores import top_heads
-
     if not by_layer:
         return []
-    roles = {l for key in ("induction", "duplicate") for l, _, _ in top_heads(hs[key], 2)} if hs is not None else set()
+    roles = {l for key in ("induction", "duplicate") for l in top_layers(hs[key], 2)} if hs is not None else set()
     return sorted(roles & set(by_layer)) or list(by_layer)
-
-
-def _induction_layers(hs) -> list[int]:
-    from .head_scores import top_heads
-
-    return sorted({l for l, _, _ in top_heads(hs["induction"], 2)})
 
 
 def _heads_str(roles, heads) -> str:
@@ -201,12 +193,6 @@ def write_ioi(res: dict, out) -> None:
                                    + (f"\nheads {', '.join(r['heads'])}" if "heads" in r else ""))
     if "noise" in res:
         plot_noising(res["noise"], out / "noising.png", name)
-
-
-def _plt():
-    from ..evals.plots import _plt as plt
-
-    return plt()
 
 
 def _layers_str(layers) -> str:

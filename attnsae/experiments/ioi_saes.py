@@ -192,8 +192,7 @@ def feature_ablation(model, batch: IOIBatch, sae, features=None, chunk: int = 25
         return [(_hook_z(layer), fn)]
 
     out = rows_forward(model, layer, cache[resid_name][prompt_of], batch.end[prompt_of], make_hooks, chunk)
-    ar = torch.arange(len(prompt_of))
-    delta = (out[ar, batch.io_id[prompt_of]] - out[ar, batch.s_id[prompt_of]]) - ld_clean[prompt_of]
+    delta = logit_diff(out, batch, prompt_of) - ld_clean[prompt_of]
     live = (acts > 0).any(0)
     return {"layer": layer, "intervention": "zero-ablate one feature at S2, SAE spliced in with its error term kept",
             "clean_logit_diff": summarize(ld_clean, batch), "keep_error_logit_diff": summarize(ld_keep, batch),
@@ -303,8 +302,7 @@ def path_patching(model, batch: IOIBatch, sae, heads: list[tuple[int, int]], fea
         return hooks
 
     out = rows_forward(model, start, cache[resid_name][prompt_of], batch.end[prompt_of], make_hooks, chunk)
-    ar = torch.arange(len(prompt_of))
-    delta = (out[ar, batch.io_id[prompt_of]] - out[ar, batch.s_id[prompt_of]]) - ld_clean[prompt_of]
+    delta = logit_diff(out, batch, prompt_of) - ld_clean[prompt_of]
     return {"layer": layer, "heads": [f"{l}.{h}" for l, h in heads], "attention_end_to_s2": attn,
             "intervention": "feature's contribution at S2 removed from the S-inhibition heads' values only; their z at "
                             "END changes by pattern[END, S2] * (v' - v); downstream recomputed",

@@ -22,6 +22,7 @@ from .dashboard import build_dashboards, neuronpedia_json
 from .feature_stats import FeatureStats, collect_stats, stats_from_store
 from .html import render_dashboard, render_head_page, render_index, write_html
 
+
 def feature_stats(model, saes, windows=None, store=None, batch_size: int = 32, progress: bool = True):
     """(stats per SAE, the windows they index, seconds): from a store when it holds the one SAE's hook,
     else one forward pass over `windows` for all SAEs."""
