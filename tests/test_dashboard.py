@@ -8,7 +8,8 @@ import torch
 
 from attnsae.attribution import dfa_bias
 from attnsae.models.transformer import _norm
-from attnsae.viz.dashboard import build_dashboards, choose_examples, logit_effects, neuronpedia_json
+from attnsae.attribution.logit_path import logit_effects
+from attnsae.viz.dashboard import build_dashboards, choose_examples, neuronpedia_json
 from attnsae.viz.feature_stats import collect_stats
 from attnsae.viz.report import head_report
 from tests.test_attribution import random_sae

@@ -9,7 +9,7 @@ from attnsae.experiments.induction_features import (activations_at, behaviour, b
                                                     pass_rates, repeat_first_half, repeat_masks, select_candidates,
                                                     select_controls)
 from attnsae.sae import SAE, SAEConfig
-from attnsae.viz.dashboard import logit_effects
+from attnsae.attribution.logit_path import logit_effects
 from tests.test_attribution import random_sae
 from tests.test_experiments import plant_attention
 

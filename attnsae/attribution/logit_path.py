@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from .heads import layer_of
+
 
 def _gain(model, w: torch.Tensor) -> torch.Tensor:
     w = w.detach().float()
@@ -45,3 +47,16 @@ def convention(model) -> str:
     steps = ["W_O d_i"] + (["post-attention norm gain (1 + w)"] if c.family == "gemma3" else []) \
         + (["LayerNorm centering"] if c.family == "gpt2" else []) + ["final norm gain" + (" (1 + w)" if c.family == "gemma3" else "")]
     return "W_U · " + " · ".join(reversed(steps)) + "; norm scales (1/RMS) ignored, token ranking unaffected"
+
+
+def logit_effects(model, sae, features, k: int = 20) -> tuple[str, list[dict]]:
+    """Approximate direct logit effect W_U . norms . W_O d_i of each feature: (convention, [{top, bottom}]).
+
+    Norm scales (division by the RMS / std) are per-token positive numbers, so they are dropped:
+    token rankings are unaffected. Gains are kept, and LayerNorm's centering."""
+    layer = layer_of(sae)
+    d = sae.W_dec.detach().float()[torch.as_tensor(features, dtype=torch.long)]
+    logits = through_final_norm(model, layer, d @ model.blocks[layer].W_O.detach().float()) @ model.W_U.detach().float()
+    top, bottom = logits.topk(k, dim=-1), logits.topk(k, dim=-1, largest=False)
+    return convention(model), [{"top": (top.indices[i], top.values[i]), "bottom": (bottom.indices[i], bottom.values[i])}
+                        for i in range(len(features))]

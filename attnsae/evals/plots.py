@@ -6,18 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from ..plotting import pyplot
 
 
 def density_histogram(density: np.ndarray, path, title: str = "feature density", dead_threshold: float = 1e-5):
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5))
     d = np.asarray(density, dtype=float)
     ax.hist(np.log10(d + 1e-10), bins=60, color="#3b6ea8")
@@ -32,7 +25,7 @@ def density_histogram(density: np.ndarray, path, title: str = "feature density",
 
 
 def training_curves(history: list[dict], path):
-    plt = _plt()
+    plt = pyplot()
     steps = [h["step"] for h in history]
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
     for ax, key, label in zip(axes, ("l0", "explained_var", "dead"), ("L0", "explained variance", "dead features (window)")):
@@ -45,7 +38,7 @@ def training_curves(history: list[dict], path):
 
 
 def frontier(points: list[dict], path, x="l0", y="ce_recovered"):
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.plot([p[x] for p in points], [100 * p[y] for p in points], "o-", color="#3b6ea8")
     for p in points:
@@ -58,7 +51,7 @@ def frontier(points: list[dict], path, x="l0", y="ce_recovered"):
 
 
 def zero_ablation_by_layer(rows: list[dict], path):
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 3.4))
     ax.bar([r["layer"] for r in rows], [r["delta_ce_zero"] for r in rows], color="#3b6ea8")
     ax.set_xlabel("layer")
@@ -72,7 +65,7 @@ def zero_ablation_by_layer(rows: list[dict], path):
 
 def head_variance_explained(result: dict, path):
     """Bars: each head's share of a feature's activation variance (DFA by head), one group per threshold."""
-    plt = _plt()
+    plt = pyplot()
     ts = result["thresholds"]
     n_heads = result["n_heads"]
     fig, ax = plt.subplots(figsize=(max(5, 0.5 * n_heads * len(ts) + 2), 3.4))

@@ -260,14 +260,14 @@ def case_study(sae, feature: int, proxy: Proxy, windows: np.ndarray, *, model=No
 
 
 def _texts(model):
-    from ..viz.dashboard import TokenText
+    from ..models.text import TokenText
 
     return TokenText(getattr(model, "tokenizer", None))
 
 
 def write_case_study(r: dict, out, model_name: str = "") -> None:
     """out/case_study_F{i}.json and .png (specificity and expected-value plots, proxy true stacked under false)."""
-    from ..evals.plots import _plt
+    from ..plotting import pyplot
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -276,7 +276,7 @@ def write_case_study(r: dict, out, model_name: str = "") -> None:
     h = r["histogram"]
     e = np.asarray(h["edges"])
     mid, width = (e[1:] + e[:-1]) / 2, np.diff(e)
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     for ax, key, ylabel in ((axes[0], "count", "count"), (axes[1], "ev", "expected value (sum f / tokens)")):
         t, f = np.asarray(h[f"{key}_true"]), np.asarray(h[f"{key}_false"])
@@ -470,13 +470,13 @@ def polysemanticity_markdown(r: dict) -> str:
 
 def write_polysemanticity(r: dict, out) -> None:
     """out/polysemanticity.json, .md (table 3 + per-head families) and .png (classes per layer)."""
-    from ..evals.plots import _plt
+    from ..plotting import pyplot
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "polysemanticity.json").write_text(json.dumps(r, indent=1))
     (out / "polysemanticity.md").write_text(polysemanticity_markdown(r))
-    plt = _plt()
+    plt = pyplot()
     layers = r["layers"]
     panels = [("class", "table", "families")] + ([("class_coarse", "table_coarse", "coarse families")]
                                                  if "table_coarse" in r else [])

@@ -103,12 +103,12 @@ def ablate_heads(model, layer: int, tasks: dict[str, dict], n: int = 64, seed: i
 
 
 def write_ablation(result: dict, layer: int, out, model_name: str) -> None:
-    from ..evals.plots import _plt
+    from ..plotting import pyplot
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "head_ablation.json").write_text(json.dumps({"model": model_name, "layer": layer, "tasks": result}, indent=1))
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(result), figsize=(4.5 * len(result), 3.2), squeeze=False)
     for ax, (name, r) in zip(axes[0], result.items()):
         d = np.array(r["delta_loss"])

@@ -66,7 +66,7 @@ def top_layers(scores: np.ndarray, k: int) -> list[int]:
 
 
 def write_head_scores(scores: dict[str, np.ndarray], out, model_name: str, n: int) -> None:
-    from ..evals.plots import _plt
+    from ..plotting import pyplot
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -77,7 +77,7 @@ def write_head_scores(scores: dict[str, np.ndarray], out, model_name: str, n: in
         **{k: v.round(4).tolist() for k, v in scores.items()},
         "top": {k: top_heads(v) for k, v in scores.items()},
     }, indent=1))
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(15, 0.22 * scores["induction"].shape[0] + 2.5))
     for ax, (k, v) in zip(axes, scores.items()):
         im = ax.imshow(v, vmin=0, vmax=1, cmap="Blues", aspect="auto")

@@ -61,12 +61,12 @@ def prefix_length_curves(model, heads: list[tuple[int, int]], lengths=range(1, 1
 
 
 def write_prefix_curves(result: dict, out, model_name: str) -> None:
-    from ..evals.plots import _plt
+    from ..plotting import pyplot
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "prefix_length.json").write_text(json.dumps({"model": model_name, **result}, indent=1))
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for name, r in result["heads"].items():
         axes[0].plot(result["lengths"], r["induction"], "o-", label=name)
@@ -165,7 +165,7 @@ def corrupt_long_prefix(model, heads: list[tuple[int, int]], windows, found: dic
 
 def write_corpus_prefix(found: dict, corrupted: dict, out, model_name: str, threshold: float) -> None:
     """JSON (counts, shares, corruption means; no example lists) and the fig. 19b / 4b plots."""
-    from ..evals.plots import _plt
+    from ..plotting import pyplot
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -173,7 +173,7 @@ def write_corpus_prefix(found: dict, corrupted: dict, out, model_name: str, thre
                       "corruption": corrupted.get(name)} for name, r in found.items()}
     (out / "corpus_prefix.json").write_text(json.dumps({"model": model_name, "threshold": threshold,
                                                         "heads": summary}, indent=1))
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
     width = 0.8 / max(1, len(summary))
     for i, (name, r) in enumerate(summary.items()):

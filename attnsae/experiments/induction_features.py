@@ -7,7 +7,7 @@ layer whose induction score on repeated random tokens (experiments.head_scores) 
 
 Behaviour heuristic, for one feature i:
   t  = the token with the largest positive direct logit effect W_U . (norm gains . W_O d_i)
-       (viz.dashboard.logit_effects), the tokenizer's special and added tokens skipped;
+       (attribution.logit_path.logit_effects), the tokenizer's special and added tokens skipped;
   W  = up to 200 windows of the pool that contain t at a position >= first_pos + 1 (so the token
        before it is one the SAE reads); windows are taken in one shared random order, so features
        share windows and the forward pass is paid once per window, not once per feature;
@@ -218,7 +218,7 @@ def behaviour(model, sae, features, windows: np.ndarray, *, store=None, store_in
     """The induction behaviour heuristic for each feature: one dict per feature (token, counts, rates).
     A feature "fires" at a position when its activation is > min_act (default 0). targets: {feature: token id}
     to test instead of the top direct-logit token (token_source "given"; the logit token is still reported)."""
-    from ..viz.dashboard import logit_effects
+    from ..attribution.logit_path import logit_effects
 
     features = [int(f) for f in features]
     if not features:
@@ -397,12 +397,12 @@ def find_induction_features(model, sae, windows: np.ndarray, heads=None, *, stor
 
 def write_induction_features(result: dict, out) -> None:
     """out/induction_features.json and out/induction_features.png (pass-rate histograms, as fig. 10)."""
-    from ..evals.plots import _plt
+    from ..plotting import pyplot
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "induction_features.json").write_text(json.dumps(result, indent=1))
-    plt = _plt()
+    plt = pyplot()
     base = result.get("repeat_base_rates")
     fig, axes = plt.subplots(2 if base else 1, 2, figsize=(10, 6.6 if base else 3.6), squeeze=False)
     bins = np.linspace(0, 1, 21)

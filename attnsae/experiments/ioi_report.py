@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..evals.plots import _plt
+from ..plotting import pyplot
 from . import ioi
 from .head_scores import top_layers
 from .ioi_saes import feature_ablation, path_patching, saes_by_layer, splice_eval
@@ -209,7 +209,7 @@ def _layers_str(layers) -> str:
 
 
 def plot_splice(labels, rows, clean: float, path, title: str) -> None:
-    plt = _plt()
+    plt = pyplot()
     x = np.arange(len(labels))
     fig, axes = plt.subplots(2, 1, figsize=(max(7, 0.35 * len(labels) + 3), 6.5), sharex=True)
     for ax, metric in zip(axes, ("logit_diff", "kl")):
@@ -228,7 +228,7 @@ def plot_splice(labels, rows, clean: float, path, title: str) -> None:
 
 
 def plot_feature_table(table: list[dict], path, title: str, top: int = 15) -> None:
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [1.2, 1]})
     shown = table[:top]
     labels = [("error term" if e["feature"] == "error_term" else f"F{e['feature']}") + f" {e['order']}" for e in shown]
@@ -252,7 +252,7 @@ def plot_feature_table(table: list[dict], path, title: str, top: int = 15) -> No
 
 
 def plot_noising(r: dict, path, name: str) -> None:
-    plt = _plt()
+    plt = pyplot()
     keys = list(r["corruptions"])
     vals = [r["clean"]["mean"], r["zero"]["mean"]] + [r["corruptions"][k]["noised"]["mean"] for k in keys]
     labels = ["clean", "zero abl."] + keys
@@ -269,7 +269,7 @@ def plot_noising(r: dict, path, name: str) -> None:
 
 
 def plot_heads(roles: dict, path, name: str) -> None:
-    plt = _plt()
+    plt = pyplot()
     e, a2, ai, d = (np.array(roles[k], dtype=float) for k in ("effect", "attn_s2", "attn_io", "dla"))
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     m = np.isfinite(e)

@@ -122,9 +122,14 @@ class Block(nn.Module):
         c = self.cfg
         return self.W_K.view(c.d_model, c.n_kv_heads, c.d_head).transpose(0, 1)
 
-    def norm(self, x, which: str, run: Run):
+    def normalize(self, x, which: str):
+        """(normalized x, the 1/rms scale) through this block's norm `which` (ln1, ln2, ln1_post, ln2_post),
+        without hooks: analysis code that recomputes part of the block calls this."""
         c = self.cfg
-        out, scale = _norm(x, getattr(self, f"{which}_w"), getattr(self, f"{which}_b", None), c.norm_eps, c.family)
+        return _norm(x, getattr(self, f"{which}_w"), getattr(self, f"{which}_b", None), c.norm_eps, c.family)
+
+    def norm(self, x, which: str, run: Run):
+        out, scale = self.normalize(x, which)
         run.hook(f"{self.p}{which}.hook_scale", scale)
         return run.hook(f"{self.p}{which}.hook_normalized", out)
 
@@ -273,35 +278,69 @@ class Transformer(nn.Module):
             cache[key] = (emb.cos().to(dtype), emb.sin().to(dtype))
         return cache[key]
 
-    def forward_run(self, tokens: torch.Tensor, run: Run) -> torch.Tensor | None:
+    def embed(self, tokens: torch.Tensor, run: Run) -> torch.Tensor:
+        """Token ids [b, p] -> the residual stream entering block 0 (hook_embed, hook_pos_embed)."""
         c = self.cfg
-        if tokens.dim() == 1:
-            tokens = tokens[None]
-        tokens = tokens.to(self.device)
         n = tokens.shape[1]
         if tokens.numel() and (int(tokens.max()) >= c.d_vocab or int(tokens.min()) < 0):
             raise ValueError(f"token ids must lie in [0, {c.d_vocab}); got {int(tokens.min())}..{int(tokens.max())}: "
                              "is the tokenizer the model's own?")
         if c.family == "gpt2" and n > c.n_ctx:
             raise ValueError(f"sequence length {n} exceeds the model's context {c.n_ctx}")
+        x = self.W_E[tokens]
+        if c.family == "gemma3":
+            x = x * torch.tensor(c.d_model**0.5, dtype=x.dtype)
+        x = run.hook("hook_embed", x)
+        if c.family == "gpt2":
+            x = x + run.hook("hook_pos_embed", self.W_pos[:n][None].expand_as(x))
+        return x
+
+    def blocks_from(self, start: int, x: torch.Tensor, run: Run) -> torch.Tensor:
+        """Blocks start.. applied to the residual stream x (blocks.{start}.hook_resid_pre)."""
+        n = x.shape[1]
+        for i in range(start, self.cfg.n_layers):
+            x = self.blocks[i](x, run, self._rope(n, i, x.dtype, x.device))
+        return x
+
+    def unembed(self, x: torch.Tensor, run: Run) -> torch.Tensor:
+        """The final norm (ln_final hooks), W_U and Gemma's logit soft-cap: residual [..., d_model] -> logits."""
+        c = self.cfg
+        x, scale = _norm(x, self.ln_final_w, getattr(self, "ln_final_b", None), c.norm_eps, c.family)
+        run.hook("ln_final.hook_scale", scale)
+        x = run.hook("ln_final.hook_normalized", x)
+        logits = (x @ self.W_U).float()
+        if c.final_logit_softcap:
+            logits = torch.tanh(logits / c.final_logit_softcap) * c.final_logit_softcap
+        return logits
+
+    def forward_run(self, tokens: torch.Tensor, run: Run) -> torch.Tensor | None:
+        if tokens.dim() == 1:
+            tokens = tokens[None]
+        tokens = tokens.to(self.device)
         try:
-            x = self.W_E[tokens]
-            if c.family == "gemma3":
-                x = x * torch.tensor(c.d_model**0.5, dtype=x.dtype)
-            x = run.hook("hook_embed", x)
-            if c.family == "gpt2":
-                x = x + run.hook("hook_pos_embed", self.W_pos[:n][None].expand_as(x))
-            for i, block in enumerate(self.blocks):
-                x = block(x, run, self._rope(n, i, x.dtype, x.device))
-            x, scale = _norm(x, self.ln_final_w, getattr(self, "ln_final_b", None), c.norm_eps, c.family)
-            run.hook("ln_final.hook_scale", scale)
-            x = run.hook("ln_final.hook_normalized", x)
-            logits = (x @ self.W_U).float()
-            if c.final_logit_softcap:
-                logits = torch.tanh(logits / c.final_logit_softcap) * c.final_logit_softcap
-            return logits
+            return self.unembed(self.blocks_from(0, self.embed(tokens, run), run), run)
         except _StopForward:
             return None
+
+    @torch.no_grad()
+    def forward_from(self, start: int, resid: torch.Tensor, hooks: list[tuple[str, HookFn]] = (), cache: Iterable[str] = (),
+                     at: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(logits, cache) of a forward that starts at block `start` from its residual stream `resid`
+        (blocks.{start}.hook_resid_pre, [b, p, d_model]); only hooks at or after that point apply.
+
+        With `at` ([b] positions) the final norm and unembedding run at those positions only ([b, vocab]
+        logits; ln_final hooks then see [b, d_model]): a big batch's full logits need not fit in memory."""
+        names = list(cache)
+        for name in names + [h for h, _ in hooks]:
+            self.check_hook_name(name)
+        table: dict[str, list[HookFn]] = {}
+        for name, fn in hooks:
+            table.setdefault(name, []).append(fn)
+        run = Run(cache=names, hooks=table)
+        x = self.blocks_from(start, resid.to(self.device), run)
+        if at is not None:
+            x = x[torch.arange(x.shape[0], device=x.device), torch.as_tensor(at).to(x.device)]
+        return self.unembed(x, run), run.cache
 
     # ---- the public entry points, TransformerLens-shaped ----
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:

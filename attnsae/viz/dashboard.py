@@ -16,36 +16,9 @@ from tqdm.auto import tqdm
 
 from ..attribution.dfa import attention_parts, dfa_by_head, dfa_by_source
 from ..attribution.heads import head_attribution, layer_of
-from ..attribution.logit_path import convention, through_final_norm
+from ..attribution.logit_path import logit_effects
+from ..models.text import TokenText
 from .feature_stats import HIST_EDGES, FeatureStats
-
-
-class TokenText:
-    """Token id -> display string, decoded one token at a time (cached)."""
-
-    def __init__(self, tokenizer):
-        self.tok, self.cache = tokenizer, {}
-
-    def __call__(self, ids) -> list[str]:
-        out = []
-        for i in np.asarray(ids).tolist():
-            if i not in self.cache:
-                self.cache[i] = self.tok.decode([i]) if self.tok is not None else f"<{i}>"
-            out.append(self.cache[i])
-        return out
-
-
-def logit_effects(model, sae, features, k: int = 20) -> tuple[str, list[dict]]:
-    """Approximate direct logit effect W_U . norms . W_O d_i of each feature: (convention, [{top, bottom}]).
-
-    Norm scales (division by the RMS / std) are per-token positive numbers, so they are dropped:
-    token rankings are unaffected. Gains are kept, and LayerNorm's centering."""
-    layer = layer_of(sae)
-    d = sae.W_dec.detach().float()[torch.as_tensor(features, dtype=torch.long)]
-    logits = through_final_norm(model, layer, d @ model.blocks[layer].W_O.detach().float()) @ model.W_U.detach().float()
-    top, bottom = logits.topk(k, dim=-1), logits.topk(k, dim=-1, largest=False)
-    return convention(model), [{"top": (top.indices[i], top.values[i]), "bottom": (bottom.indices[i], bottom.values[i])}
-                        for i in range(len(features))]
 
 
 def _histogram(stats: FeatureStats, f: int) -> dict:
