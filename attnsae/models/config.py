@@ -7,6 +7,17 @@ from dataclasses import dataclass, field
 
 FAMILIES = ("gpt2", "llama", "gemma3")
 
+# What a family's architecture does differently, as flags the transformer and the analyses read
+# (TransformerLens's approach: architectures as config, not as branches on a name).
+FAMILY_TRAITS = {
+    "gpt2": dict(norm="layernorm", norm_gain_offset=0.0, post_norms=False, qk_norm=False, biases=True,
+                 gated_mlp=False, act_fn="gelu_tanh", embed_scale=False, learned_pos=True),
+    "llama": dict(norm="rmsnorm", norm_gain_offset=0.0, post_norms=False, qk_norm=False, biases=False,
+                  gated_mlp=True, act_fn="silu", embed_scale=False, learned_pos=False),
+    "gemma3": dict(norm="rmsnorm", norm_gain_offset=1.0, post_norms=True, qk_norm=True, biases=False,
+                   gated_mlp=True, act_fn="gelu_tanh", embed_scale=True, learned_pos=False),
+}
+
 
 @dataclass
 class ModelConfig:
@@ -29,10 +40,23 @@ class ModelConfig:
     tied_embeddings: bool = True
     bos_token_id: int | None = None
     name: str = "custom"
+    # architecture traits; None takes the family's (FAMILY_TRAITS)
+    norm: str | None = None  # "layernorm" (centred, with bias) | "rmsnorm"
+    norm_gain_offset: float | None = None  # Gemma stores norm gains as (gain - 1): gain = w + offset
+    post_norms: bool | None = None  # norms after attention and after the MLP, before the residual add (Gemma)
+    qk_norm: bool | None = None  # RMSNorm on each head's q and k (Gemma 3)
+    biases: bool | None = None  # b_Q/b_K/b_V/b_O and MLP biases (GPT-2)
+    gated_mlp: bool | None = None  # act(x W_gate) * (x W_in) instead of act(x W_in + b_in)
+    act_fn: str | None = None  # "gelu_tanh" | "silu"
+    embed_scale: bool | None = None  # embeddings times sqrt(d_model) (Gemma)
+    learned_pos: bool | None = None  # learned absolute positions W_pos (GPT-2) instead of rotary
 
     def __post_init__(self):
         if self.family not in FAMILIES:
             raise ValueError(f"unknown model family {self.family!r}; supported: {FAMILIES}")
+        for trait, value in FAMILY_TRAITS[self.family].items():
+            if getattr(self, trait) is None:
+                setattr(self, trait, value)
         if self.n_kv_heads is None:
             self.n_kv_heads = self.n_heads
         if self.n_heads % self.n_kv_heads:
