@@ -6,7 +6,6 @@ import torch
 
 from attnsae.models import add, replace_with, zero_ablate
 from attnsae.models.loading import fold_value_biases_, from_hf, gpt2_tokenizer, home
-from attnsae.models.transformer import _rms_norm
 
 from .conftest import hf_tiny, real_model
 
@@ -39,7 +38,7 @@ def check_hooks(model, tokens, atol=1e-5):
         per_head = torch.einsum("bphd,hdm->bpm", z, blk.W_O_heads) + (blk.b_O if c.family == "gpt2" else 0)
         torch.testing.assert_close(per_head, result, atol=atol, rtol=1e-4)
         if c.family == "gemma3":  # Gemma adds the post-attention-normed output to the residual
-            torch.testing.assert_close(_rms_norm(result, blk.ln1_post_w, c.norm_eps, True)[0], attn_out, atol=atol, rtol=1e-4)
+            torch.testing.assert_close(blk.normalize(result, "ln1_post")[0], attn_out, atol=atol, rtol=1e-4)
         else:
             torch.testing.assert_close(result, attn_out, atol=atol, rtol=1e-4)
         # pattern rows sum to 1 and are causal

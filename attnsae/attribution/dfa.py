@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from ..models.hooks import act_name
 from .heads import layer_of
 
 
@@ -52,7 +53,7 @@ def dfa_by_source(sae, pattern: torch.Tensor, v: torch.Tensor, features=None) ->
 
 def attention_parts(model, tokens: torch.Tensor, layer: int) -> dict[str, torch.Tensor]:
     """z, pattern and v of one layer from a forward that stops right after hook_z."""
-    names = {k: f"blocks.{layer}.attn.hook_{k}" for k in ("z", "pattern", "v")}
+    names = {k: act_name(k, layer) for k in ("z", "pattern", "v")}
     _, cache = model.run_with_cache(tokens, list(names.values()), stop_early=True)
     return {k: cache[n] for k, n in names.items()}
 

@@ -10,15 +10,15 @@ import torch
 
 def require_hook_z(sae) -> None:
     """Head attribution and DFA split an SAE's input into heads: it must be a whole layer's hook_z."""
-    cfg = sae.cfg
-    if not cfg.hook_name or not cfg.hook_name.endswith("attn.hook_z") or cfg.hook_head_index is not None:
-        spec = f"{cfg.hook_name}[{cfg.hook_head_index}]" if cfg.hook_head_index is not None else cfg.hook_name
-        raise ValueError(f"this needs an SAE trained on a whole layer's attn.hook_z, not {spec!r}")
+    spec = sae.cfg.hook_spec
+    if spec is None or not spec.is_layer_z:
+        raise ValueError(f"this needs an SAE trained on a whole layer's attn.hook_z, not {str(spec) if spec else None!r}")
 
 
 def layer_of(sae) -> int:
+    """The layer of an SAE on a whole layer's hook_z (refuses any other SAE)."""
     require_hook_z(sae)
-    return int(sae.cfg.hook_name.split(".")[1])
+    return sae.cfg.layer
 
 
 def head_attribution(sae, n_heads: int) -> torch.Tensor:

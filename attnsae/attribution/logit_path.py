@@ -13,19 +13,18 @@ from .heads import layer_of
 
 
 def _gain(model, w: torch.Tensor) -> torch.Tensor:
-    w = w.detach().float()
-    return 1 + w if model.cfg.family == "gemma3" else w  # Gemma stores norm gains as (gain - 1)
+    return w.detach().float() + model.cfg.norm_gain_offset  # Gemma stores norm gains as (gain - 1)
 
 
 def through_final_norm(model, layer: int, out: torch.Tensor, post_scale=None, final_scale=None) -> torch.Tensor:
     """[..., d_model] attention-layer output -> what it adds to the unembedding input: Gemma's
     post-attention norm gain, LayerNorm's centring, the final norm gain (times the scales if given)."""
     c, out = model.cfg, out.float()
-    if c.family == "gemma3":
+    if c.post_norms:
         out = out * _gain(model, model.blocks[layer].ln1_post_w)
         if post_scale is not None:
             out = out * post_scale.float()
-    if c.family == "gpt2":
+    if c.norm == "layernorm":
         out = out - out.mean(-1, keepdim=True)
     out = out * _gain(model, model.ln_final_w)
     return out if final_scale is None else out * final_scale.float()
@@ -44,8 +43,9 @@ def head_direct_effect(model, layer: int, z: torch.Tensor, directions: torch.Ten
 def convention(model) -> str:
     """How through_final_norm(..) @ W_U approximates a direct logit effect, in words for a page."""
     c = model.cfg
-    steps = ["W_O d_i"] + (["post-attention norm gain (1 + w)"] if c.family == "gemma3" else []) \
-        + (["LayerNorm centering"] if c.family == "gpt2" else []) + ["final norm gain" + (" (1 + w)" if c.family == "gemma3" else "")]
+    gain = f" ({c.norm_gain_offset:g} + w)" if c.norm_gain_offset else ""
+    steps = ["W_O d_i"] + ([f"post-attention norm gain{gain}"] if c.post_norms else []) \
+        + (["LayerNorm centering"] if c.norm == "layernorm" else []) + [f"final norm gain{gain}"]
     return "W_U · " + " · ".join(reversed(steps)) + "; norm scales (1/RMS) ignored, token ranking unaffected"
 
 

@@ -8,37 +8,21 @@ vectors: "blocks.5.attn.hook_z" (flattened over heads), "blocks.5.attn.hook_q[3]
 from __future__ import annotations
 
 import hashlib
-import re
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..models import hooks
 from .store import StoreError, StoreWriter
 from .windows import token_batches
 
-_SPEC = re.compile(r"^(?P<name>[\w.]+?)(?:\[(?P<head>\d+)\])?$")
-
-
-def parse_hook(spec: str) -> tuple[str, int | None]:
-    m = _SPEC.match(spec)
-    if not m:
-        raise ValueError(f"bad hook spec {spec!r}; expected e.g. 'blocks.5.attn.hook_z' or 'blocks.5.attn.hook_q[3]'")
-    return m["name"], None if m["head"] is None else int(m["head"])
-
 
 def hook_width(model, spec: str) -> int:
-    name, head = parse_hook(spec)
-    model.check_hook_name(name)
-    c = model.cfg
-    if name.endswith(("attn.hook_z", "attn.hook_q", "attn.hook_rot_q")):
-        return c.d_head if head is not None else c.d_attn
-    if name.endswith(("attn.hook_k", "attn.hook_v", "attn.hook_rot_k")):
-        return c.d_head if head is not None else c.n_kv_heads * c.d_head
-    if head is not None:
-        raise ValueError(f"{name} has no head dimension; drop the [{head}]")
-    return c.d_model
+    """Width of one harvested row of `spec`, after checking the hook exists in this model."""
+    model.check_hook_name(hooks.parse(spec).name)
+    return hooks.width(model.cfg, spec)
 
 
 def flatten_hook(x: torch.Tensor, head: int | None) -> torch.Tensor:
@@ -52,9 +36,9 @@ def flatten_hook(x: torch.Tensor, head: int | None) -> torch.Tensor:
 
 def collect(model, tokens: torch.Tensor, specs: list[str], first_pos: int = 0) -> dict[str, torch.Tensor]:
     """{spec: [b * (p - first_pos), d]} from one forward pass that stops after the last hook."""
-    parsed = {s: parse_hook(s) for s in specs}
-    _, cache = model.run_with_cache(tokens, {n for n, _ in parsed.values()}, stop_early=True)
-    return {s: flatten_hook(cache[n], h)[:, first_pos:].flatten(0, 1) for s, (n, h) in parsed.items()}
+    parsed = {s: hooks.parse(s) for s in specs}
+    _, cache = model.run_with_cache(tokens, {h.name for h in parsed.values()}, stop_early=True)
+    return {s: flatten_hook(cache[h.name], h.head)[:, first_pos:].flatten(0, 1) for s, h in parsed.items()}
 
 
 def windows_digest(windows: np.ndarray) -> str:

@@ -1,7 +1,13 @@
 """Evals: sparsity / fidelity metrics and splicing SAEs into the forward pass."""
 
 from .metrics import (
-    DEAD_THRESHOLD, FidelityResult, SparsityResult, activation_batches, ce_recovered, fidelity, sparsity,
+    DEAD_THRESHOLD,
+    FidelityResult,
+    SparsityResult,
+    activation_batches,
+    ce_recovered,
+    fidelity,
+    sparsity,
     zero_ablation_by_layer,
 )
 from .splice import IncompatibleSAE, check_compatible, sae_hook, zero_hook

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from ..data.harvest import collect
 from ..data.windows import token_batches
+from ..models.hooks import act_name
 from .splice import check_compatible, mean_hook, sae_hook, zero_hook
 
 DEAD_THRESHOLD = 1e-5
@@ -140,7 +141,7 @@ def sparsity(sae, batches, progress: bool = True) -> tuple[SparsityResult, torch
 
 def activation_batches(model, sae, windows: np.ndarray, batch_size: int = 32):
     """Held-out activations at the SAE's hook, computed on the fly (forward stops after the hook)."""
-    spec = sae.cfg.hook_name + (f"[{sae.cfg.hook_head_index}]" if sae.cfg.hook_head_index is not None else "")
+    spec = str(sae.cfg.hook_spec)
     for tokens in token_batches(windows, batch_size):
         yield collect(model, tokens, [spec], sae.cfg.first_pos)[spec]
 
@@ -157,6 +158,6 @@ def zero_ablation_by_layer(model, windows: np.ndarray, batch_size: int = 8, prog
     clean = _mean_loss(model, windows, batch_size)
     rows = []
     for layer in tqdm(range(model.cfg.n_layers), desc="zero-ablate each layer", disable=not progress, leave=False):
-        zero = _mean_loss(model, windows, batch_size, [(f"blocks.{layer}.attn.hook_z", zero_hook(1))])
+        zero = _mean_loss(model, windows, batch_size, [(act_name("z", layer), zero_hook(1))])
         rows.append({"layer": layer, "ce_clean": clean, "ce_zero": zero, "delta_ce_zero": zero - clean})
     return rows

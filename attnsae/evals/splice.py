@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
-from ..data.harvest import hook_width, parse_hook
+from ..data.harvest import hook_width
 
 
 class IncompatibleSAE(ValueError):
@@ -22,7 +22,7 @@ def check_compatible(model, sae, strict_model: bool = True) -> None:
         model.check_hook_name(cfg.hook_name)
     except KeyError as e:
         raise IncompatibleSAE(f"SAE hook {cfg.hook_name!r} does not exist in this model: {e.args[0]}") from e
-    spec = cfg.hook_name + (f"[{cfg.hook_head_index}]" if cfg.hook_head_index is not None else "")
+    spec = str(cfg.hook_spec)
     width = hook_width(model, spec)
     if width != cfg.d_in:
         raise IncompatibleSAE(
@@ -54,7 +54,7 @@ def sae_hook(
 
     keep_error adds back (x - x_hat) so the output equals the input unless `edit` changes the
     feature activations (e.g. zero-ablating a feature while keeping the error term)."""
-    _, head = parse_hook(sae.cfg.hook_name + (f"[{sae.cfg.hook_head_index}]" if sae.cfg.hook_head_index is not None else ""))
+    head = sae.cfg.hook_spec.head
     first = sae.cfg.first_pos if first_pos is None else first_pos
 
     def fn(act: torch.Tensor, name: str):

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from .config import ModelConfig, Processing
+from .families import family_for
 from .transformer import Transformer
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -158,89 +159,16 @@ def _load_converted(cache_dir: Path) -> Transformer:
 
 def config_from_hf(hc) -> ModelConfig:
     """Translate a transformers config into ours (GPT-2, Llama, Gemma 3 text models)."""
-    mt = hc.model_type
-    if mt == "gpt2":
-        return ModelConfig(
-            family="gpt2", n_layers=hc.n_layer, d_model=hc.n_embd, n_heads=hc.n_head,
-            d_head=hc.n_embd // hc.n_head, d_mlp=hc.n_inner or 4 * hc.n_embd, d_vocab=hc.vocab_size,
-            n_ctx=hc.n_positions, norm_eps=hc.layer_norm_epsilon, bos_token_id=hc.bos_token_id,
-        )
-    rope = getattr(hc, "rope_parameters", None) or {}
-    if mt == "llama":
-        theta = rope.get("rope_theta", getattr(hc, "rope_theta", 10000.0))
-        if rope.get("rope_type", "default") != "default":
-            raise NotImplementedError(f"rope scaling {rope.get('rope_type')} is not supported yet")
-        return ModelConfig(
-            family="llama", n_layers=hc.num_hidden_layers, d_model=hc.hidden_size, n_heads=hc.num_attention_heads,
-            n_kv_heads=hc.num_key_value_heads, d_head=getattr(hc, "head_dim", None) or hc.hidden_size // hc.num_attention_heads,
-            d_mlp=hc.intermediate_size, d_vocab=hc.vocab_size, n_ctx=hc.max_position_embeddings,
-            norm_eps=hc.rms_norm_eps, rope_theta=float(theta), tied_embeddings=bool(hc.tie_word_embeddings),
-            bos_token_id=hc.bos_token_id,
-        )
-    if mt in ("gemma3_text", "gemma3"):
-        hc = getattr(hc, "text_config", hc)
-        full = rope.get("full_attention", rope)
-        local = rope.get("sliding_attention", {})
-        for r in (full, local):
-            if r and r.get("rope_type", "default") != "default":
-                raise NotImplementedError(f"rope scaling {r.get('rope_type')} is not supported yet")
-        return ModelConfig(
-            family="gemma3", n_layers=hc.num_hidden_layers, d_model=hc.hidden_size, n_heads=hc.num_attention_heads,
-            n_kv_heads=hc.num_key_value_heads, d_head=hc.head_dim, d_mlp=hc.intermediate_size,
-            d_vocab=hc.vocab_size, n_ctx=hc.max_position_embeddings, norm_eps=hc.rms_norm_eps,
-            rope_theta=float(full.get("rope_theta", getattr(hc, "rope_theta", 1e6))),
-            rope_local_theta=float(local.get("rope_theta", getattr(hc, "rope_local_base_freq", 1e4))),
-            sliding_window=hc.sliding_window, layer_types=list(hc.layer_types),
-            attn_scale=hc.query_pre_attn_scalar**-0.5, final_logit_softcap=hc.final_logit_softcapping,
-            tied_embeddings=bool(getattr(hc, "tie_word_embeddings", True)), bos_token_id=hc.bos_token_id,
-        )
-    raise NotImplementedError(f"model type {mt!r} is not supported (supported: gpt2, llama, gemma3)")
+    return family_for(hc.model_type).config_from_hf(hc)
 
 
 def from_hf(hf, weights: str = "unknown") -> Transformer:
     """Copy a transformers causal LM's weights into our layout (x @ W, heads fused)."""
-    cfg = config_from_hf(hf.config)
+    family = family_for(hf.config.model_type)
+    cfg = family.config_from_hf(hf.config)
     sd = {k: v.detach().float() for k, v in hf.state_dict().items()}
     model = Transformer(cfg, Processing(weights=weights))
-    new: dict[str, torch.Tensor] = {}
-    if cfg.family == "gpt2":
-        g = lambda k: sd[f"transformer.{k}"]  # noqa: E731
-        new["W_E"], new["W_pos"] = g("wte.weight"), g("wpe.weight")
-        new["ln_final_w"], new["ln_final_b"] = g("ln_f.weight"), g("ln_f.bias")
-        d = cfg.d_model
-        for i in range(cfg.n_layers):
-            p, b = f"h.{i}.", f"blocks.{i}."
-            w, bias = g(p + "attn.c_attn.weight"), g(p + "attn.c_attn.bias")  # Conv1D: x @ W already
-            for j, n in enumerate("QKV"):
-                new[b + f"W_{n}"], new[b + f"b_{n}"] = w[:, j * d:(j + 1) * d], bias[j * d:(j + 1) * d]
-            new[b + "W_O"], new[b + "b_O"] = g(p + "attn.c_proj.weight"), g(p + "attn.c_proj.bias")
-            new[b + "ln1_w"], new[b + "ln1_b"] = g(p + "ln_1.weight"), g(p + "ln_1.bias")
-            new[b + "ln2_w"], new[b + "ln2_b"] = g(p + "ln_2.weight"), g(p + "ln_2.bias")
-            new[b + "W_in"], new[b + "b_in"] = g(p + "mlp.c_fc.weight"), g(p + "mlp.c_fc.bias")
-            new[b + "W_out"], new[b + "b_out"] = g(p + "mlp.c_proj.weight"), g(p + "mlp.c_proj.bias")
-    else:
-        g = lambda k: sd[f"model.{k}"]  # noqa: E731
-        new["W_E"], new["ln_final_w"] = g("embed_tokens.weight"), g("norm.weight")
-        if not cfg.tied_embeddings:
-            new["W_U_untied"] = sd["lm_head.weight"].T
-        gemma = cfg.family == "gemma3"
-        for i in range(cfg.n_layers):
-            p, b = f"layers.{i}.", f"blocks.{i}."
-            for n, hfn in zip("QKVO", ("q_proj", "k_proj", "v_proj", "o_proj")):
-                new[b + f"W_{n}"] = g(p + f"self_attn.{hfn}.weight").T
-            new[b + "W_gate"] = g(p + "mlp.gate_proj.weight").T
-            new[b + "W_in"] = g(p + "mlp.up_proj.weight").T
-            new[b + "W_out"] = g(p + "mlp.down_proj.weight").T
-            new[b + "ln1_w"] = g(p + "input_layernorm.weight")
-            if gemma:
-                new[b + "ln1_post_w"] = g(p + "post_attention_layernorm.weight")
-                new[b + "ln2_w"] = g(p + "pre_feedforward_layernorm.weight")
-                new[b + "ln2_post_w"] = g(p + "post_feedforward_layernorm.weight")
-                new[b + "q_norm_w"] = g(p + "self_attn.q_norm.weight")
-                new[b + "k_norm_w"] = g(p + "self_attn.k_norm.weight")
-            else:
-                new[b + "ln2_w"] = g(p + "post_attention_layernorm.weight")
-    model.load_state_dict({k: v.contiguous() for k, v in new.items()})
+    model.load_state_dict({k: v.contiguous() for k, v in family.convert(sd, cfg).items()})
     return model.eval()
 
 
@@ -248,8 +176,8 @@ def from_hf(hf, weights: str = "unknown") -> Transformer:
 def fold_value_biases_(model: Transformer) -> Transformer:
     """Move b_V into b_O (pattern rows sum to 1, so z shifts by exactly b_V). Changes hook_z."""
     c = model.cfg
-    if c.family != "gpt2" or model.processing.fold_value_biases:
-        return model  # Llama / Gemma have no value biases: nothing to fold, activations unchanged
+    if not c.biases or model.processing.fold_value_biases:
+        return model  # no value biases (Llama, Gemma): nothing to fold, activations unchanged
     for blk in model.blocks:
         b_v = blk.b_V.view(c.n_kv_heads, c.d_head)[[c.kv_head(h) for h in range(c.n_heads)]]  # [n_heads, d_head]
         blk.b_O += torch.einsum("hd,hdm->m", b_v, blk.W_O_heads)

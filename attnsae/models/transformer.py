@@ -14,7 +14,8 @@ after its post-attention norm, as in TransformerLens); attn.hook_result is W_O z
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -58,23 +59,27 @@ class Run:
         return x
 
 
-def _rms_norm(x, w, eps, gemma: bool):
-    # Gemma normalises in fp32 and scales by (1 + w); Llama scales by w in the input dtype.
+def _rms_norm(x, w, cfg: ModelConfig):
+    # A stored gain offset (Gemma's 1 + w) is applied in fp32 before the cast, as HF Gemma does;
+    # Llama scales by w in the input dtype.
     xf = x.float()
-    scale = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    if gemma:
-        return (xf * scale * (1.0 + w.float())).to(x.dtype), scale
+    scale = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + cfg.norm_eps)
+    if cfg.norm_gain_offset:
+        return (xf * scale * (cfg.norm_gain_offset + w.float())).to(x.dtype), scale
     return w * (xf * scale).to(x.dtype), scale
 
 
-def _norm(x, w, b, eps, family: str):
-    """(normalized x, the 1/rms scale): LayerNorm for GPT-2, RMSNorm otherwise."""
-    if family != "gpt2":
-        return _rms_norm(x, w, eps, family == "gemma3")
+def _norm(x, w, b, cfg: ModelConfig):
+    """(normalized x, the 1/rms or 1/std scale): the config's LayerNorm or RMSNorm."""
+    if cfg.norm == "rmsnorm":
+        return _rms_norm(x, w, cfg)
     xf = x.float()
     xc = xf - xf.mean(-1, keepdim=True)
-    scale = torch.rsqrt(xc.pow(2).mean(-1, keepdim=True) + eps)
+    scale = torch.rsqrt(xc.pow(2).mean(-1, keepdim=True) + cfg.norm_eps)
     return (xc * scale).to(x.dtype) * w + b, scale
+
+
+_ACTIVATIONS = {"silu": F.silu, "gelu_tanh": partial(F.gelu, approximate="tanh")}
 
 
 def _rotate_half(x):
@@ -92,13 +97,16 @@ class Block(nn.Module):
         self.ln1_w, self.ln2_w = z(d), z(d)
         self.W_out = z(cfg.d_mlp, d)
         self.W_in = z(d, cfg.d_mlp)
-        if cfg.family == "gpt2":
+        if cfg.biases:
             self.b_Q, self.b_K, self.b_V, self.b_O = z(h * dh), z(kv * dh), z(kv * dh), z(d)
-            self.ln1_b, self.ln2_b, self.b_in, self.b_out = z(d), z(d), z(cfg.d_mlp), z(d)
-        else:
+            self.b_in, self.b_out = z(cfg.d_mlp), z(d)
+        if cfg.norm == "layernorm":
+            self.ln1_b, self.ln2_b = z(d), z(d)
+        if cfg.gated_mlp:
             self.W_gate = z(d, cfg.d_mlp)
-        if cfg.family == "gemma3":
+        if cfg.qk_norm:
             self.q_norm_w, self.k_norm_w = z(dh), z(dh)
+        if cfg.post_norms:
             self.ln1_post_w, self.ln2_post_w = z(d), z(d)
         self.p = f"blocks.{layer}."
 
@@ -125,8 +133,7 @@ class Block(nn.Module):
     def normalize(self, x, which: str):
         """(normalized x, the 1/rms scale) through this block's norm `which` (ln1, ln2, ln1_post, ln2_post),
         without hooks: analysis code that recomputes part of the block calls this."""
-        c = self.cfg
-        return _norm(x, getattr(self, f"{which}_w"), getattr(self, f"{which}_b", None), c.norm_eps, c.family)
+        return _norm(x, getattr(self, f"{which}_w"), getattr(self, f"{which}_b", None), self.cfg)
 
     def norm(self, x, which: str, run: Run):
         out, scale = self.normalize(x, which)
@@ -139,14 +146,14 @@ class Block(nn.Module):
         q = x @ self.W_Q
         k = x @ self.W_K
         v = x @ self.W_V
-        if c.family == "gpt2":
+        if c.biases:
             q, k, v = q + self.b_Q, k + self.b_K, v + self.b_V
         q = q.view(b, n, c.n_heads, c.d_head)
         k = k.view(b, n, c.n_kv_heads, c.d_head)
         v = v.view(b, n, c.n_kv_heads, c.d_head)
-        if c.family == "gemma3":
-            q = _rms_norm(q, self.q_norm_w, c.norm_eps, True)[0]
-            k = _rms_norm(k, self.k_norm_w, c.norm_eps, True)[0]
+        if c.qk_norm:
+            q = _rms_norm(q, self.q_norm_w, c)[0]
+            k = _rms_norm(k, self.k_norm_w, c)[0]
         q, k, v = run.hook(p + "hook_q", q), run.hook(p + "hook_k", k), run.hook(p + "hook_v", v)
         if rope is not None:
             cos, sin = rope
@@ -166,7 +173,7 @@ class Block(nn.Module):
             zh = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=c.attn_scale)
         z = run.hook(p + "hook_z", zh.transpose(1, 2))
         out = z.reshape(b, n, c.d_attn) @ self.W_O
-        if c.family == "gpt2":
+        if c.biases:
             out = out + self.b_O
         return run.hook(p + "hook_result", out)
 
@@ -178,25 +185,25 @@ class Block(nn.Module):
 
     def mlp(self, x, run: Run):
         c, p = self.cfg, self.p + "mlp."
-        if c.family == "gpt2":
-            post = F.gelu(run.hook(p + "hook_pre", x @ self.W_in + self.b_in), approximate="tanh")
-        else:  # gated: act(x W_gate) * (x W_in), names as TransformerLens
-            act = F.silu if c.family == "llama" else (lambda t: F.gelu(t, approximate="tanh"))
+        act = _ACTIVATIONS[c.act_fn]
+        if c.gated_mlp:  # act(x W_gate) * (x W_in), names as TransformerLens
             pre = run.hook(p + "hook_pre", x @ self.W_gate)
             post = act(pre) * run.hook(p + "hook_pre_linear", x @ self.W_in)
+        else:
+            post = act(run.hook(p + "hook_pre", x @ self.W_in + self.b_in))
         post = run.hook(p + "hook_post", post)
         out = post @ self.W_out
-        return out + self.b_out if c.family == "gpt2" else out
+        return out + self.b_out if c.biases else out
 
     def forward(self, resid, run: Run, rope):
-        p, gemma = self.p, self.cfg.family == "gemma3"
+        p, post_norms = self.p, self.cfg.post_norms
         resid = run.hook(p + "hook_resid_pre", resid)
         attn = self.attention(self.norm(resid, "ln1", run), run, rope)
-        if gemma:
+        if post_norms:
             attn = self.norm(attn, "ln1_post", run)
         resid = run.hook(p + "hook_resid_mid", resid + run.hook(p + "hook_attn_out", attn))
         mlp = self.mlp(self.norm(resid, "ln2", run), run)
-        if gemma:
+        if post_norms:
             mlp = self.norm(mlp, "ln2_post", run)
         return run.hook(p + "hook_resid_post", resid + run.hook(p + "hook_mlp_out", mlp))
 
@@ -207,8 +214,9 @@ class Transformer(nn.Module):
         self.cfg = cfg
         self.processing = processing or Processing()
         self.W_E = nn.Parameter(torch.zeros(cfg.d_vocab, cfg.d_model))
-        if cfg.family == "gpt2":
+        if cfg.learned_pos:
             self.W_pos = nn.Parameter(torch.zeros(cfg.n_ctx, cfg.d_model))
+        if cfg.norm == "layernorm":
             self.ln_final_b = nn.Parameter(torch.zeros(cfg.d_model))
         self.ln_final_w = nn.Parameter(torch.zeros(cfg.d_model))
         if not cfg.tied_embeddings:
@@ -285,13 +293,13 @@ class Transformer(nn.Module):
         if tokens.numel() and (int(tokens.max()) >= c.d_vocab or int(tokens.min()) < 0):
             raise ValueError(f"token ids must lie in [0, {c.d_vocab}); got {int(tokens.min())}..{int(tokens.max())}: "
                              "is the tokenizer the model's own?")
-        if c.family == "gpt2" and n > c.n_ctx:
+        if c.learned_pos and n > c.n_ctx:
             raise ValueError(f"sequence length {n} exceeds the model's context {c.n_ctx}")
         x = self.W_E[tokens]
-        if c.family == "gemma3":
+        if c.embed_scale:
             x = x * torch.tensor(c.d_model**0.5, dtype=x.dtype)
         x = run.hook("hook_embed", x)
-        if c.family == "gpt2":
+        if c.learned_pos:
             x = x + run.hook("hook_pos_embed", self.W_pos[:n][None].expand_as(x))
         return x
 
@@ -302,10 +310,14 @@ class Transformer(nn.Module):
             x = self.blocks[i](x, run, self._rope(n, i, x.dtype, x.device))
         return x
 
+    def final_norm(self, x: torch.Tensor):
+        """(normalized x, the 1/rms or 1/std scale) through ln_final, without hooks."""
+        return _norm(x, self.ln_final_w, getattr(self, "ln_final_b", None), self.cfg)
+
     def unembed(self, x: torch.Tensor, run: Run) -> torch.Tensor:
         """The final norm (ln_final hooks), W_U and Gemma's logit soft-cap: residual [..., d_model] -> logits."""
         c = self.cfg
-        x, scale = _norm(x, self.ln_final_w, getattr(self, "ln_final_b", None), c.norm_eps, c.family)
+        x, scale = self.final_norm(x)
         run.hook("ln_final.hook_scale", scale)
         x = run.hook("ln_final.hook_normalized", x)
         logits = (x @ self.W_U).float()
@@ -395,8 +407,8 @@ def init_random(model: Transformer, seed: int = 0) -> Transformer:
     with torch.no_grad():
         for name, p in model.named_parameters():
             noise = torch.randn(p.shape, generator=g)
-            if name.endswith("_w"):  # norm gains; Gemma stores them as (gain - 1)
-                p.copy_(0.1 * noise + (0.0 if model.cfg.family == "gemma3" else 1.0))
+            if name.endswith("_w"):  # norm gains, around a gain of 1 (stored as gain - offset)
+                p.copy_(0.1 * noise + 1.0 - model.cfg.norm_gain_offset)
             else:
                 p.copy_(0.02 * noise if p.dim() >= 2 else 0.01 * noise)
     return model

@@ -16,13 +16,14 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..models.hooks import act_name
 from .sae import SAE, SAEConfig
 
 CFG, WEIGHTS, SPARSITY = "cfg.json", "sae_weights.safetensors", "sparsity.safetensors"
 
 
 def sae_lens_cfg(cfg: SAEConfig) -> dict:
-    hook_z = bool(cfg.hook_name and cfg.hook_name.endswith("hook_z") and cfg.hook_head_index is None)
+    hook_z = bool(cfg.hook_spec and cfg.hook_spec.is_layer_z)
     meta = {
         "sae_lens_version": "6.0.0",
         "model_name": cfg.model_name,
@@ -44,7 +45,7 @@ def sae_lens_cfg(cfg: SAEConfig) -> dict:
         "metadata": meta,
         # pre-6.0 SAELens read these flat keys
         **{k: v for k, v in meta.items() if k != "sae_lens_version"},
-        "hook_layer": _layer_of(cfg.hook_name),
+        "hook_layer": cfg.layer,
         "activation_fn_str": "topk" if cfg.architecture == "topk" else "relu",
         "attnsae": cfg.to_dict(),
     }
@@ -52,12 +53,6 @@ def sae_lens_cfg(cfg: SAEConfig) -> dict:
         out["k"] = cfg.k
         out["activation_fn_kwargs"] = {"k": cfg.k}
     return out
-
-
-def _layer_of(hook_name: str | None) -> int | None:
-    if hook_name and hook_name.startswith("blocks."):
-        return int(hook_name.split(".")[1])
-    return None
 
 
 def save_sae(sae: SAE, path, feature_density: torch.Tensor | None = None) -> Path:
@@ -125,7 +120,7 @@ def load_reference(pt_path, device: str = "cpu") -> SAE:
     raw = json.loads(cfg_path.read_text())
     state = torch.load(pt_path, map_location="cpu", weights_only=True)  # never unpickle arbitrary objects
     layer, site = raw.get("layer"), raw.get("site", "z")
-    hook = raw.get("act_name") or (f"blocks.{layer}.attn.hook_{site}" if layer is not None else None)
+    hook = raw.get("act_name") or (act_name(site, layer) if layer is not None else None)
     d_in = raw.get("act_size") or state["W_enc"].shape[0]
     d_sae = raw.get("dict_size") or state["W_enc"].shape[1]
     cfg = SAEConfig(

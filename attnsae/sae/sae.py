@@ -14,6 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..models import hooks
+from ..models.hooks import HookSpec
+
 ARCHITECTURES = ("standard", "topk")
 
 
@@ -42,11 +45,21 @@ class SAEConfig:
         if self.architecture == "topk" and not self.k:
             raise ValueError("a topk SAE needs k")
 
+    @property
+    def hook_spec(self) -> HookSpec | None:
+        """The hook (and head, if one) this SAE reads, parsed once."""
+        return None if self.hook_name is None else HookSpec(hooks.parse(self.hook_name).name, self.hook_head_index)
+
+    @property
+    def layer(self) -> int | None:
+        """The block the SAE's hook is in (None for hooks outside the blocks)."""
+        return hooks.layer_of(self.hook_name)
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "SAEConfig":
+    def from_dict(cls, d: dict) -> SAEConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 

@@ -1,0 +1,52 @@
+"""Llama (SmolLM2): RMSNorm, rotary positions, grouped-query attention, SiLU-gated MLP, no biases."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from ..config import ModelConfig
+
+
+def check_rope(rope: dict) -> None:
+    if rope and rope.get("rope_type", "default") != "default":
+        raise NotImplementedError(f"rope scaling {rope.get('rope_type')} is not supported yet")
+
+
+def config_from_hf(hc) -> ModelConfig:
+    rope = getattr(hc, "rope_parameters", None) or {}
+    check_rope(rope)
+    return ModelConfig(
+        family="llama", n_layers=hc.num_hidden_layers, d_model=hc.hidden_size, n_heads=hc.num_attention_heads,
+        n_kv_heads=hc.num_key_value_heads, d_head=getattr(hc, "head_dim", None) or hc.hidden_size // hc.num_attention_heads,
+        d_mlp=hc.intermediate_size, d_vocab=hc.vocab_size, n_ctx=hc.max_position_embeddings,
+        norm_eps=hc.rms_norm_eps, rope_theta=float(rope.get("rope_theta", getattr(hc, "rope_theta", 10000.0))),
+        tied_embeddings=bool(hc.tie_word_embeddings), bos_token_id=hc.bos_token_id,
+    )
+
+
+def convert_decoder(sd: dict, cfg: ModelConfig) -> tuple[dict, Callable[[str], torch.Tensor]]:
+    """The parts Llama-style decoders share (embeddings, attention, gated MLP, input norm): (state, getter)."""
+    def g(k):
+        return sd[f"model.{k}"]
+
+    new = {"W_E": g("embed_tokens.weight"), "ln_final_w": g("norm.weight")}
+    if not cfg.tied_embeddings:
+        new["W_U_untied"] = sd["lm_head.weight"].T
+    for i in range(cfg.n_layers):
+        p, b = f"layers.{i}.", f"blocks.{i}."
+        for n, hfn in zip("QKVO", ("q_proj", "k_proj", "v_proj", "o_proj"), strict=True):
+            new[b + f"W_{n}"] = g(p + f"self_attn.{hfn}.weight").T
+        new[b + "W_gate"] = g(p + "mlp.gate_proj.weight").T
+        new[b + "W_in"] = g(p + "mlp.up_proj.weight").T
+        new[b + "W_out"] = g(p + "mlp.down_proj.weight").T
+        new[b + "ln1_w"] = g(p + "input_layernorm.weight")
+    return new, g
+
+
+def convert(sd: dict, cfg: ModelConfig) -> dict:
+    new, g = convert_decoder(sd, cfg)
+    for i in range(cfg.n_layers):
+        new[f"blocks.{i}.ln2_w"] = g(f"layers.{i}.post_attention_layernorm.weight")
+    return new
