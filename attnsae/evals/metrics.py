@@ -1,4 +1,4 @@
-"""Sparsity and fidelity of an SAE on held-out windows (definitions from the paper, DESIGN.md).
+"""Sparsity and fidelity of an SAE on held-out windows (definitions from the paper, Kissane et al. 2024, sec. 3).
 
 - L0 = E|f(x)|_0; explained variance = 1 - E|x - x_hat|^2 / E|x - E x|^2.
 - % CE recovered = (CE_zero - CE_sae) / (CE_zero - CE_clean), the SAE spliced in at its hook,
