@@ -8,8 +8,8 @@ the same synthetic activations x ~ N(0, 1) [B, d_in], and takes whole optimizer 
   saelens-topk         the same with TopKTrainingSAE (k active), dense activations
   saelens-topk-sparse  TopKTrainingSAE(use_sparse_activations=True) (SAELens's sparse option; fp32 only)
   ours-sparse-<recipe> attnsae.sae.trainer's loop body: recipe.loss under autocast (which runs
-                       sparse_step.sae_step), backward, recipe.before_step (decoder-parallel grad
-                       removal), Adam, recipe.after_step (decoder normalisation), firing counts.
+                       sparse_step.sae_step), backward, recipe.before_optimizer_step (decoder-parallel
+                       grad removal), Adam, recipe.after_optimizer_step (decoder normalisation), firing counts.
                        Recipes: l1, l1_decnorm, topk.
   ours-dense-<recipe>  the same loop with sae_step forced onto its dense path (plain matmuls)
 
@@ -32,7 +32,6 @@ import traceback
 import warnings
 
 import torch
-
 from _common import bf16_peak, bias_for_l0, timeit
 
 warnings.filterwarnings("ignore", message=".*[Ss]parse.*")
@@ -90,13 +89,12 @@ def make_saelens(kind, weights, a, dtype, sparse=False):
 
 
 def make_ours(recipe_name, weights, a, dtype, sparse):
-    from attnsae.sae import SAE, SAEConfig
+    from attnsae.sae import RECIPES, SAE, SAEConfig, TrainConfig
     from attnsae.sae.sparse_step import sae_step
-    from attnsae.sae.trainer import RECIPES, TrainConfig
 
     D, S = weights["W_dec"].shape[1], weights["W_dec"].shape[0]
-    topk = recipe_name == "topk"
-    sae = SAE(SAEConfig(d_in=D, d_sae=S, architecture="topk" if topk else "standard", k=a.k if topk else None))
+    arch = RECIPES[recipe_name].architecture
+    sae = SAE(SAEConfig(d_in=D, d_sae=S, architecture=arch, k=a.k if arch == "topk" else None))
     cfg = TrainConfig(recipe=recipe_name, k=a.k, l1_coeff=a.l1, lr=a.lr, batch_size=a.B, steps=10**6,
                       dtype="bfloat16" if dtype == torch.bfloat16 else "float32")
     recipe = RECIPES[recipe_name](sae, cfg)
@@ -124,9 +122,9 @@ def make_ours(recipe_name, weights, a, dtype, sparse):
         dense = getattr(f.grad_fn, "dense", None)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        recipe.before_step()
+        recipe.before_optimizer_step()
         opt.step()
-        recipe.after_step()
+        recipe.after_optimizer_step()
         with torch.no_grad():
             fire_counts.add_((f > 0).sum(0))
         return f, dense

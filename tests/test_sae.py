@@ -8,8 +8,9 @@ import textwrap
 import pytest
 import torch
 
-from attnsae.sae import SAE, SAEConfig, TrainConfig, Trainer, load_sae, save_sae
-from attnsae.sae.trainer import _remove_parallel_grad, geometric_median
+from attnsae.sae import RECIPES, SAE, SAEConfig, TrainConfig, Trainer, load_sae, sae_config_for, save_sae, train_sae
+from attnsae.sae.recipes.base import remove_parallel_grad
+from attnsae.sae.trainer import geometric_median
 
 
 def planted(n_feat=16, d=32, n=200_000, k=3, seed=0):
@@ -63,7 +64,7 @@ def test_decoder_gradient_parallel_component_is_removed():
     x = torch.randn(32, 8)
     out = sae(x)
     ((out.reconstruction - x).pow(2).sum() + out.feature_acts.sum()).backward()
-    _remove_parallel_grad(sae)
+    remove_parallel_grad(sae)
     assert (sae.W_dec.grad * sae.W_dec).sum(1).abs().max() < 1e-5
 
 
@@ -150,7 +151,8 @@ def test_kill_9_then_resume_continues_the_same_run(tmp_path):
     import time
 
     deadline = time.time() + 120
-    while not (victim / "checkpoint" / "state.json").exists() or json.loads((victim / "checkpoint" / "state.json").read_text())["step"] < 50:
+    state = victim / "checkpoint" / "state.json"
+    while not state.exists() or json.loads(state.read_text())["step"] < 50:
         assert time.time() < deadline and proc.poll() is None, "training finished or hung before the kill"
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
@@ -198,6 +200,99 @@ def test_training_writes_density_histograms(tmp_path):
     cfg = TrainConfig(steps=20, batch_size=64, dtype="float32", hist_every=10, checkpoint_every=10)
     Trainer(SAEConfig(d_in=32, d_sae=64), cfg, tmp_path, batches_of(data, 64), progress=False).train()
     assert (tmp_path / "density_step10.png").stat().st_size > 1000
+
+
+# ---- recipes, checkpoints, train_sae ----
+
+def _small_trainer(recipe, out, data, steps=30, **extra):
+    cfg = TrainConfig(recipe=recipe, k=3, steps=steps, batch_size=64, dtype="float32", hist_every=0, checkpoint_every=10,
+                      resample_every=10, n_resamples=1, resample_inputs=256, resample_warmup=10, **extra)
+    sae_cfg = sae_config_for(cfg, 32, "blocks.1.attn.hook_z", {"model": "m", "processing": {}, "context_size": 8, "first_pos": 1})
+    return Trainer(sae_cfg, cfg, out, batches_of(data, 64), progress=False)
+
+
+def _same(a, b):
+    return torch.equal(a, b) if torch.is_tensor(a) else a == b
+
+
+@pytest.mark.parametrize("recipe", list(RECIPES))
+def test_every_recipe_round_trips_its_state_through_a_checkpoint(recipe, tmp_path):
+    data, _ = planted(n=5000)
+    tr = _small_trainer(recipe, tmp_path, data, steps=25)  # last checkpoint: the final one, at step 25
+    with torch.no_grad():
+        tr.sae.b_enc[:10] = -1e4  # dead latents: l1 resamples at step 10, topk's AuxK has work
+    tr.train()
+    back = _small_trainer(recipe, tmp_path, data, steps=25)
+    assert back.load_checkpoint()
+    assert set(back.recipe.state_dict()) == set(tr.recipe.state_dict()) == set(type(tr.recipe).state_keys)
+    for k, v in tr.recipe.state_dict().items():
+        assert _same(back.recipe.state_dict()[k], v), k
+    for k in Trainer.COUNTERS:
+        assert _same(getattr(back, k), getattr(tr, k)), k
+    for p, q in zip(tr.sae.parameters(), back.sae.parameters()):
+        assert torch.equal(p, q)
+        assert all(torch.equal(tr.opt.state[p][key], back.opt.state[q][key]) for key in ("exp_avg", "exp_avg_sq", "step"))
+    if recipe == "l1":
+        assert back.recipe.n_resampled == 1 and back.recipe.last_resample == 10
+    if recipe == "topk":
+        assert back.recipe.tokens_seen == 25 * 64 and back.recipe.last_fired.max() == 25 * 64
+
+
+def test_a_checkpoint_left_as_checkpoint_old_is_used(tmp_path):
+    """A process killed between the two renames of a save leaves only checkpoint.old."""
+    data, _ = planted(n=5000)
+    tr = _small_trainer("l1", tmp_path, data, steps=20)
+    tr.train()
+    os.replace(tmp_path / "checkpoint", tmp_path / "checkpoint.old")
+    back = _small_trainer("l1", tmp_path, data, steps=20)
+    assert back.load_checkpoint() and back.step == 20
+    torch.testing.assert_close(back.sae.W_dec, tr.sae.W_dec, rtol=0, atol=0)
+
+
+def test_recipes_registry_drives_the_sae_config():
+    meta = {"model": "m", "processing": {"p": 1}, "context_size": 8, "first_pos": 1, "corpus": "c"}
+    for name, recipe in RECIPES.items():
+        assert recipe.name == name
+        cfg = sae_config_for(TrainConfig(recipe=name, k=5, expansion=2), 12, "blocks.3.attn.hook_q[2]", meta)
+        assert cfg.architecture == recipe.architecture and cfg.d_sae == 24
+        assert cfg.k == (5 if recipe.architecture == "topk" else None)
+        assert (cfg.hook_name, cfg.hook_head_index, cfg.dataset_path) == ("blocks.3.attn.hook_q", 2, "c")
+    assert RECIPES["topk"].architecture == "topk" and RECIPES["l1"].architecture == "standard"
+
+
+def test_a_new_recipe_is_one_class_and_one_registry_entry(monkeypatch, tmp_path):
+    from attnsae.sae.recipes import L1Recipe, StepOutput
+
+    class MSEOnly(L1Recipe):  # L1's resampling and state, no sparsity penalty
+        name = "mse_only"
+
+        def loss(self, x, step):
+            out = super().loss(x, step)
+            return StepOutput((out.reconstruction - x).pow(2).sum(-1).mean(), out.feature_acts, out.reconstruction)
+
+    monkeypatch.setitem(RECIPES, "mse_only", MSEOnly)
+    data, _ = planted(n=5000)
+    tr = _small_trainer("mse_only", tmp_path, data, steps=20)
+    tr.train()
+    assert isinstance(tr.recipe, MSEOnly) and tr.history[-1]["loss"] == pytest.approx(tr.history[-1]["mse"] * tr.scale**2)
+
+
+def test_train_sae_trains_once_then_returns_the_saved_sae(tmp_path):
+    data, _ = planted(n=5000)
+    tr = _small_trainer("l1", tmp_path / "scratch", data, steps=20)
+    calls = []
+
+    def batches(start):
+        calls.append(start)
+        return batches_of(data, 64)(start)
+
+    path = train_sae(tr.sae.cfg, tr.cfg, tmp_path / "run", batches, progress=False)
+    assert path == tmp_path / "run" / "sae" and (tmp_path / "run" / "train" / "checkpoint").exists()
+    want = load_sae(path).W_dec
+    n = len(calls)
+    assert train_sae(tr.sae.cfg, tr.cfg, tmp_path / "run", batches, progress=False) == path and len(calls) == n
+    train_sae(tr.sae.cfg, tr.cfg, tmp_path / "run", batches, progress=False, resume=False)  # starts over
+    assert len(calls) > n and torch.equal(load_sae(path).W_dec, want)
 
 
 # ---- formats ----

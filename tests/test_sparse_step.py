@@ -77,7 +77,7 @@ def test_grads_equal_autograd_fp32(k, shift, kind, dense_density):
         assert a.shape == b.shape and a.dtype == torch.float32
         # fp32 summation order differs; with shift=100 the sums cancel large terms
         atol = 1e-5 * max(1.0, b.abs().max().item())
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=atol, msg=lambda m: f"grad {name}: {m}")
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=atol, msg=lambda m, name=name: f"grad {name}: {m}")
 
 
 def test_topk_with_nonpositive_selected_entries():

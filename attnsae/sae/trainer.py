@@ -1,47 +1,43 @@
-"""Training recipes on one shared loop: each recipe is a small class (loss + what happens after a step).
+"""The training loop shared by every recipe (recipes/: the loss, the decoder constraint, lr
+multiplier, resampling), and `train_sae`, which trains an SAE into a run folder unless it is there.
 
-- `L1Recipe`: the paper's (Bricken et al.) recipe, appendix B: ReLU SAE, unit-norm decoder rows
-  with the gradient component parallel to each row removed, loss = |x - x_hat|^2 + l1 * sum f,
-  Adam(0.9, 0.99), Anthropic-style resampling of dead features with lr warm-back.
-- `L1DecoderNormRecipe`: the April-2024 update the paper used for Gemma-2B: penalty
-  l1 * sum f_i |d_i|, decoder unconstrained, l1 warmed up over the first 5% of steps;
-  decoder norms are folded into the encoder when saving.
-- `TopKRecipe`: f = TopK(pre), MSE only, unit-norm decoder, plus the AuxK loss on dead latents.
+Every recipe runs the SAE through `sparse_step.sae_step`: the same gradients as plain autograd, but
+the decoder and the backward touch only the active latents.
 
-All recipes run the SAE through `sparse_step.sae_step`: the same gradients as plain autograd, but
-the decoder and the backward touch only the active latents (the encoder matmul is the only dense
-work once the SAE is sparse).
-
-The loop checkpoints atomically every `checkpoint_every` steps (SAE, Adam state, step, firing
-counts, resample state), so `kill -9` loses at most one interval, and `resume=True` continues the
-same run: batches come from a seeded permutation indexed by step, so the data order is the same.
+The loop checkpoints atomically every `checkpoint_every` steps (checkpoint.py), so `kill -9` loses
+at most one interval, and `resume=True` continues the same run: batches come from a seeded
+permutation indexed by step, so the data order is the same.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from ..evals.metrics import DEAD_THRESHOLD
+from ..models.hooks import parse
+from . import checkpoint
 from .io import save_sae
+from .recipes import RECIPES
 from .sae import SAE, SAEConfig
-from .sparse_step import sae_step
+
+# Inputs are scaled by sqrt(d_in) / E|x| (Anthropic's April 2024 update), E|x| estimated from this
+# many batches; our choice, not tuned: the scale is folded back into the saved SAE.
+NORM_SCALE_BATCHES = 20
+# Inputs whose geometric median initialises b_dec (Bricken et al. 2023); our choice, not tuned.
+GEOMETRIC_MEDIAN_SAMPLES = 16384
 
 
 @dataclass
 class TrainConfig:
-    recipe: str = "l1"  # l1 | l1_decnorm | topk
+    recipe: str = "l1"  # a name in RECIPES: l1 | l1_decnorm | topk
     d_sae: int | None = None  # default: expansion * d_in
     expansion: int = 8
     k: int = 32  # topk
@@ -56,126 +52,33 @@ class TrainConfig:
     init_b_dec_median: bool = True  # geometric median estimate of the data (Bricken et al.)
     # resampling (l1 recipe)
     resample_every: int | None = None  # default: steps // 5
-    n_resamples: int = 4
+    n_resamples: int = 4  # the paper's training code: 4
     resample_inputs: int = 65536  # inputs scored to pick high-loss examples
-    resample_warmup: int = 1000  # steps to cosine-warm lr back from 0.1x
-    dead_threshold: float = 1e-5  # dead: fires on fewer than this fraction of inputs since the last resample
-    dead_window: int = 10_000_000  # topk: tokens a latent must stay silent to count as dead for AuxK
+    resample_warmup: int = 1000  # steps to cosine-warm lr back from 0.1x (the paper's training code: 1000)
+    dead_threshold: float = DEAD_THRESHOLD  # dead: fires on fewer than this fraction of inputs since the last resample
+    dead_window: int = 10_000_000  # topk: tokens a latent must stay silent to count as dead for AuxK (Gao et al. 2024)
     # bookkeeping
     checkpoint_every: int = 500
     hist_every: int = 1000
-    lr_decay_frac: float = 0.2  # linear lr decay over the last fraction of steps (0 disables)
+    lr_decay_frac: float = 0.2  # linear lr decay over the last fraction of steps (April 2024 update; 0 disables)
 
     def to_dict(self):
         return dataclasses.asdict(self)
 
 
-def sae_config_for(cfg: "TrainConfig", d_in: int, hook: str, meta: dict) -> SAEConfig:
+def sae_config_for(cfg: TrainConfig, d_in: int, hook: str, meta: dict) -> SAEConfig:
     """The SAE config for training on `hook` (a harvest spec, e.g. 'blocks.5.attn.hook_q[2]') of the
     data described by `meta` (a store's meta: model, processing, context_size, first_pos, corpus)."""
-    from ..data.harvest import parse_hook
-
-    name, head = parse_hook(hook)
-    topk = cfg.recipe == "topk"
+    spec, architecture = parse(hook), RECIPES[cfg.recipe].architecture
     return SAEConfig(
-        d_in=d_in, d_sae=cfg.d_sae or cfg.expansion * d_in, architecture="topk" if topk else "standard",
-        k=cfg.k if topk else None, model_name=meta["model"], hook_name=name, hook_head_index=head,
+        d_in=d_in, d_sae=cfg.d_sae or cfg.expansion * d_in, architecture=architecture,
+        k=cfg.k if architecture == "topk" else None, model_name=meta["model"], hook_name=spec.name, hook_head_index=spec.head,
         processing=meta["processing"], context_size=meta["context_size"], first_pos=meta["first_pos"],
         dataset_path=meta.get("corpus"),
     )
 
 
-class Recipe:
-    """Shared base: Adam on all parameters, unit-norm decoder after each step."""
-
-    unit_norm_decoder = True
-
-    def __init__(self, sae: SAE, cfg: TrainConfig):
-        self.sae, self.cfg = sae, cfg
-
-    def loss(self, x: torch.Tensor, step: int):
-        """Returns (loss, feature_acts, reconstruction) for a batch."""
-        raise NotImplementedError
-
-    def before_step(self):
-        if self.unit_norm_decoder:
-            _remove_parallel_grad(self.sae)
-
-    def after_step(self):
-        if self.unit_norm_decoder:
-            self.sae.normalize_decoder_()
-
-    def finalize(self, sae: SAE):
-        pass
-
-
-def _remove_parallel_grad(sae: SAE):
-    g, w = sae.W_dec.grad, sae.W_dec.data
-    if g is not None:
-        g.sub_((g * w).sum(dim=1, keepdim=True) * w)
-
-
-class L1Recipe(Recipe):
-    def loss(self, x, step):
-        f, recon = sae_step(self.sae, x)  # sparse-aware backward, same gradients as autograd
-        l2 = (recon - x).pow(2).sum(-1).mean()
-        return l2 + self.cfg.l1_coeff * f.sum(-1).mean(), f, recon
-
-
-class L1DecoderNormRecipe(Recipe):
-    unit_norm_decoder = False
-
-    def __init__(self, sae, cfg):
-        super().__init__(sae, cfg)
-        with torch.no_grad():  # decoder rows start small; the encoder is their transpose
-            sae.W_dec.mul_(0.1)
-            sae.W_enc.copy_(sae.W_dec.T)
-
-    def loss(self, x, step):
-        f, recon = sae_step(self.sae, x)
-        warm = min(1.0, step / max(1, 0.05 * self.cfg.steps))
-        l2 = (recon - x).pow(2).sum(-1).mean()
-        l1 = (f * self.sae.W_dec.norm(dim=1)).sum(-1).mean()
-        return l2 + warm * self.cfg.l1_coeff * l1, f, recon
-
-    def finalize(self, sae):
-        sae.fold_decoder_norm_()
-
-
-class TopKRecipe(Recipe):
-    aux_coeff = 1 / 32
-
-    def __init__(self, sae, cfg):
-        super().__init__(sae, cfg)
-        self.last_fired = torch.zeros(sae.d_sae, dtype=torch.long)
-        self.tokens_seen = 0
-        # a latent silent this long counts as dead for AuxK (short runs: a tenth of the run)
-        self.dead_after = min(cfg.dead_window, cfg.steps * cfg.batch_size // 10)
-
-    def loss(self, x, step):
-        sae = self.sae
-        f, recon = sae_step(sae, x)  # the decoder touches only the k active latents
-        err = x - recon
-        loss = err.pow(2).sum(-1).mean()
-        with torch.no_grad():
-            self.tokens_seen += x.shape[0]
-            self.last_fired[(f > 0).any(0)] = self.tokens_seen
-            dead = ((self.tokens_seen - self.last_fired) > self.dead_after).nonzero().flatten()
-        if len(dead):  # AuxK: the top dead latents explain the residual error (only their columns computed)
-            xc = x - sae.b_dec if sae.cfg.apply_b_dec_to_input else x
-            pre = xc @ sae.W_enc[:, dead] + sae.b_enc[dead]
-            a_vals, a_idx = pre.topk(min(x.shape[1] // 2, len(dead)), dim=-1)
-            a_rec = F.embedding_bag(dead[a_idx], sae.W_dec, per_sample_weights=F.relu(a_vals).float(), mode="sum")
-            e = err.detach()
-            aux = (a_rec.float() - e).pow(2).sum(-1).mean() / e.pow(2).sum(-1).mean().clamp_min(1e-8)
-            loss = loss + self.aux_coeff * aux
-        return loss, f, recon
-
-
-RECIPES = {"l1": L1Recipe, "l1_decnorm": L1DecoderNormRecipe, "topk": TopKRecipe}
-
-
-def estimate_norm_scale(batches, d_in: int, n: int = 20) -> float:
+def estimate_norm_scale(batches, d_in: int, n: int = NORM_SCALE_BATCHES) -> float:
     norms = [b.float().norm(dim=-1).mean().item() for _, b in zip(range(n), batches)]
     return math.sqrt(d_in) / float(np.mean(norms))
 
@@ -193,7 +96,10 @@ def geometric_median(x: torch.Tensor, iters: int = 50) -> torch.Tensor:
 
 
 class Trainer:
-    """Trains one SAE from an iterator factory `batches(start_step) -> iterator of [B, d_in]`."""
+    """Trains one SAE from an iterator factory `batches_from(start_step) -> iterator of [B, d_in]`."""
+
+    # what a checkpoint keeps of the trainer besides the SAE, Adam and the recipe
+    COUNTERS = ("step", "tokens", "scale", "history", "fire_counts", "fire_tokens", "recent_counts", "recent_tokens")
 
     def __init__(self, sae_cfg: SAEConfig, cfg: TrainConfig, out_dir, batches_from, progress: bool = True):
         self.cfg, self.out = cfg, Path(out_dir)
@@ -206,140 +112,47 @@ class Trainer:
         self.recipe = RECIPES[cfg.recipe](self.sae, cfg)
         self.opt = torch.optim.Adam(self.sae.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
         self.step = 0
-        self.scale = 1.0
+        self.tokens = 0
+        self.scale = 1.0  # inputs are multiplied by this while training
+        self.history: list[dict] = []
         self.fire_counts = torch.zeros(sae_cfg.d_sae, dtype=torch.long)  # since the last resample
         self.fire_tokens = 0
         self.recent_counts = torch.zeros(sae_cfg.d_sae, dtype=torch.long)  # since the last histogram
         self.recent_tokens = 0
-        self.tokens = 0
-        self.last_resample = 0  # step of the last resample (lr warm-back starts there)
-        self.n_resampled = 0
-        self.history: list[dict] = []
-        every = cfg.resample_every or max(1, cfg.steps // 5)
-        self.resample_steps = set() if cfg.recipe != "l1" else {every * i for i in range(1, cfg.n_resamples + 1) if every * i < cfg.steps}
 
-    # ---- schedule ----
     def lr_at(self, step: int) -> float:
-        lr = self.cfg.lr
-        if self.n_resampled and step - self.last_resample < self.cfg.resample_warmup:
-            t = (step - self.last_resample) / self.cfg.resample_warmup  # cosine from 0.1x back to 1x
-            lr *= 0.1 + 0.9 * 0.5 * (1 - math.cos(math.pi * t))
+        lr = self.cfg.lr * self.recipe.lr_scale(step)
         decay_start = self.cfg.steps * (1 - self.cfg.lr_decay_frac)
         if self.cfg.lr_decay_frac and step > decay_start:
             lr *= max(0.0, (self.cfg.steps - step) / (self.cfg.steps - decay_start))
         return lr
 
-    # ---- checkpoints ----
-    @property
-    def ckpt_dir(self) -> Path:
-        return self.out / "checkpoint"
+    def resample(self, dead: torch.Tensor) -> int:
+        """Let the recipe re-initialise the `dead` latents from fresh inputs (same deterministic order)."""
+        inputs = (b.float() * self.scale for b in self.batches_from(self.step))
+        return self.recipe.resample(dead, self.step, inputs, self.opt)
 
     def save_checkpoint(self):
-        tmp = self.out / "checkpoint.tmp"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
-        tensors = {f"sae.{k}": v.detach().clone() for k, v in self.sae.state_dict().items()}
-        for i, p in enumerate(self.sae.parameters()):
-            st = self.opt.state.get(p, {})
-            for key in ("exp_avg", "exp_avg_sq"):
-                if key in st:
-                    tensors[f"adam.{i}.{key}"] = st[key].clone()
-            if "step" in st:
-                tensors[f"adam.{i}.step"] = torch.as_tensor(st["step"], dtype=torch.float32).reshape(1)
-        tensors["fire_counts"] = self.fire_counts.clone()
-        tensors["fire_tokens"] = torch.tensor([self.fire_tokens])
-        tensors["recent_counts"] = self.recent_counts.clone()
-        if isinstance(self.recipe, TopKRecipe):
-            tensors["topk_last_fired"] = self.recipe.last_fired.clone()
-        save_file(tensors, str(tmp / "state.safetensors"))
-        meta = {
-            "step": self.step, "tokens": self.tokens, "recent_tokens": self.recent_tokens, "scale": self.scale, "last_resample": self.last_resample,
-            "n_resampled": self.n_resampled, "train_config": self.cfg.to_dict(), "history": self.history,
-            "topk_tokens_seen": getattr(self.recipe, "tokens_seen", 0),
-        }
-        (tmp / "state.json").write_text(json.dumps(meta))
-        old = self.out / "checkpoint.old"
-        if self.ckpt_dir.exists():
-            os.replace(self.ckpt_dir, old)
-        os.replace(tmp, self.ckpt_dir)
-        if old.exists():
-            shutil.rmtree(old)
+        counters = {k: getattr(self, k) for k in self.COUNTERS}
+        checkpoint.save(self.out, self.sae, self.opt, self.cfg.to_dict(), counters, self.recipe.state_dict())
 
     def load_checkpoint(self) -> bool:
-        d = self.ckpt_dir
-        if not d.exists() and (self.out / "checkpoint.old").exists():
-            d = self.out / "checkpoint.old"  # killed between the two renames
-        if not (d / "state.json").exists():
+        loaded = checkpoint.load(self.out, self.sae, self.opt, self.cfg.to_dict())
+        if loaded is None:
             return False
-        meta = json.loads((d / "state.json").read_text())
-        saved = meta["train_config"]
-        saved["betas"] = tuple(saved["betas"])
-        if saved != self.cfg.to_dict() | {"betas": tuple(self.cfg.betas)}:
-            diff = {k: (saved.get(k), v) for k, v in self.cfg.to_dict().items() if saved.get(k) != v and k != "betas"}
-            raise ValueError(f"checkpoint in {d} was made with a different training config {diff}; use a new out_dir")
-        t = load_file(str(d / "state.safetensors"))
-        self.sae.load_state_dict({k[4:]: v for k, v in t.items() if k.startswith("sae.")})
-        for i, p in enumerate(self.sae.parameters()):
-            if f"adam.{i}.exp_avg" in t:
-                self.opt.state[p] = {
-                    "step": torch.tensor(float(t[f"adam.{i}.step"][0])),
-                    "exp_avg": t[f"adam.{i}.exp_avg"], "exp_avg_sq": t[f"adam.{i}.exp_avg_sq"],
-                }
-        self.fire_counts, self.recent_counts = t["fire_counts"], t["recent_counts"]
-        self.fire_tokens = int(t["fire_tokens"][0])
-        self.recent_tokens = meta["recent_tokens"]
-        if isinstance(self.recipe, TopKRecipe):
-            self.recipe.last_fired = t["topk_last_fired"]
-            self.recipe.tokens_seen = meta["topk_tokens_seen"]
-        self.step, self.tokens, self.scale = meta["step"], meta["tokens"], meta["scale"]
-        self.last_resample, self.n_resampled, self.history = meta["last_resample"], meta["n_resampled"], meta["history"]
+        counters, recipe_state = loaded
+        for k in self.COUNTERS:
+            setattr(self, k, counters[k])
+        self.recipe.load_state_dict(recipe_state)
         return True
 
-    # ---- resampling (Bricken et al., 'Neuron Resampling'; lr warm-back per the paper, app. B) ----
-    @torch.no_grad()
-    def resample(self, dead: torch.Tensor):
-        idx = dead.nonzero().flatten()
-        if len(idx) == 0:
-            return 0
-        sae = self.sae
-        xs, losses = [], []
-        it = self.batches_from(self.step)  # fresh inputs, same deterministic order
-        n = 0
-        while n < self.cfg.resample_inputs:
-            x = next(it).float() * self.scale
-            xs.append(x)
-            losses.append((sae(x).reconstruction - x).pow(2).sum(-1))
-            n += len(x)
-        x, loss = torch.cat(xs), torch.cat(losses)
-        g = torch.Generator().manual_seed(self.cfg.seed + self.step)
-        probs = loss.pow(2)
-        pick = torch.multinomial(probs / probs.sum(), len(idx), replacement=len(idx) > len(x), generator=g)
-        v = x[pick] - sae.b_dec
-        v = v / v.norm(dim=1, keepdim=True).clamp_min(1e-8)
-        alive = ~dead
-        enc_norm = sae.W_enc[:, alive].norm(dim=0).mean() if alive.any() else torch.tensor(1.0)
-        sae.W_dec[idx] = v
-        sae.W_enc[:, idx] = v.T * enc_norm * 0.2
-        sae.b_enc[idx] = 0.0
-        for p in (sae.W_enc, sae.b_enc, sae.W_dec):  # reset their Adam moments
-            st = self.opt.state.get(p)
-            if st:
-                for key in ("exp_avg", "exp_avg_sq"):
-                    if p is sae.W_enc:
-                        st[key][:, idx] = 0
-                    else:
-                        st[key][idx] = 0
-        self.last_resample, self.n_resampled = self.step, self.n_resampled + 1
-        return len(idx)
-
-    # ---- the loop ----
     def _init_from_data(self):
         it = self.batches_from(0)
         if self.cfg.normalize_input:
             self.scale = estimate_norm_scale(it, self.sae.cfg.d_in)
         if self.cfg.init_b_dec_median:
-            sample = torch.cat([next(it).float() for _ in range(max(1, 16384 // self.cfg.batch_size))])[:16384]
+            n = GEOMETRIC_MEDIAN_SAMPLES
+            sample = torch.cat([next(it).float() for _ in range(max(1, n // self.cfg.batch_size))])[:n]
             with torch.no_grad():
                 self.sae.b_dec.copy_(geometric_median(sample * self.scale))
 
@@ -362,14 +175,14 @@ class Trainer:
                 loss, f, recon = self.recipe.loss(x, self.step)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
-                    f"loss became {loss.item()} at step {self.step}; the last checkpoint in {self.ckpt_dir} is intact. "
-                    "Lower lr or l1_coeff, or check the activations for NaN."
+                    f"loss became {loss.item()} at step {self.step}; the last checkpoint in {checkpoint.folder(self.out)} "
+                    "is intact. Lower lr or l1_coeff, or check the activations for NaN."
                 )
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
-            self.recipe.before_step()
+            self.recipe.before_optimizer_step()
             self.opt.step()
-            self.recipe.after_step()
+            self.recipe.after_optimizer_step()
             with torch.no_grad():
                 active = f > 0
                 fired = active.sum(0).cpu()
@@ -379,7 +192,7 @@ class Trainer:
                 self.tokens += x.shape[0]
                 self.recent_tokens += x.shape[0]
             self.step += 1
-            if self.step in self.resample_steps:
+            if self.step in self.recipe.resample_steps:
                 n = self.resample(self.dead_mask())
                 self.fire_counts.zero_()
                 self.fire_tokens = 0
@@ -438,3 +251,16 @@ class Trainer:
 
         density_histogram(self.feature_density().numpy(), path,
                           title=f"density over {self.recent_tokens:,} inputs to step {self.step}")
+
+
+def train_sae(sae_cfg: SAEConfig, train_cfg: TrainConfig, out_dir, batches_from, progress: bool = True,
+              resume: bool = True) -> Path:
+    """Returns out_dir/sae, training it first unless out_dir/sae/cfg.json exists (checkpoints, curves
+    and density histograms go to out_dir/train). resume=False starts over: it ignores the checkpoint
+    and retrains a finished SAE."""
+    out = Path(out_dir)
+    if resume and (out / "sae" / "cfg.json").exists():
+        return out / "sae"
+    trainer = Trainer(sae_cfg, train_cfg, out / "train", batches_from, progress=progress)
+    trainer.train(resume=resume)
+    return trainer.save(out / "sae")

@@ -1,0 +1,84 @@
+"""Atomic training checkpoints: the SAE, Adam's state, the trainer's counters and the recipe's state,
+so that `kill -9` loses at most one checkpoint interval.
+
+    <out>/checkpoint/state.safetensors   the tensors: sae.*, adam.<i>.*, the counters', recipe.*
+    <out>/checkpoint/state.json          the other counters, "recipe": its other state, "train_config"
+
+A save writes checkpoint.tmp, renames the old checkpoint to checkpoint.old, renames the new one
+into place, then deletes checkpoint.old: a process killed between the two renames leaves only
+checkpoint.old, which `load` then uses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .sae import SAE
+
+NAME = "checkpoint"
+ADAM_MOMENTS = ("exp_avg", "exp_avg_sq")
+
+
+def folder(out) -> Path:
+    return Path(out) / NAME
+
+
+def save(out, sae: SAE, opt: torch.optim.Optimizer, train_config: dict, counters: dict, recipe_state: dict) -> None:
+    """`counters` and `recipe_state`: name -> tensor or JSON value (counter tensor names have no dot)."""
+    out = Path(out)
+    tmp, old = out / f"{NAME}.tmp", out / f"{NAME}.old"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    tensors = {f"sae.{k}": v.detach().clone() for k, v in sae.state_dict().items()}
+    for i, p in enumerate(sae.parameters()):
+        st = opt.state.get(p, {})
+        tensors |= {f"adam.{i}.{key}": st[key].clone() for key in ADAM_MOMENTS if key in st}
+        if "step" in st:
+            tensors[f"adam.{i}.step"] = torch.as_tensor(st["step"], dtype=torch.float32).reshape(1)
+    tensors |= {k: v.clone() for k, v in counters.items() if torch.is_tensor(v)}
+    tensors |= {f"recipe.{k}": v.clone() for k, v in recipe_state.items() if torch.is_tensor(v)}
+    save_file(tensors, str(tmp / "state.safetensors"))
+    meta = {k: v for k, v in counters.items() if not torch.is_tensor(v)}
+    meta["recipe"] = {k: v for k, v in recipe_state.items() if not torch.is_tensor(v)}
+    meta["train_config"] = train_config
+    (tmp / "state.json").write_text(json.dumps(meta))
+    if folder(out).exists():
+        os.replace(folder(out), old)
+    os.replace(tmp, folder(out))
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def load(out, sae: SAE, opt: torch.optim.Optimizer, train_config: dict) -> tuple[dict, dict] | None:
+    """Load the SAE and Adam's state in place; returns (counters, recipe_state), or None without a
+    checkpoint. Refuses a checkpoint made with a different training config."""
+    d = folder(out)
+    if not d.exists() and (Path(out) / f"{NAME}.old").exists():
+        d = Path(out) / f"{NAME}.old"  # killed between the two renames
+    if not (d / "state.json").exists():
+        return None
+    meta = json.loads((d / "state.json").read_text())
+    _check_same_config(meta.pop("train_config"), train_config, d)
+    t = load_file(str(d / "state.safetensors"))
+    sae.load_state_dict({k[4:]: v for k, v in t.items() if k.startswith("sae.")})
+    for i, p in enumerate(sae.parameters()):
+        if f"adam.{i}.exp_avg" in t:
+            opt.state[p] = {"step": torch.tensor(float(t[f"adam.{i}.step"][0]))}
+            opt.state[p] |= {key: t[f"adam.{i}.{key}"] for key in ADAM_MOMENTS}
+    recipe_state = meta.pop("recipe") | {k[7:]: v for k, v in t.items() if k.startswith("recipe.")}
+    counters = meta | {k: v for k, v in t.items() if "." not in k}
+    return counters, recipe_state
+
+
+def _check_same_config(saved: dict, current: dict, where: Path) -> None:
+    saved["betas"] = tuple(saved["betas"])  # JSON made the tuple a list
+    if saved != current | {"betas": tuple(current["betas"])}:
+        diff = {k: (saved.get(k), v) for k, v in current.items() if saved.get(k) != v and k != "betas"}
+        raise ValueError(f"checkpoint in {where} was made with a different training config {diff}; use a new out_dir")

@@ -1,0 +1,78 @@
+"""What every training recipe is: a loss on a batch, the decoder constraint around the optimizer
+step, an lr multiplier, and the state it saves in checkpoints. `Trainer` runs the shared loop."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, NamedTuple
+
+import torch
+
+from ..sae import SAE
+
+if TYPE_CHECKING:
+    from ..trainer import TrainConfig
+
+
+class StepOutput(NamedTuple):
+    loss: torch.Tensor
+    """The scalar the trainer backpropagates."""
+
+    feature_acts: torch.Tensor
+    """f, [batch, d_sae]; zero where a latent is inactive (the trainer counts firings from it)."""
+
+    reconstruction: torch.Tensor
+    """x_hat, [batch, d_in], on the trainer's scaled inputs."""
+
+
+class Recipe:
+    """Base: Adam on all parameters, unit-norm decoder rows, no lr change, no state.
+
+    A new recipe is a subclass in its own file that sets `name` (and `architecture` if not
+    "standard") and defines `loss`, plus its entry in `RECIPES` (recipes/__init__.py)."""
+
+    name: str  # TrainConfig.recipe
+    architecture = "standard"  # the SAEConfig.architecture it trains
+    unit_norm_decoder = True
+    state_keys: tuple[str, ...] = ()  # attributes saved in checkpoints (tensors or JSON values)
+    resample_steps: frozenset[int] = frozenset()  # steps after which the trainer calls `resample`
+
+    def __init__(self, sae: SAE, cfg: TrainConfig):
+        self.sae, self.cfg = sae, cfg
+
+    def loss(self, x: torch.Tensor, step: int) -> StepOutput:
+        raise NotImplementedError
+
+    def before_optimizer_step(self) -> None:
+        """After backward: keep a unit-norm decoder row from growing along itself."""
+        if self.unit_norm_decoder:
+            remove_parallel_grad(self.sae)
+
+    def after_optimizer_step(self) -> None:
+        if self.unit_norm_decoder:
+            self.sae.normalize_decoder_()
+
+    def lr_scale(self, step: int) -> float:
+        """Multiplier on the trainer's lr schedule at `step`."""
+        return 1.0
+
+    def resample(self, dead: torch.Tensor, step: int, inputs: Iterator[torch.Tensor], opt: torch.optim.Optimizer) -> int:
+        """Re-initialise the `dead` latents from `inputs` (scaled batches); returns how many."""
+        raise NotImplementedError(f"the {self.name} recipe does not resample")
+
+    def finalize(self, sae: SAE) -> None:
+        """Turn a copy of the trained SAE into the one to save (acting on scaled inputs)."""
+
+    def state_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.state_keys}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k in self.state_keys:
+            setattr(self, k, state[k])
+
+
+def remove_parallel_grad(sae: SAE) -> None:
+    """Project out the gradient component along each (unit-norm) decoder row (Bricken et al. 2023)."""
+    g, w = sae.W_dec.grad, sae.W_dec.data
+    if g is not None:
+        g.sub_((g * w).sum(dim=1, keepdim=True) * w)
