@@ -1,8 +1,11 @@
 """Static HTML rendering (attnsae.viz.html): escaping and structure, plus a real headless-browser
 check with the system chromium (layout, console errors, rating sheet round trip)."""
+import json
 import os
 import random
 import re
+from html.parser import HTMLParser
+from importlib.resources import files
 from pathlib import Path
 
 import pytest
@@ -119,6 +122,7 @@ def test_format_numbers():
     assert H.fmt_density(0.0012) == "0.120% · 1 in 833"
     assert H.fmt_count(1016000) == "1.02M" and H.fmt_count(950) == "950"
     assert H.show_token("\n\n") == "↵↵" and H.show_token(" the") == " the" and H.show_token("") == "∅"
+    assert H.fmt_num("<b>") == "&lt;b&gt;" and H.fmt_pct("<b>") == "&lt;b&gt;"  # not a number: shown, escaped once
 
 
 def test_dashboard_structure_and_escaping():
@@ -162,6 +166,73 @@ def test_head_page_index_and_sheet_escape():
     assert rs.count("</script>") == 2  # the data block and the code block, none from the SAE name
     assert "Ratings &lt;test&gt; &amp; co" in rs
 
+
+
+PAYLOAD = '"><img src=x onerror=alert(1)><script>alert(1)</script>{{ 7*7 }}'
+
+
+class _Elements(HTMLParser):
+    """Every element's tag and attribute names, and the text of <script> blocks."""
+
+    def __init__(self, html: str):
+        super().__init__()
+        self.tags, self.attrs, self.scripts = [], set(), []
+        self.feed(html)
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        self.attrs |= {name for name, _ in attrs}
+
+    def handle_data(self, data):
+        if self.lasttag == "script":
+            self.scripts.append(data)
+
+
+def test_no_text_field_can_inject_html():
+    """Every string a page shows (from a tokenizer, a report or a ratings file) is escaped: no element or
+    attribute from the payload, and template syntax in it is shown, not run."""
+    d = make_dashboard()
+    d.update(model=PAYLOAD, hook=PAYLOAD, feature=PAYLOAD, layer=PAYLOAD,
+             links={"index": PAYLOAD, "heads": [["H0", PAYLOAD]]})
+    d["logit_effect"].update(convention=PAYLOAD, top=[[PAYLOAD, 0.5]])
+    d["quantile_groups"][0]["label"] = PAYLOAD
+    ex = d["top_examples"][0]
+    ex.update(window=PAYLOAD, act=PAYLOAD)
+    ex["tokens"][ex["pos"]] = PAYLOAD
+    hp = make_head_page()
+    hp.update(model=PAYLOAD, hook=PAYLOAD, layer=PAYLOAD, head=PAYLOAD, n_heads=PAYLOAD,
+              links={"index": PAYLOAD, "prev": PAYLOAD, "next": PAYLOAD})
+    hp["features"][0].update(feature=PAYLOAD, dashboard=PAYLOAD)
+    hp["features"][0]["top_example"]["tokens"][hp["features"][0]["top_example"]["pos"]] = PAYLOAD
+    ix = make_index()
+    ix.update(title=PAYLOAD, model=PAYLOAD, dashboards=[[PAYLOAD, PAYLOAD]])
+    ix["layers"][0].update(layer=PAYLOAD, hook=PAYLOAD, sae=PAYLOAD, n_live=PAYLOAD)
+    ix["layers"][0]["heads"][0].update(page=PAYLOAD)
+    ix["layers"][0]["heads"][0]["top"][0].update(feature=PAYLOAD, summary=PAYLOAD)
+    ix["layers"][1]["heads"][0].update(head=PAYLOAD, page=PAYLOAD)
+    sheet = {"title": PAYLOAD, "sae": PAYLOAD, "layer": PAYLOAD, "seed": PAYLOAD, "ratings_file": PAYLOAD,
+             "features": [{"feature": PAYLOAD, "dashboard": PAYLOAD}]}
+    pages = [H.render_dashboard(d), H.render_head_page(hp), H.render_index(ix), H.render_rating_sheet(sheet)]
+    for out in pages:
+        el = _Elements(out)
+        assert "img" not in el.tags and not any(a.startswith("on") for a in el.attrs)
+        assert "{{ 7*7 }}" in out
+    assert [_Elements(out).tags.count("script") for out in pages] == [0, 0, 0, 2]
+    data = json.loads(_Elements(pages[-1]).scripts[0])  # the rating app reads the values back unchanged
+    assert data["title"] == data["sae"] == data["seed"] == data["features"][0]["dashboard"] == PAYLOAD
+
+
+def test_pages_inline_their_css_and_js():
+    """Each page is one file: the stylesheet and the rating app (package data) are inlined, nothing is linked."""
+    static = files("attnsae.viz.html") / "static"
+    css, sheet_css, js = ((static / name).read_text(encoding="utf-8") for name in ("page.css", "rating.css", "rating.js"))
+    pages = [H.render_dashboard(make_dashboard()), H.render_head_page(make_head_page()), H.render_index(make_index()),
+             H.render_rating_sheet({"features": [{"feature": 1, "dashboard": "f1.html"}]})]
+    for out in pages:
+        assert css in out and "<link" not in out and "http:" not in out and "https:" not in out
+        assert " src=" not in out  # the rating sheet's frame gets its src from the script
+    assert sheet_css in pages[-1] and js in pages[-1]
+    assert all(sheet_css not in out for out in pages[:-1])
 
 # ----------------------------------------------------------------------------------------------
 # headless browser
@@ -290,4 +361,4 @@ def test_minimal_and_degenerate_inputs_render():
 
 def test_write_html(tmp_path):
     p = H.write_html(tmp_path / "a" / "b.html", "<p>é</p>")
-    assert p.read_bytes() == "<p>é</p>".encode("utf-8")
+    assert p.read_bytes() == "<p>é</p>".encode()
