@@ -1,4 +1,4 @@
-"""Feature case studies (proxies, specificity, sensitivity) and head polysemanticity, on known answers."""
+"""Feature case studies (proxies, specificity, sensitivity) on known answers."""
 
 import json
 
@@ -6,11 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from attnsae.experiments.case_study import (CLASSES, CONTEXT, auto_families, case_study, classify_head, mechanism,
-                                            parse_proxy, polysemanticity, read_labels, specificity)
+from attnsae.experiments.case_study import case_study, parse_proxy, specificity
+from attnsae.features import ActivationSource
 from attnsae.sae import SAE, SAEConfig
-from attnsae.viz.feature_stats import collect_stats
-from tests.test_experiments import plant_attention
 
 VOCAB = ["<bos>", " board", " the", "(", ")", " Which", "?", " dog", " cat", " a", ",", "\n", " is", " x", "((", " pet"]
 
@@ -125,19 +123,19 @@ def test_a_feature_equal_to_the_proxy_has_sensitivity_1_and_precision_1(tiny, mo
         return model.run_with_hooks(tokens, [(sae.cfg.hook_name, fn)], cache=names)
 
     monkeypatch.setattr(model, "run_with_cache", run)
-    r = case_study(sae, 0, pr, windows, model=model, bins=5, progress=False, batch_size=5)
+    r = case_study(sae, 0, pr, ActivationSource(model, windows), bins=5, progress=False, batch_size=5)
     n_proxy = int(pr(windows)[:, 1:].sum())
-    assert n_proxy > 10 and r["n_proxy"] == n_proxy and r["n_fire"] == n_proxy
-    assert r["sensitivity"] == 1.0 and r["precision"] == 1.0 and r["precision_by_mass"] == 1.0
-    assert r["n_false_negatives"] == 0 and r["false_negatives"] == [] and r["top_false_positives"] == []
-    assert r["max_act"] == pytest.approx(0.5) and sum(r["histogram"]["count_true"]) == n_proxy
+    assert n_proxy > 10 and r.n_proxy == n_proxy and r.n_fire == n_proxy
+    assert r.sensitivity == 1.0 and r.precision == 1.0 and r.precision_by_mass == 1.0
+    assert r.n_false_negatives == 0 and r.false_negatives == [] and r.top_false_positives == []
+    assert r.max_act == pytest.approx(0.5) and sum(r.histogram["count_true"]) == n_proxy
     # the silent feature: every proxy token is a false negative, each listed at a proxy position
-    r = case_study(sae, 1, pr, windows, model=model, n_show=1000, progress=False)
-    assert r["sensitivity"] == 0.0 and r["n_false_negatives"] == n_proxy == len(r["false_negatives"])
-    assert all(pr(windows)[x["window"], x["pos"]] for x in r["false_negatives"])
-    assert "‹" in r["false_negatives"][0]["text"]
+    r = case_study(sae, 1, pr, ActivationSource(model, windows), n_show=1000, progress=False)
+    assert r.sensitivity == 0.0 and r.n_false_negatives == n_proxy == len(r.false_negatives)
+    assert all(pr(windows)[x["window"], x["pos"]] for x in r.false_negatives)
+    assert "‹" in r.false_negatives[0]["text"]
     with pytest.raises(ValueError, match="out of range"):
-        case_study(sae, 2, pr, windows, model=model)
+        case_study(sae, 2, pr, ActivationSource(model, windows))
 
 
 def test_false_negatives_and_positives_from_given_activations():
@@ -148,141 +146,15 @@ def test_false_negatives_and_positives_from_given_activations():
     acts[0, 2] = 1.0  # true positive
     acts[1, 1] = 3.0  # false positive
     acts[0, 0] = 9.0  # BOS: not read by the SAE, ignored
-    r = case_study(sae, 1, pr, windows, acts=acts, progress=False)
-    assert (r["n_tokens"], r["n_fire"], r["n_proxy"], r["n_fire_and_proxy"]) == (8, 2, 2, 1)
-    assert r["sensitivity"] == 0.5 and r["precision"] == 0.5 and r["precision_by_mass"] == 0.25
-    assert [(x["n"], x["precision"]) for x in r["precision_above"]] == [(2, 0.5), (2, 0.5), (1, 0.0)]  # > 0.3, 0.75, 1.5
-    assert [(x["window"], x["pos"]) for x in r["false_negatives"]] == [(1, 3)]
-    assert [(x["window"], x["pos"], x["act"]) for x in r["top_false_positives"]] == [(1, 1, 3.0)]
+    r = case_study(sae, 1, pr, ActivationSource(None, windows), acts=acts, progress=False)
+    assert (r.n_tokens, r.n_fire, r.n_proxy, r.n_fire_and_proxy) == (8, 2, 2, 1)
+    assert r.sensitivity == 0.5 and r.precision == 0.5 and r.precision_by_mass == 0.25
+    assert [(x["n"], x["precision"]) for x in r.precision_above] == [(2, 0.5), (2, 0.5), (1, 0.0)]  # > 0.3, 0.75, 1.5
+    assert [(x["window"], x["pos"]) for x in r.false_negatives] == [(1, 3)]
+    assert [(x["window"], x["pos"], x["act"]) for x in r.top_false_positives] == [(1, 1, 3.0)]
     sae.cfg.hook_name = "blocks.0.attn.hook_q"
     with pytest.raises(ValueError, match="attn.hook_z"):
-        case_study(sae, 1, pr, windows, acts=acts)
-
-
-def test_head_classes_from_labels():
-    assert classify_head(["a"] * 10) == CLASSES[0] == "monosemantic"
-    assert classify_head(["a"] * 9 + ["b"]) == CLASSES[1]
-    assert classify_head(["a"] * 8 + ["b", "c"]) == CLASSES[1]  # two exceptions, even of different families
-    assert classify_head(["a"] * 7 + ["b"] * 3) == CLASSES[2]
-    assert classify_head(["a"] * 5 + ["b"] * 5) == CLASSES[2]
-    assert classify_head(["a"] * 5 + ["b"] * 3 + ["c"] * 2) == CLASSES[3]
-    assert classify_head(["a"] * 7 + ["b", "c", "d"]) == CLASSES[3]
-    with pytest.raises(ValueError):
-        classify_head([])
-
-
-def test_read_labels(tmp_path):
-    p = tmp_path / "labels.json"
-    p.write_text(json.dumps({"3": "induction", "L2.F7": "context"}))
-    assert read_labels(p, [2]) == {(2, 3): "induction", (2, 7): "context"}
-    with pytest.raises(ValueError, match="ambiguous"):
-        read_labels(p, [2, 4])
-    p.write_text(json.dumps({"F3": "x"}))
-    with pytest.raises(ValueError, match="not a feature id"):
-        read_labels(p, [2])
-
-
-def test_mechanism_labels():
-    text = lambda ids: [f"t{i}" for i in ids]  # noqa: E731
-    row = np.array([0, 5, 6, 7, 5, 9, 0, 8])
-    assert mechanism(row, 4, 0, 0, text) == "attention sink (BOS)"
-    assert mechanism(row, 7, 6, 0, text) == "attention sink (BOS)"  # a BOS between documents
-    assert mechanism(row, 4, 4, 0, text) == "current token"
-    assert mechanism(row, 4, 1, 0, text) == "duplicate token"  # row[1] = row[4] = 5
-    assert mechanism(row, 4, 2, 0, text) == "induction"  # row[1] = 5 = row[4], source is the token after it
-    assert mechanism(row, 5, 4, 0, text) == "previous token"
-    assert mechanism(row, 5, 3, 0, text) == "source 't7'"
-
-
-def one_head_sae(model, per_head=10, layer=1, seed=0, first_pos=1):
-    """Feature j is written by head j // per_head only (attribution 1) and reads only that head's z."""
-    c = model.cfg
-    H, dh = c.n_heads, c.d_head
-    F = H * per_head
-    sae = SAE(SAEConfig(d_in=H * dh, d_sae=F, hook_name=f"blocks.{layer}.attn.hook_z", model_name=c.name,
-                        first_pos=first_pos))
-    g = torch.Generator().manual_seed(seed)
-    mask = torch.zeros(F, H, dh)
-    for j in range(F):
-        mask[j, j // per_head] = 1
-    with torch.no_grad():
-        dec = torch.randn(F, H, dh, generator=g) * mask
-        sae.W_dec.copy_(dec.flatten(1) / dec.flatten(1).norm(dim=1, keepdim=True))
-        sae.W_enc.copy_((torch.randn(F, H, dh, generator=g) * mask).flatten(1).T)
-        sae.b_enc.zero_()
-        sae.b_dec.zero_()
-    return sae
-
-
-def make_fire(model, sae, windows):
-    """z has a large common component in random models, so a random read is always on or always off:
-    flip the always-off ones (b_dec and b_enc are 0, so the sign of w . z decides)."""
-    _, cache = model.run_with_cache(torch.from_numpy(windows.astype(np.int64)), [sae.cfg.hook_name])
-    pre = sae.pre_acts(cache[sae.cfg.hook_name].flatten(2))[:, sae.cfg.first_pos:].flatten(0, 1)
-    with torch.no_grad():
-        sae.W_enc *= torch.where((pre > 0).any(0), 1.0, -1.0)
-
-
-def test_polysemanticity_table_from_person_labels(tiny):
-    model, _ = tiny
-    H = model.cfg.n_heads
-    sae = one_head_sae(model)
-    windows = np.random.default_rng(0).integers(3, 101, size=(8, 16))
-    windows[:, 0] = model.cfg.bos_token_id or 0
-    make_fire(model, sae, windows)
-    (st,) = collect_stats(model, [sae], windows, progress=False)
-    families = {0: ["a"] * 10, 1: ["a"] * 9 + ["b"], 2: ["a"] * 5 + ["b"] * 5, 3: ["a"] * 4 + ["b"] * 3 + ["c"] * 3}
-    labels = {(1, h * 10 + i): fam for h, fams in families.items() for i, fam in enumerate(fams)}
-    del labels[1, 0]  # an unlabelled feature is left out of its head's classification
-    r = polysemanticity(model, [sae], [st], windows, labels=labels)
-    by_head = {x["head"]: x for x in r["heads"]}
-    assert [by_head[f"1.{h}"]["class"] for h in range(4)] == list(CLASSES)
-    assert by_head["1.0"]["n_labelled"] == 9 and by_head["1.3"]["families"] == {"a": 4, "b": 3, "c": 3}
-    assert {f["feature"] for f in by_head["1.2"]["features"]} == set(range(20, 30))
-    assert all(by_head[f"1.{h}"]["class"] is None for h in range(4, H))  # no labels at all
-    assert (st.count > 0).all() and r["n_classified"] == 4 and all(v["n"] == 1 and v["fraction"] == 0.25 for v in r["table"].values())
-
-
-def test_automatic_families_find_planted_previous_token_and_sink_heads(tiny, monkeypatch):
-    model, _ = tiny
-    # first_pos 3: at dest 1 the previous token is BOS (a sink), at dest 2 position 1 is the previous token
-    sae = one_head_sae(model, per_head=3, first_pos=3)
-    hooks = [plant_attention(1, 0, lambda t, p: t - 1), plant_attention(1, 1, lambda t, p: 0),
-             plant_attention(1, 2, lambda t, p: 1)]  # head 2 moves the token at position 1: a context head
-    monkeypatch.setattr(model, "run_with_cache", lambda tokens, names, stop_early=True:
-                        model.run_with_hooks(tokens, hooks, cache=names))
-    rng = np.random.default_rng(0)
-    windows = np.stack([rng.permutation(np.arange(13, 101))[:16] for _ in range(10)])  # no repeats in a window
-    windows[:, 0] = model.cfg.bos_token_id or 0
-    windows[:, 1] = np.arange(3, 13)  # a different context token in every window
-    # each feature reads its head's mean z (plus noise): it fires on most tokens, its source's DFA term > 0
-    _, cache = model.run_with_cache(torch.from_numpy(windows.astype(np.int64)), [sae.cfg.hook_name])
-    mean = cache[sae.cfg.hook_name][:, 3:].mean((0, 1))  # [H, dh]
-    _, dh = mean.shape
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for j in range(sae.d_sae):
-            h = j // 3
-            sae.W_enc[:, j] = 0
-            sae.W_enc[h * dh:(h + 1) * dh, j] = mean[h] + 0.1 * mean[h].norm() * torch.randn(dh, generator=g) / dh ** 0.5
-    (st,) = collect_stats(model, [sae], windows, progress=False)
-    assert (st.count[:9] >= 5).all()
-    fam = auto_families(model, sae, st, windows, range(9), n_examples=5, progress=False)
-    assert all(len(fam[f]["examples"]) == 5 for f in range(9))
-    for f in range(3):  # head 0 only attends to t - 1
-        assert fam[f]["family"] == fam[f]["coarse_family"] == "previous token"
-        assert set(fam[f]["examples"]) == {"previous token"}
-    for f in range(3, 6):  # head 1 only attends to BOS
-        assert fam[f]["family"] == fam[f]["coarse_family"] == "attention sink (BOS)"
-    for f in range(6, 9):  # head 2 moves a different token in each window: mixed sources, one coarse family
-        assert all(x.startswith("source ") for x in fam[f]["examples"]) and len(set(fam[f]["examples"])) == 5
-        assert fam[f]["family"] == f"mixed (F{f})" and fam[f]["coarse_family"] == CONTEXT
-    r = polysemanticity(model, [sae], [st], windows, k=3, n_examples=5, progress=False)
-    by_head = {x["head"]: x for x in r["heads"]}
-    assert by_head["1.0"]["class"] == by_head["1.1"]["class"] == "monosemantic"
-    assert by_head["1.0"]["families"] == {"previous token": 3}
-    assert len(by_head["1.2"]["families"]) == 3 and by_head["1.2"]["class_coarse"] == "monosemantic"  # 3 mixed; 1 coarse
-    assert r["table_coarse"]["monosemantic"]["n"] >= 3
+        case_study(sae, 1, pr, ActivationSource(None, windows), acts=acts)
 
 
 # ---- the command line, in-process, on a tiny random GPT-2 with the real GPT-2 tokenizer ----
@@ -340,6 +212,11 @@ def test_cli_case_study(cli_setup, monkeypatch, capsys):
     r = json.loads((tmp / "cs" / "case_study_L1_F3.json").read_text())
     assert (tmp / "cs" / "case_study_L1_F3.png").exists() and r["n_proxy"] > 0 and "sensitivity P(fires | proxy)" in out
     assert r["n_tokens"] == 30 * 31 and sum(r["histogram"]["count_true"]) == r["n_fire_and_proxy"]
+    assert list(r) == ["feature", "layer", "hook", "proxy", "proxy_description", "n_windows", "n_tokens", "n_fire", "n_proxy",
+                       "n_fire_and_proxy", "density", "max_act", "mean_act", "precision", "precision_by_mass",
+                       "precision_above", "sensitivity", "n_false_negatives", "false_negatives", "top_false_positives",
+                       "histogram", "sae", "store"]
+    assert r["sae"] == str(tmp / "sae") and r["store"] is None
     for argv, message in [
         (["--feature", "3", "--proxy", "nonsense"], "does not parse"),
         (["--feature", "3", "--proxy", "token: board meeting"], "is 2 tokens"),
@@ -352,22 +229,26 @@ def test_cli_case_study(cli_setup, monkeypatch, capsys):
     assert code == 2 and "attn.hook_z" in err
 
 
-def test_cli_polysemanticity(cli_setup, monkeypatch, capsys):
+def test_inputs_pick_a_stores_windows_and_refuse_saes_of_two_models(cli_setup, monkeypatch, tmp_path):
+    from attnsae.data import harvest
+    from attnsae.features import InputSpec, load_inputs
+    from attnsae.sae import load_sae, save_sae
+
     tmp, model = cli_setup
-    common = ["--sae", str(tmp / "sae"), "--corpus", str(tmp / "corpus.txt"), "--windows", "20", "--k", "3"]
-    (tmp / "labels.json").write_text(json.dumps({str(i): "same" for i in range(16)}))
-    code, out, err = run_cli(monkeypatch, capsys, model, "polysemanticity", *common, "--labels", str(tmp / "labels.json"),
-                             "--out", str(tmp / "poly_labels"))
-    assert code == 0, err
-    r = json.loads((tmp / "poly_labels" / "polysemanticity.json").read_text())
-    assert r["table"]["monosemantic"]["fraction"] == 1.0 and r["n_classified"] == model.cfg.n_heads
-    code, out, err = run_cli(monkeypatch, capsys, model, "polysemanticity", *common, "--examples", "3", "--out", str(tmp / "poly"))
-    assert code == 0, err
-    r = json.loads((tmp / "poly" / "polysemanticity.json").read_text())
-    assert r["n_classified"] == model.cfg.n_heads and sum(v["n"] for v in r["table"].values()) == model.cfg.n_heads
-    assert (tmp / "poly" / "polysemanticity.md").read_text().count("| 1.") == model.cfg.n_heads
-    assert (tmp / "poly" / "polysemanticity.png").exists() and "plausibly monosemantic" in out
-    (tmp / "labels.json").write_text(json.dumps({"F3": "x"}))
-    code, _, err = run_cli(monkeypatch, capsys, model, "polysemanticity", *common, "--labels", str(tmp / "labels.json"),
-                           "--out", str(tmp / "bad"))
-    assert code == 2 and "not a feature id" in err
+    monkeypatch.setattr("attnsae.models.load_model", lambda *a, **k: model)
+    windows = np.random.default_rng(0).integers(3, 1000, size=(12, 32))
+    windows[:, 0] = model.cfg.bos_token_id
+    harvest(model, windows, tmp_path / "store", ["blocks.1.attn.hook_z"], dtype="float32", progress=False)
+    spec = dict(saes=[str(tmp / "sae")], store=str(tmp_path / "store"), windows=5, seed=3)
+    picked = load_inputs(InputSpec(**spec))
+    assert picked.source.index.tolist() == sorted(np.random.default_rng(3).permutation(12)[:5].tolist())
+    assert np.array_equal(picked.windows, windows[picked.source.index])
+    assert load_inputs(InputSpec(**spec, store_windows="first")).source.index.tolist() == [0, 1, 2, 3, 4]
+    assert len(load_inputs(InputSpec(**spec, store_windows="all")).windows) == 12
+    with pytest.raises(ValueError, match="store_windows must be one of"):
+        load_inputs(InputSpec(**spec, store_windows="some"))
+    other = load_sae(tmp / "sae")
+    other.cfg.model_name = "another-model"
+    save_sae(other, tmp_path / "other")
+    with pytest.raises(ValueError, match="the SAEs come from different models"):
+        load_inputs(InputSpec([str(tmp / "sae"), str(tmp_path / "other")]))

@@ -7,10 +7,9 @@ import pytest
 import torch
 
 from attnsae.attribution import dfa_bias
-from attnsae.models.transformer import _norm
 from attnsae.attribution.logit_path import logit_effects
-from attnsae.viz.dashboard import build_dashboards, choose_examples, neuronpedia_json
-from attnsae.viz.feature_stats import collect_stats
+from attnsae.features import ActivationSource, build_dashboards, choose_examples, feature_stats
+from attnsae.viz.dashboard import neuronpedia_json
 from attnsae.viz.report import head_report
 from tests.test_attribution import random_sae
 
@@ -24,9 +23,10 @@ def built(tiny):
     rng = np.random.default_rng(0)
     windows = rng.integers(3, 101, size=(30, 20)).astype(np.int32)
     windows[:, 0] = 0
-    (stats,) = collect_stats(model, [sae], windows, batch_size=8, progress=False, n_samples=40)
+    source = ActivationSource(model, windows)
+    (stats,) = feature_stats(source, [sae], batch_size=8, progress=False, n_samples=40)
     feats = [int(f) for f in stats.count.argsort(descending=True)[:3]]
-    ds = build_dashboards(model, sae, stats, windows, feats, n_top=5, per_group=2, before=6, progress=False)
+    ds = build_dashboards(source, sae, stats, feats, n_top=5, per_group=2, before=6, progress=False)
     return model, sae, stats, windows, feats, ds
 
 
@@ -69,10 +69,10 @@ def test_logit_effect_is_the_direct_path_through_the_norm_gains(built):
     for f, row in zip(feats, rows):
         u = (sae.W_dec[f] @ block.W_O).detach()[None]
         if c.family == "gemma3":
-            u, s = _norm(u, block.ln1_post_w, None, c.norm_eps, c.family)
+            u, s = block.normalize(u, "ln1_post")
             u = u / s  # undo the 1/RMS scale, keep the (1 + w) gain
         b = getattr(model, "ln_final_b", None)
-        x, s = _norm(u, model.ln_final_w, b, c.norm_eps, c.family)
+        x, s = model.final_norm(u)
         if b is not None:
             x = x - b
         want = ((x / s) @ model.W_U).detach()[0]
@@ -103,7 +103,7 @@ def test_head_report_writes_every_head_and_skips_dead_features(tiny, tmp_path):
         sae.W_dec[:4, :model.cfg.d_head] = 1.0  # ...and all written by head 0: would top its list if not skipped
     windows = np.random.default_rng(1).integers(3, 101, size=(20, 16)).astype(np.int32)
     windows[:, 0] = 0
-    r = head_report(model, [sae], tmp_path, windows=windows, k=3, n_random=2, progress=False)
+    r = head_report(ActivationSource(model, windows), [sae], tmp_path, k=3, n_random=2, progress=False)
     (layer,) = r["layers"]
     assert len(layer["heads"]) == model.cfg.n_heads and layer["n_live"] <= 20
     for h in range(model.cfg.n_heads):

@@ -86,9 +86,23 @@ def test_harvest_matches_direct_forward_and_many_hooks_come_from_one_pass(tiny, 
     assert all(len(f["sha256"]) == 64 for s in m["shards"] for f in s["files"].values())
 
 
+def test_store_rows_map_to_windows_and_positions(tiny, windows, tmp_path):
+    model = tiny[0]
+    store = harvest(model, windows, tmp_path / "s", ["blocks.0.attn.hook_z"], dtype="float32", windows_per_shard=7,
+                    progress=False)
+    assert (store.first_pos, store.per_window, store.n_windows) == (1, 15, 24)
+    rows = np.arange(len(store))
+    w, p = store.positions(rows)
+    assert (w.min(), w.max(), p.min(), p.max()) == (0, 23, 1, 15)
+    assert np.array_equal(store.row(w, p), rows)
+    direct = collect(model, torch.from_numpy(windows[[17, 5]].astype(np.int64)), ["blocks.0.attn.hook_z"], first_pos=1)
+    torch.testing.assert_close(store.window_rows([17, 5]), direct["blocks.0.attn.hook_z"].view(2, 15, -1))
+
+
 def test_store_dtypes_roundtrip(tiny, windows, tmp_path):
     model = tiny[0]
-    direct = collect(model, torch.from_numpy(windows.astype(np.int64)), ["blocks.0.attn.hook_z"], first_pos=1)["blocks.0.attn.hook_z"]
+    hook = "blocks.0.attn.hook_z"
+    direct = collect(model, torch.from_numpy(windows.astype(np.int64)), [hook], first_pos=1)[hook]
     for dtype, tol in (("bfloat16", 1e-2), ("float16", 1e-3)):
         s = harvest(model, windows, tmp_path / dtype, ["blocks.0.attn.hook_z"], dtype=dtype, progress=False)
         got = s.all_rows()
@@ -114,6 +128,8 @@ def test_killed_harvest_resumes_without_duplicates_or_gaps(tiny, windows, tmp_pa
     monkeypatch.setattr(store_mod.StoreWriter, "add_shard", real_add)
     m = json.loads((tmp_path / "s" / "manifest.json").read_text())
     assert len(m["shards"]) == 2 and not m["complete"]
+    partial = ActivationStore(tmp_path / "s")
+    assert partial.n_windows == 10 and len(partial.windows()) == 24  # only the windows whose rows are all stored
     resumed = harvest(model, windows, tmp_path / "s", _hooks(), dtype="float32", windows_per_shard=5, progress=False)
     assert len(resumed) == len(full)
     for h in _hooks():
@@ -165,7 +181,8 @@ def test_bad_hook_spec_fails_before_any_work(tiny, windows, tmp_path):
 
 
 def test_shuffled_batches_cover_each_epoch_once_and_resume_in_order(tiny, windows, tmp_path):
-    store = harvest(tiny[0], windows, tmp_path / "s", ["blocks.0.attn.hook_z"], dtype="float32", windows_per_shard=7, progress=False)
+    store = harvest(tiny[0], windows, tmp_path / "s", ["blocks.0.attn.hook_z"], dtype="float32", windows_per_shard=7,
+                    progress=False)
     n, bs = len(store), 36
     per_epoch = n // bs
     it = store.batches(bs, seed=5)

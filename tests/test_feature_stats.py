@@ -1,12 +1,14 @@
-"""The one-pass feature statistics agree with brute force over the same tokens."""
+"""The one-pass feature statistics agree with brute force over the same tokens; activations from a model
+or a store agree."""
 
 import numpy as np
 import pytest
 import torch
 
-from attnsae.attribution import Moments, dfa_by_head
+from attnsae.attribution import Moments, dfa_by_head, layer_of
 from attnsae.data import ActivationStore, harvest
-from attnsae.viz.feature_stats import HIST_EDGES, FeatureStats, collect_stats, stats_from_store
+from attnsae.features import ActivationSource, FeatureStats, cached_stats, encode_features, feature_stats
+from attnsae.features.stats import HIST_EDGES
 from tests.test_attribution import random_sae
 
 
@@ -29,7 +31,7 @@ def setup(tiny, windows):
 
 def test_counts_max_hist_and_top_windows_match_brute_force(setup):
     model, sae, windows = setup
-    (st,) = collect_stats(model, [sae], windows, batch_size=5, progress=False, top_k=4, n_samples=8)
+    (st,) = feature_stats(ActivationSource(model, windows), [sae], batch_size=5, progress=False, top_k=4, n_samples=8)
     z, act = brute(model, sae, windows)
     assert st.n_tokens == windows.shape[0] * (windows.shape[1] - 1) and st.n_windows == len(windows)
     torch.testing.assert_close(st.count, (act > 0).sum((0, 1)))
@@ -48,14 +50,14 @@ def test_counts_max_hist_and_top_windows_match_brute_force(setup):
 
 def test_random_sample_holds_real_activating_tokens_without_repeats(setup):
     model, sae, windows = setup
-    (st,) = collect_stats(model, [sae], windows, batch_size=5, progress=False, n_samples=8)
+    (st,) = feature_stats(ActivationSource(model, windows), [sae], batch_size=5, progress=False, n_samples=8)
     _, act = brute(model, sae, windows)
     for f in range(sae.d_sae):
         ok = st.sample_window[f] >= 0
         assert int(ok.sum()) == min(8, int(st.count[f]))
         pairs = {(int(w), int(p)) for w, p in zip(st.sample_window[f][ok], st.sample_pos[f][ok])}
         assert len(pairs) == int(ok.sum())
-        for (w, p), a in zip(pairs, st.sample_act[f][ok]):
+        for w, p in pairs:
             assert act[w, p, f] > 0
         torch.testing.assert_close(act[st.sample_window[f][ok], st.sample_pos[f][ok], f], st.sample_act[f][ok])
 
@@ -69,14 +71,14 @@ def test_sample_is_uniform_over_activating_tokens(tiny):
     w = np.random.default_rng(0).integers(3, 90, size=(2, 9))
     hits = torch.zeros(2)
     for seed in range(200):
-        (st,) = collect_stats(model, [sae], w, batch_size=1, progress=False, n_samples=4, seed=seed)
+        (st,) = feature_stats(ActivationSource(model, w), [sae], batch_size=1, progress=False, n_samples=4, seed=seed)
         hits += torch.bincount(st.sample_window[0], minlength=2).float()
     assert abs(hits[0] / hits.sum() - 0.5) < 0.06  # windows arrive in different batches: no batch bias
 
 
 def test_head_variance_shares_match_explicit_dfa(setup):
     model, sae, windows = setup
-    (st,) = collect_stats(model, [sae], windows, batch_size=5, progress=False)
+    (st,) = feature_stats(ActivationSource(model, windows), [sae], batch_size=5, progress=False)
     z, act = brute(model, sae, windows)
     parts, _ = dfa_by_head(sae, z)  # [b, p, F, H]
     for f in range(sae.d_sae):
@@ -94,8 +96,8 @@ def test_store_pass_equals_model_pass_and_save_load(setup, tmp_path):
     model, sae, windows = setup
     store = ActivationStore(harvest(model, windows, tmp_path / "store", [sae.cfg.hook_name], dtype="float32",
                                     windows_per_shard=7, progress=False).root)
-    (a,) = collect_stats(model, [sae], windows, batch_size=6, progress=False)
-    b = stats_from_store(store, sae, model.cfg.n_heads, windows_per_batch=4, progress=False)
+    (a,) = feature_stats(ActivationSource(model, windows), [sae], batch_size=6, progress=False)
+    (b,) = feature_stats(ActivationSource.from_store(model, store), [sae], batch_size=4, progress=False)
     torch.testing.assert_close(a.count, b.count)
     torch.testing.assert_close(a.top_act, b.top_act, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(a.head_fve, b.head_fve, atol=1e-4, rtol=1e-4, equal_nan=True)
@@ -103,3 +105,61 @@ def test_store_pass_equals_model_pass_and_save_load(setup, tmp_path):
     c = FeatureStats.load(tmp_path / "s.safetensors")
     assert c.n_tokens == a.n_tokens
     torch.testing.assert_close(c.top_window, a.top_window)
+    # a subset of the store's windows, mapped back by index, equals the model over those windows
+    sub = [5, 2, 9]
+    (c,) = feature_stats(ActivationSource.from_store(model, store, sub), [sae], progress=False)
+    (d,) = feature_stats(ActivationSource(model, windows[sub]), [sae], progress=False)
+    torch.testing.assert_close(c.count, d.count)
+    torch.testing.assert_close(c.top_window, d.top_window)
+
+
+def test_stats_cache_loads_saved_stats_computes_the_rest_and_refuses_other_windows(setup, tmp_path):
+    model, sae, windows = setup
+    source = ActivationSource(model, windows)
+    (a,) = feature_stats(source, [sae], progress=False)
+    (b,) = cached_stats(source, [sae], tmp_path, progress=False)  # nothing saved: one pass
+    torch.testing.assert_close(b.count, a.count)
+    a.count.zero_()  # a mark: what the cache returns is the saved file
+    a.save(tmp_path / f"L{layer_of(sae)}.safetensors")
+    (c,) = cached_stats(source, [sae], tmp_path, progress=False)
+    assert (c.count == 0).all() and c.n_windows == len(windows)
+    with pytest.raises(ValueError, match="covers 24 windows, the inputs have 5"):
+        cached_stats(ActivationSource(model, windows[:5]), [sae], tmp_path)
+
+
+def test_activations_at_points_from_store_match_the_model_and_full_encoding(tiny, tmp_path):
+    model, _ = tiny
+    windows = np.random.default_rng(2).integers(3, 101, size=(6, 12)).astype(np.int32)
+    windows[:, 0] = model.cfg.bos_token_id or 0
+    store = harvest(model, windows, tmp_path / "s", ["blocks.1.attn.hook_z"], dtype="float32", progress=False)
+    feats = [1, 4, 6]
+    for sae in (random_sae(model, d_sae=8), random_sae(model, d_sae=8, architecture="topk", k=3)):
+        w = np.array([0, 5, 2, 2, 3, 0])
+        p = np.array([1, 11, 4, 0, 7, 3])
+        from_model = ActivationSource(model, windows).at(sae, feats, w, p, batch_size=2)
+        from_store = ActivationSource.from_store(model, store).at(sae, feats, w, p)
+        _, cache = model.run_with_cache(torch.from_numpy(windows.astype(np.int64)), [sae.cfg.hook_name])
+        full = sae.encode(cache[sae.cfg.hook_name].flatten(2))[torch.from_numpy(w), torch.from_numpy(p)][:, feats].detach()
+        full[p == 0] = 0  # BOS is not read
+        torch.testing.assert_close(from_model, full, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(from_store, full, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(encode_features(sae, cache[sae.cfg.hook_name].flatten(2), feats),
+                                   sae.encode(cache[sae.cfg.hook_name].flatten(2))[..., feats], atol=1e-5, rtol=1e-5)
+        # a subset of the store's windows, mapped back by index
+        sub = ActivationSource.from_store(model, store, [3, 0]).at(sae, feats, np.array([1, 0]), np.array([5, 2]))
+        torch.testing.assert_close(sub, ActivationSource(model, windows).at(sae, feats, np.array([0, 3]), np.array([5, 2])))
+
+
+def test_source_refuses_activations_it_cannot_give(tiny, tmp_path):
+    model, _ = tiny
+    windows = np.random.default_rng(3).integers(3, 101, size=(4, 10)).astype(np.int32)
+    store = ActivationSource.from_store(model, harvest(model, windows, tmp_path / "s", ["blocks.0.attn.hook_z"],
+                                                       dtype="float32", progress=False))
+    with pytest.raises(ValueError, match="not the SAE's hook blocks.1.attn.hook_z"):
+        feature_stats(store, [random_sae(model, d_sae=4)])
+    with pytest.raises(ValueError, match="skips positions < 1 but the SAE reads from position 0"):
+        store.at(random_sae(model, layer=0, d_sae=4, first_pos=0), [0], [0], [1])
+    with pytest.raises(ValueError, match="the store's windows are 10 tokens, these are 9"):
+        ActivationSource(model, windows[:, :9], store.store)
+    with pytest.raises(ValueError, match="needs a model or a store"):
+        ActivationSource(None, windows).at(random_sae(model, d_sae=4), [0], [0], [1])

@@ -4,12 +4,21 @@ import numpy as np
 import pytest
 import torch
 
-from attnsae.experiments.induction_features import (activations_at, behaviour, bigram_instances, choose_windows,
-                                                    encode_features, find_induction_features, layer_induction_heads,
-                                                    pass_rates, repeat_first_half, repeat_masks, select_candidates,
-                                                    select_controls)
-from attnsae.sae import SAE, SAEConfig
 from attnsae.attribution.logit_path import logit_effects
+from attnsae.experiments.induction_features import (
+    behaviour,
+    bigram_instances,
+    choose_windows,
+    find_induction_features,
+    layer_induction_heads,
+    pass_rates,
+    repeat_first_half,
+    repeat_masks,
+    select_candidates,
+    select_controls,
+)
+from attnsae.features import ActivationSource
+from attnsae.sae import SAE, SAEConfig
 from tests.test_attribution import random_sae
 from tests.test_experiments import plant_attention
 
@@ -135,27 +144,28 @@ def test_planted_induction_feature_is_selected_passes_and_controls_do_not(tiny, 
     windows = windows_with_bigrams(targets[:4], model.cfg.bos_token_id or 0)
     monkeypatch.setattr(model, "run_with_cache", plant_induction_z(model, 1, targets[0], u))
     live = torch.tensor([True, True, True, True, False])
-    r = find_induction_features(model, sae, windows, heads=[0], live=live, n_control=10, progress=False)
-    assert [x["feature"] for x in r["candidate_features"]] == [0]
-    assert [x["feature"] for x in r["control_features"]] == [2, 3]  # 1 is half head 0; 4 is dead
-    f0 = r["candidate_features"][0]
+    r = find_induction_features(model, sae, ActivationSource(model, windows), heads=[0], live=live, n_control=10, progress=False)
+    assert [x["feature"] for x in r.candidate_features] == [0]
+    assert [x["feature"] for x in r.control_features] == [2, 3]  # 1 is half head 0; 4 is dead
+    f0 = r.candidate_features[0]
     assert f0["token_id"] == targets[0] and f0["attribution"] == {"1.0": 1.0}
     # at least 2 later ('a t' at 10 and 20) and 2 first ('a t' at 3, 'b t' at 15) instances per planted window
     assert f0["n_later"] >= 8 and f0["n_first"] >= 8
     assert f0["pass_rate"] == 1.0 and f0["first_fire_rate"] == 0.0 and f0["passes_strict"]
-    always, never = r["control_features"]
+    always, never = r.control_features
     assert always["pass_rate"] == 1.0 and always["first_fire_rate"] == 1.0 and always["passes"] and not always["passes_strict"]
     assert never["pass_rate"] == 0.0 and not never["passes"]
-    assert r["candidates"]["n_pass"] == 1 and r["controls"]["n_pass"] == 1 and r["controls"]["n_pass_strict"] == 0
+    assert r.candidates["n_pass"] == 1 and r.controls["n_pass"] == 1 and r.controls["n_pass_strict"] == 0
     # token-agnostic: feature 0 fires only on repeated tokens; the always-on one at the base rate; 'never' has none
-    assert f0["p_duplicate"] == 1.0 and always["p_duplicate"] == pytest.approx(r["repeat_base_rates"]["p_duplicate"])
+    assert f0["p_duplicate"] == 1.0 and always["p_duplicate"] == pytest.approx(r.repeat_base_rates["p_duplicate"])
     assert never["n_fire_sample"] == 0 and never["p_duplicate"] is None
-    assert r["headline"].startswith("1/1 candidates pass vs 1/2 controls")
+    assert r.headline.startswith("1/1 candidates pass vs 1/2 controls")
     # pooled over heads 0 and 1, the half-and-half feature joins
-    r = find_induction_features(model, sae, windows, heads=[0, 1], live=live, pooled=True, n_control=0, progress=False)
-    assert [x["feature"] for x in r["candidate_features"]] == [0, 1]
+    r = find_induction_features(model, sae, ActivationSource(model, windows), heads=[0, 1], live=live, pooled=True,
+                                n_control=0, progress=False)
+    assert [x["feature"] for x in r.candidate_features] == [0, 1]
     with pytest.raises(ValueError, match="out of range"):
-        find_induction_features(model, sae, windows, heads=[model.cfg.n_heads], progress=False)
+        find_induction_features(model, sae, ActivationSource(model, windows), heads=[model.cfg.n_heads], progress=False)
 
 
 def test_repeat_first_half_makes_every_bigram_of_the_half_recur():
@@ -183,12 +193,12 @@ def test_repeat_half_makes_a_feature_testable_that_natural_windows_cannot_test(t
     windows[:, 6] = t  # once, in the first half (content positions 1..11)
     monkeypatch.setattr(model, "run_with_cache", plant_induction_z(model, 1, t, u))
     kw = dict(heads=[0], n_control=0, repeat_windows=0, progress=False)
-    f0 = find_induction_features(model, sae, windows, **kw)["candidate_features"][0]
+    f0 = find_induction_features(model, sae, ActivationSource(model, windows), **kw).candidate_features[0]
     assert not f0["testable"] and f0["n_first"] == 6
-    r = find_induction_features(model, sae, windows, repeat_half=True, **kw)
-    f0 = r["candidate_features"][0]
+    r = find_induction_features(model, sae, ActivationSource(model, windows), repeat_half=True, **kw)
+    f0 = r.candidate_features[0]
     assert f0["testable"] and f0["n_later"] == 6 and f0["pass_rate"] == 1.0 and f0["first_fire_rate"] == 0.0
-    assert "first half twice" in r["rules"]["windows"]
+    assert "first half twice" in r.rules["windows"]
 
 
 def test_token_next_tests_the_token_a_feature_predicts_when_its_logit_token_is_another(tiny, monkeypatch):
@@ -203,17 +213,17 @@ def test_token_next_tests_the_token_a_feature_predicts_when_its_logit_token_is_a
     windows[windows == t_logit] = s + 1 if s + 1 != t_logit else s + 2  # the logit token never occurs
     monkeypatch.setattr(model, "run_with_cache", plant_induction_z(model, 1, s, u))
     kw = dict(heads=[0], n_control=0, progress=False)
-    f0 = find_induction_features(model, sae, windows, **kw)["candidate_features"][0]
+    f0 = find_induction_features(model, sae, ActivationSource(model, windows), **kw).candidate_features[0]
     assert f0["token_id"] == t_logit and f0["token_source"] == "logit" and not f0["testable"]
-    r = find_induction_features(model, sae, windows, token="next", **kw)
-    f0 = r["candidate_features"][0]
+    r = find_induction_features(model, sae, ActivationSource(model, windows), token="next", **kw)
+    f0 = r.candidate_features[0]
     fires = [(row, p) for row in windows for p in range(1, windows.shape[1] - 1) if is_induction(row, p, s)]
     share = np.mean([row[p + 1] == s for row, p in fires])  # < 1: a random later copy of A need not precede s
     assert f0["top_next_token_id"] == s and f0["top_next_share"] == pytest.approx(share) and share > 0.5
     assert (f0["token_id"], f0["token_source"], f0["logit_token_id"]) == (s, "given", t_logit)
     assert f0["n_later"] >= 12 and f0["pass_rate"] == 1.0 and f0["first_fire_rate"] == 0.0
     with pytest.raises(ValueError, match="repeat_windows"):
-        find_induction_features(model, sae, windows, token="next", repeat_windows=0, **kw)
+        find_induction_features(model, sae, ActivationSource(model, windows), token="next", repeat_windows=0, **kw)
 
 
 def test_behaviour_counts_match_brute_force_on_random_windows(tiny):
@@ -222,7 +232,7 @@ def test_behaviour_counts_match_brute_force_on_random_windows(tiny):
     sae = random_sae(model, d_sae=8)
     windows = np.random.default_rng(1).integers(3, 12, size=(10, 20))  # small vocabulary: many repeats
     windows[:, 0] = model.cfg.bos_token_id or 0
-    rows = behaviour(model, sae, range(8), windows, per_feature=6, progress=False, batch_size=3)
+    rows = behaviour(model, sae, range(8), ActivationSource(model, windows), per_feature=6, progress=False, batch_size=3)
     _, cache = model.run_with_cache(torch.from_numpy(windows.astype(np.int64)), [sae.cfg.hook_name])
     acts = sae.encode(cache[sae.cfg.hook_name].flatten(2)).detach()
     rank = np.random.default_rng(0).permutation(len(windows))
@@ -237,32 +247,8 @@ def test_behaviour_counts_match_brute_force_on_random_windows(tiny):
                     fired = bool(acts[w, p, f] > 0)
                     later, fl = later + earlier, fl + (earlier and fired)
                     first, ff = first + (not earlier), ff + (not earlier and fired)
-        assert (r["n_later"], r["n_later_fired"], r["n_first"], r["n_first_fired"], r["n_windows"]) == (later, fl, first, ff, len(wins))
-
-
-def test_activations_from_store_match_the_model_and_full_encoding(tiny, tmp_path):
-    from attnsae.data import harvest
-
-    model, _ = tiny
-    windows = np.random.default_rng(2).integers(3, 101, size=(6, 12)).astype(np.int32)
-    windows[:, 0] = model.cfg.bos_token_id or 0
-    store = harvest(model, windows, tmp_path / "s", ["blocks.1.attn.hook_z"], dtype="float32", progress=False)
-    feats = [1, 4, 6]
-    for sae in (random_sae(model, d_sae=8), random_sae(model, d_sae=8, architecture="topk", k=3)):
-        w = np.array([0, 5, 2, 2, 3, 0])
-        p = np.array([1, 11, 4, 0, 7, 3])
-        from_model = activations_at(sae, feats, windows, w, p, model=model, batch_size=2)
-        from_store = activations_at(sae, feats, windows, w, p, store=store)
-        _, cache = model.run_with_cache(torch.from_numpy(windows.astype(np.int64)), [sae.cfg.hook_name])
-        full = sae.encode(cache[sae.cfg.hook_name].flatten(2))[torch.from_numpy(w), torch.from_numpy(p)][:, feats].detach()
-        full[p == 0] = 0  # BOS is not read
-        torch.testing.assert_close(from_model, full, atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(from_store, full, atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(encode_features(sae, cache[sae.cfg.hook_name].flatten(2), feats),
-                                   sae.encode(cache[sae.cfg.hook_name].flatten(2))[..., feats], atol=1e-5, rtol=1e-5)
-        # a subset of the store's windows, mapped back by store_index
-        sub = activations_at(sae, feats, windows[[3, 0]], np.array([1, 0]), np.array([5, 2]), store=store, store_index=[3, 0])
-        torch.testing.assert_close(sub, activations_at(sae, feats, windows, np.array([0, 3]), np.array([5, 2]), model=model))
+        assert (r["n_later"], r["n_later_fired"], r["n_first"], r["n_first_fired"], r["n_windows"]) == \
+            (later, fl, first, ff, len(wins))
 
 
 def test_layer_induction_heads_finds_a_planted_head(tiny, monkeypatch):
@@ -300,10 +286,15 @@ def test_cli_induction_features(cli_setup, monkeypatch, capsys):
     assert r["heads"] == ["1.0"] and r["controls"]["n"] == len(r["control_features"]) <= 4
     assert r["candidates"]["n"] == len(r["candidate_features"]) and r["headline"] in out
     assert (tmp / "ind" / "induction_features.png").exists()
+    assert list(r) == ["model", "hook", "layer", "d_sae", "n_live", "heads", "head_induction_scores", "n_windows_pool", "rules",
+                       "candidates", "controls", "repeat_base_rates", "passing_fraction_of_live", "headline",
+                       "candidate_features", "control_features", "sae", "store", "live"]
+    assert r["live"].startswith("training density >= 1e-05") and r["n_windows_pool"] == 20
     code, out, err = run_cli(monkeypatch, capsys, model, "induction-features", *common, "--head", "1.0", "--threshold", "0.2",
                              "--control", "4", "--repeat-half", "--out", str(tmp / "ind2"))
     assert code == 0, err
     assert "first half twice" in json.loads((tmp / "ind2" / "induction_features.json").read_text())["rules"]["windows"]
     for head, message in (("0.1", "the SAE is on layer 1"), ("1.9", "layer 1 has 4 heads"), ("x", "write LAYER.HEAD")):
-        code, _, err = run_cli(monkeypatch, capsys, model, "induction-features", *common, "--head", head, "--out", str(tmp / "bad"))
+        code, _, err = run_cli(monkeypatch, capsys, model, "induction-features", *common, "--head", head,
+                               "--out", str(tmp / "bad"))
         assert code == 2 and message in err, err

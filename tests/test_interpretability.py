@@ -196,3 +196,22 @@ def test_merge_export(tmp_path):
     exported["features"][0]["verdict"] = "no"
     with pytest.raises(I.RatingsError, match="verdict"):
         I.merge_export(path, exported)
+
+
+def test_sample_writes_dashboards_the_rating_sheet_and_fresh_ratings(tiny, tmp_path):
+    import numpy as np
+
+    from attnsae.features import ActivationSource
+    from tests.test_attribution import random_sae
+
+    model, _ = tiny
+    windows = np.random.default_rng(0).integers(3, 101, size=(10, 12))
+    windows[:, 0] = 0
+    source, sae = ActivationSource(model, windows), random_sae(model, d_sae=12)
+    feats, path = I.sample(source, sae, "runs/my-sae", 3, tmp_path, seed=1)
+    r = I.load_ratings(path)
+    assert path == tmp_path / "ratings.json" and len(feats) == 3 and r["sae"] == "runs/my-sae" and r["layer"] == 1
+    assert [f["feature"] for f in r["features"]] == feats and all(f["verdict"] is None for f in r["features"])
+    assert all((tmp_path / f["dashboard"]).exists() for f in r["features"]) and (tmp_path / "rate.html").exists()
+    with pytest.raises(ValueError, match="exists"):  # never overwrites verdicts
+        I.sample(source, sae, "runs/my-sae", 3, tmp_path)

@@ -2,8 +2,8 @@
 
 Layout of a store folder:
     manifest.json            model, processing, hooks (shape, dtype), shards with sha256 per file
-    windows.npy              the token windows harvested, in order (row r of a shard maps back to
-                             a window and position, see `positions`)
+    windows.npy              the token windows harvested, in order (global row r holds window
+                             r // per_window at position first_pos + r % per_window, see `positions`)
     {hook}/shard_00000.bin   raw little-endian rows [n_tokens, d] in the store dtype
 
 Shards are written to a temporary name and renamed, and the manifest is rewritten atomically
@@ -16,8 +16,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -97,7 +97,8 @@ class StoreWriter:
             if not torch.isfinite(x).all():
                 raise StoreError(f"activations at {hook} in windows {window_range} contain NaN/inf; not storing them")
             n = x.shape[0] if n is None else n
-            arr = x.detach().to("cpu", torch_dtype).contiguous().view(torch.int16 if np_dtype is np.int16 else torch_dtype).numpy()
+            as_bits = torch.int16 if np_dtype is np.int16 else torch_dtype  # numpy has no bfloat16: its bits as int16
+            arr = x.detach().to("cpu", torch_dtype).contiguous().view(as_bits).numpy()
             folder = self.root / hook
             folder.mkdir(exist_ok=True)
             path = folder / f"shard_{idx:05d}.bin"
@@ -205,6 +206,37 @@ class ActivationStore:
 
     def windows(self) -> np.ndarray:
         return np.load(self.root / "windows.npy", mmap_mode="r")
+
+    # ---- rows <-> (window, position): every window's positions from first_pos on, windows in order ----
+
+    @property
+    def first_pos(self) -> int:
+        """The first position stored of each window (1 when BOS was skipped)."""
+        return self.meta.get("first_pos", 0)
+
+    @property
+    def per_window(self) -> int:
+        return self.meta["context_size"] - self.first_pos
+
+    @property
+    def n_windows(self) -> int:
+        """Windows whose rows are all in the store (a harvest may be unfinished)."""
+        return len(self) // self.per_window
+
+    def row(self, window, pos) -> np.ndarray:
+        """Global row index of (window, position), position >= first_pos."""
+        return np.asarray(window, dtype=np.int64) * self.per_window + np.asarray(pos, dtype=np.int64) - self.first_pos
+
+    def positions(self, rows) -> tuple[np.ndarray, np.ndarray]:
+        """(window, position) of global row indices: the inverse of `row`."""
+        w, r = np.divmod(np.asarray(rows, dtype=np.int64), self.per_window)
+        return w, r + self.first_pos
+
+    def window_rows(self, windows, hook: str | None = None) -> torch.Tensor:
+        """[len(windows), per_window, d]: every stored row of the given windows, in the store dtype."""
+        w = np.asarray(windows, dtype=np.int64)
+        rows = self.row(w[:, None], np.arange(self.first_pos, self.first_pos + self.per_window)).ravel()
+        return self.rows(rows, hook).view(len(w), self.per_window, -1)
 
     def all_rows(self, hook: str | None = None, limit: int | None = None) -> torch.Tensor:
         n = len(self) if limit is None else min(limit, len(self))

@@ -8,7 +8,7 @@ have seen, at the cost of re-harvesting the chunk it stopped in.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -40,7 +40,8 @@ class StreamedActivations:
         rows_per_chunk = self.chunk_windows * (self.windows.shape[1] - self.first_pos)
         per_chunk = rows_per_chunk // batch_size
         if per_chunk == 0:
-            raise ValueError(f"a chunk of {self.chunk_windows} windows holds {rows_per_chunk} rows, fewer than a batch of {batch_size}")
+            raise ValueError(f"a chunk of {self.chunk_windows} windows holds {rows_per_chunk} rows, "
+                             f"fewer than a batch of {batch_size}")
         c, i = divmod(start, per_chunk)
         while True:
             x = self._chunk(seed, c)

@@ -9,10 +9,10 @@ Ratings file (JSON), one per SAE sample::
      "features": [{"feature": 123, "dashboard": "features/f123.html", "verdict": null | true | false,
                    "note": ""}, ...]}
 
-``dashboard`` is relative to the ratings file's folder. Verdicts come from the terminal loop
-(:func:`ask`, which saves after every answer) or from the HTML rating sheet
-(``attnsae.viz.html.render_rating_sheet``), whose exported JSON is merged in with
-:func:`merge_export`.
+``dashboard`` is relative to the ratings file's folder. :func:`sample` writes a fresh one with the
+sampled features' dashboards and the HTML rating sheet. Verdicts come from the terminal loop
+(:func:`ask`, which saves after every answer) or from that sheet (``rate.html``), whose exported
+JSON is merged in with :func:`merge_export`.
 """
 from __future__ import annotations
 
@@ -22,11 +22,12 @@ import operator
 import os
 import sys
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import IO, Any, Iterable
+from typing import IO, Any
 
 __all__ = ["clopper_pearson", "new_ratings", "load_ratings", "save_ratings", "validate_ratings",
-           "ask", "score", "merge_export", "RatingsError"]
+           "sample", "ask", "score", "merge_export", "RatingsError"]
 
 
 class RatingsError(ValueError):
@@ -217,8 +218,33 @@ def save_ratings(path: str | os.PathLike, r: dict) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# Rating, scoring, merging
+# Sampling, rating, scoring, merging
 # ----------------------------------------------------------------------------------------------
+
+def sample(source, sae, sae_name: str, n: int, out: str | os.PathLike, seed: int = 0) -> tuple[list[int], Path]:
+    """Sample n random live features of `sae` over the windows of `source` (a features.ActivationSource) and
+    write, in out: their dashboards, rate.html (the rating sheet) and a fresh ratings.json. Refuses a folder
+    that already has a ratings file (it may hold verdicts). Returns (features, ratings file)."""
+    from ..attribution.heads import layer_of
+    from ..features.dashboard import build_dashboards
+    from ..features.stats import feature_stats, random_live
+    from ..viz.dashboard import write_dashboards
+    from ..viz.html import render_rating_sheet, write_html
+
+    out = Path(out)
+    ratings = out / "ratings.json"
+    if ratings.exists():
+        raise ValueError(f"{ratings} exists (it may hold verdicts); rate into a new --out folder")
+    (stats,) = feature_stats(source, [sae])
+    feats = random_live(stats, n, seed)
+    layer = layer_of(sae)
+    links = write_dashboards(build_dashboards(source, sae, stats, feats, seed=seed), out, layer, source.model.cfg.n_heads)
+    save_ratings(ratings, new_ratings(sae_name, layer, seed, [(f, links[f]) for f in feats]))
+    write_html(out / "rate.html", render_rating_sheet({
+        "title": f"Rate {len(feats)} random live features of {sae_name}", "sae": sae_name, "seed": seed,
+        "n": len(feats), "features": [{"feature": f, "dashboard": links[f]} for f in feats], "ratings_file": ratings.name}))
+    return feats, ratings
+
 
 _ANSWERS = {"y": True, "yes": True, "n": False, "no": False, "s": "skip", "skip": "skip", "q": "quit", "quit": "quit"}
 

@@ -43,83 +43,29 @@ beside the base rates of those events over all tokens.
 
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from ..attribution.heads import head_attribution, layer_of, require_hook_z
+from ..attribution.heads import head_attribution, layer_of
+from ..attribution.logit_path import logit_effects
+from ..evals.metrics import DEAD_THRESHOLD
+from ..features.inputs import InputSpec, load_inputs
+from ..features.source import ActivationSource
+from ..models.hooks import act_name, head_name, parse_heads
+from ..models.text import TokenText
+from ..plotting import pyplot
+from ..sae import load_feature_density
+from .head_scores import diag_mean, repeated_random_tokens
+from .result import Result
 
 SELECT_THRESHOLD = 0.6  # paper: attribution >= 0.6 to the induction head
 CONTROL_MAX = 0.1  # paper: controls have attribution < 10% to it
 PASS_THRESHOLD = 0.6  # paper: the heuristic passes at an induction pass rate > 60%
 MIN_HEAD_SCORE = 0.3  # a head counts as an induction head from this induction score up
-
-
-# ---- feature activations at chosen positions, from the model or from an activation store ----
-
-def encode_features(sae, x: torch.Tensor, features) -> torch.Tensor:
-    """f(x) restricted to `features`: [..., F]. A ReLU SAE computes only those encoder columns;
-    TopK needs every pre-activation to know which latents survive, so it encodes all."""
-    idx = torch.as_tensor(features, dtype=torch.long)
-    x = x.float()
-    if sae.cfg.architecture == "topk":
-        return sae.encode(x)[..., idx]
-    if sae.cfg.apply_b_dec_to_input:
-        x = x - sae.b_dec.detach().float()
-    pre = x @ sae.W_enc.detach().float()[:, idx] + sae.b_enc.detach().float()[idx]
-    return torch.relu(pre)
-
-
-@torch.no_grad()
-def activations_at(sae, features, windows: np.ndarray, w, p, *, model=None, store=None, store_index=None,
-                   batch_size: int = 16, progress: bool = False) -> torch.Tensor:
-    """Activations [n, F] of `features` at the n query points (window w[j], position p[j]).
-
-    From `model`: a forward over each batch of queried windows that stops after the SAE's hook and is
-    cut after the batch's last queried position (attention is causal, so earlier positions do not
-    change). From `store`: only the queried rows are read; row i of `windows` is the store's window
-    store_index[i] (default i), so `windows` may be a subset of store.windows().
-    Positions before the SAE's first_pos (BOS) get 0, as everywhere in attnsae."""
-    require_hook_z(sae)
-    w, p = np.asarray(w, dtype=np.int64), np.asarray(p, dtype=np.int64)
-    out = torch.zeros(len(w), len(features))
-    ok = p >= sae.cfg.first_pos
-    if store is not None:
-        hook = sae.cfg.hook_name
-        if hook not in store.hooks:
-            raise ValueError(f"the store holds {store.hooks}, not the SAE's hook {hook}")
-        first, ctx = store.meta.get("first_pos", 0), store.meta["context_size"]
-        if ctx != windows.shape[1]:
-            raise ValueError(f"the store's windows are {ctx} tokens, these are {windows.shape[1]}")
-        sw = w if store_index is None else np.asarray(store_index, dtype=np.int64)[w]
-        rows = sw * (ctx - first) + p - first
-        sel = np.flatnonzero(ok)
-        for i in tqdm(range(0, len(sel), 65536), desc="encoding (store)", disable=not progress):
-            j = sel[i:i + 65536]
-            out[j] = encode_features(sae, store.rows(rows[j], hook), features)
-        return out
-    if model is None:
-        raise ValueError("activations_at needs a model or a store")
-    order = np.flatnonzero(ok)
-    order = order[np.lexsort((p[order], w[order]))]
-    wins, starts = np.unique(w[order], return_index=True)
-    bounds = np.append(starts, len(order))
-    end = {int(win): int(p[order[bounds[k + 1] - 1]]) + 1 for k, win in enumerate(wins)}  # last query + 1
-    span = {int(win): order[bounds[k]:bounds[k + 1]] for k, win in enumerate(wins)}
-    by_end = sorted(end, key=end.get)  # similar lengths batch together
-    for b in tqdm(range(0, len(by_end), batch_size), desc="encoding (model)", disable=not progress):
-        ws = by_end[b:b + batch_size]
-        n = max(end[x] for x in ws)
-        tokens = torch.from_numpy(np.asarray(windows[ws, :n], dtype=np.int64)).to(model.device)
-        _, cache = model.run_with_cache(tokens, [sae.cfg.hook_name], stop_early=True)
-        acts = encode_features(sae, cache[sae.cfg.hook_name].flatten(2).cpu(), features)
-        for k, x in enumerate(ws):
-            j = span[x]
-            out[j] = acts[k, p[j]]
-    return out
 
 
 # ---- selection heuristic ----
@@ -129,12 +75,10 @@ def layer_induction_heads(model, layer: int, min_score: float = MIN_HEAD_SCORE, 
                           seed: int = 0) -> list[tuple[int, float]]:
     """[(head, induction score)] of `layer`'s heads scoring >= min_score on repeated random tokens
     (the induction score of experiments.head_scores), strongest first."""
-    from .head_scores import _diag_mean, repeated_random_tokens
-
     tokens = repeated_random_tokens(model, n, batch, seed).to(model.device)
-    name = f"blocks.{layer}.attn.hook_pattern"
+    name = act_name("pattern", layer)
     _, cache = model.run_with_cache(tokens, [name], stop_early=True)
-    scores = _diag_mean(cache[name].cpu(), n - 1, range(n + 1, 2 * n + 1))
+    scores = diag_mean(cache[name].cpu(), n - 1, range(n + 1, 2 * n + 1))
     heads = [(h, float(s)) for h, s in enumerate(scores) if s >= min_score]
     if not heads:
         best = int(scores.argmax())
@@ -212,18 +156,17 @@ def pass_rates(fired: np.ndarray, is_first: np.ndarray, pass_threshold: float = 
             "passes_strict": passes and first_rate is not None and first_rate <= 1 - pass_threshold}
 
 
-def behaviour(model, sae, features, windows: np.ndarray, *, store=None, store_index=None, per_feature: int = 200,
+def behaviour(model, sae, features, source: ActivationSource, *, per_feature: int = 200,
               pass_threshold: float = PASS_THRESHOLD, min_act: float = 0.0, targets: dict | None = None, seed: int = 0,
               batch_size: int = 16, progress: bool = True) -> list[dict]:
-    """The induction behaviour heuristic for each feature: one dict per feature (token, counts, rates).
-    A feature "fires" at a position when its activation is > min_act (default 0). targets: {feature: token id}
-    to test instead of the top direct-logit token (token_source "given"; the logit token is still reported)."""
-    from ..attribution.logit_path import logit_effects
-
+    """The induction behaviour heuristic for each feature over the source's windows: one dict per feature (token,
+    counts, rates). A feature "fires" at a position when its activation is > min_act (default 0). targets:
+    {feature: token id} to test instead of the top direct-logit token (token_source "given"; the logit token is
+    still reported)."""
     features = [int(f) for f in features]
     if not features:
         return []
-    first = sae.cfg.first_pos
+    windows, first = source.windows, sae.cfg.first_pos
     # the top token that text can hold: special tokens (e.g. SmolLM2's <filename>) never follow a bigram
     tok = model.tokenizer
     special = set(getattr(tok, "all_special_ids", None) or []) | set(getattr(tok, "added_tokens_decoder", None) or {})
@@ -238,19 +181,18 @@ def behaviour(model, sae, features, windows: np.ndarray, *, store=None, store_in
         w, p, is_first = bigram_instances(windows, t, wins, first)
         per.append((wins, w, p, is_first))
     # one pass over the union of queried (window, position) points, all features at once
-    qw = np.concatenate([x[1] for x in per]) if per else np.zeros(0, np.int64)
-    qp = np.concatenate([x[2] for x in per]) if per else np.zeros(0, np.int64)
-    key = qw * windows.shape[1] + qp
-    uniq, inv = np.unique(key, return_inverse=True)
-    acts = activations_at(sae, features, windows, uniq // windows.shape[1], uniq % windows.shape[1], model=model,
-                          store=store, store_index=store_index, batch_size=batch_size, progress=progress)
-    text = (lambda i: model.tokenizer.decode([i])) if model.tokenizer is not None else (lambda i: f"<{i}>")
+    qw = np.concatenate([x[1] for x in per])
+    qp = np.concatenate([x[2] for x in per])
+    ctx = windows.shape[1]
+    uniq, inv = np.unique(qw * ctx + qp, return_inverse=True)
+    acts = source.at(sae, features, uniq // ctx, uniq % ctx, batch_size=batch_size, progress=progress)
+    text = TokenText(model.tokenizer)
     out, offset = [], 0
-    for col, (f, t, (t_logit, logit), (wins, w, p, is_first)) in enumerate(zip(features, tested, tops, per)):
+    for col, (f, t, (t_logit, logit), (wins, w, _, is_first)) in enumerate(zip(features, tested, tops, per)):
         a = acts[inv[offset:offset + len(w)], col].numpy()
         offset += len(w)
-        out.append({"feature": f, "token_id": t, "token": text(t), "token_source": "given" if f in targets else "logit",
-                    "logit_token_id": t_logit, "logit_token": text(t_logit), "logit_effect": logit,
+        out.append({"feature": f, "token_id": t, "token": text([t])[0], "token_source": "given" if f in targets else "logit",
+                    "logit_token_id": t_logit, "logit_token": text([t_logit])[0], "logit_effect": logit,
                     "n_windows": len(wins), **pass_rates(a > min_act, is_first, pass_threshold),
                     "mean_act_later": float(a[~is_first].mean()) if (~is_first).any() else None})
     return out
@@ -273,19 +215,19 @@ def repeat_masks(windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return dup, nxt
 
 
-def repeat_rates(model, sae, features, windows: np.ndarray, *, store=None, store_index=None, n_windows: int = 300,
-                 seed: int = 0, batch_size: int = 16, progress: bool = True) -> tuple[list[dict], dict]:
-    """A token-agnostic view of induction: over n_windows random pool windows (positions first_pos..ctx-2), per
-    feature the fraction of its firing tokens that are duplicates and that are induction-predictable
+def repeat_rates(sae, features, source: ActivationSource, *, n_windows: int = 300, seed: int = 0, batch_size: int = 16,
+                 progress: bool = True) -> tuple[list[dict], dict]:
+    """A token-agnostic view of induction: over n_windows random windows of the source (positions first_pos..ctx-2),
+    per feature the fraction of its firing tokens that are duplicates and that are induction-predictable
     (repeat_masks), to compare with the base rates over all those tokens; and the token most often next where
     it fires, with its share. ([per feature], base rates)."""
+    windows = source.windows
     first, ctx = sae.cfg.first_pos, windows.shape[1]
     pick = np.sort(np.random.default_rng([seed, 1]).permutation(len(windows))[:n_windows])
     dup, nxt = repeat_masks(windows[pick])
     pos = np.arange(first, ctx - 1)
     w, p = np.repeat(pick, len(pos)), np.tile(pos, len(pick))
-    on = activations_at(sae, features, windows, w, p, model=model, store=store, store_index=store_index,
-                        batch_size=batch_size, progress=progress).numpy() > 0  # [n, F]
+    on = source.at(sae, features, w, p, batch_size=batch_size, progress=progress).numpy() > 0  # [n, F]
     d, x = dup[:, first:ctx - 1].ravel(), nxt[:, first:ctx - 1].ravel()
     n_on, n_dup, n_nxt = on.sum(0), d.astype(np.int64) @ on, x.astype(np.int64) @ on  # int: bool @ bool is an OR
     following = windows[w, p + 1]
@@ -301,25 +243,107 @@ def repeat_rates(model, sae, features, windows: np.ndarray, *, store=None, store
                   "p_induction_next": float(x.mean())}
 
 
+def _median(xs: list) -> float | None:
+    return float(np.median(xs)) if xs else None
+
+
 def summarize(rows: list[dict]) -> dict:
     """Counts over a group of features, and medians over those where the rate is defined."""
-    med = lambda xs: float(np.median(xs)) if xs else None  # noqa: E731
     return {"n": len(rows), "n_testable": sum(r["testable"] for r in rows), "n_pass": sum(r["passes"] for r in rows),
             "n_pass_strict": sum(r["passes_strict"] for r in rows),
-            "median_pass_rate": med([r["pass_rate"] for r in rows if r["testable"]]),
-            "median_first_fire_rate": med([r["first_fire_rate"] for r in rows if r["testable"]]),
-            "median_first_fire_rate_of_passing": med([r["first_fire_rate"] for r in rows if r["passes"]]),
-            "median_p_duplicate": med([r["p_duplicate"] for r in rows if r.get("p_duplicate") is not None]),
-            "median_p_induction_next": med([r["p_induction_next"] for r in rows if r.get("p_induction_next") is not None])}
+            "median_pass_rate": _median([r["pass_rate"] for r in rows if r["testable"]]),
+            "median_first_fire_rate": _median([r["first_fire_rate"] for r in rows if r["testable"]]),
+            "median_first_fire_rate_of_passing": _median([r["first_fire_rate"] for r in rows if r["passes"]]),
+            "median_p_duplicate": _median([r["p_duplicate"] for r in rows if r.get("p_duplicate") is not None]),
+            "median_p_induction_next": _median([r["p_induction_next"] for r in rows if r.get("p_induction_next") is not None])}
 
 
-def find_induction_features(model, sae, windows: np.ndarray, heads=None, *, store=None, store_index=None,
-                            live: torch.Tensor | None = None, threshold: float = SELECT_THRESHOLD, pooled: bool = False, n_control: int = 200,
+def _rate(x) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
+
+
+@dataclass
+class InductionFeatures(Result):
+    name: ClassVar[str] = "induction_features"
+    model: str
+    hook: str
+    layer: int
+    d_sae: int
+    n_live: int
+    heads: list[str]  # LAYER.HEAD
+    head_induction_scores: dict | None  # {head: score} when the heads were found, not given
+    n_windows_pool: int
+    rules: dict  # each heuristic in words
+    candidates: dict  # summarize() of the candidates
+    controls: dict
+    repeat_base_rates: dict | None
+    passing_fraction_of_live: float
+    headline: str
+    candidate_features: list[dict]
+    control_features: list[dict]
+    sae: str | None = None
+    store: str | None = None
+    live: str | None = None  # which features counted as live
+    threshold: float = SELECT_THRESHOLD  # the selection rule, for the summary (in `rules` in the JSON)
+    pooled: bool = False
+
+    def to_json(self) -> dict:
+        return {k: v for k, v in super().to_json().items() if k not in ("threshold", "pooled")}
+
+    def summary(self) -> str:
+        heads = ", ".join(f"{h} ({s:.2f})" for h, s in self.head_induction_scores.items()) if self.head_induction_scores \
+            else ", ".join(self.heads)
+        lines = [f"{self.model} L{self.layer}: induction heads {heads}; {self.candidates['n']} candidates "
+                 f"(attribution >= {self.threshold}{', pooled' if self.pooled else ''}), {self.controls['n']} controls, "
+                 f"{self.n_windows_pool} windows", self.headline]
+        if self.repeat_base_rates:
+            b, c, k = self.repeat_base_rates, self.candidates, self.controls
+            lines.append(f"where they fire (median over features): P(token repeats an earlier one) candidates "
+                         f"{_rate(c['median_p_duplicate'])} vs controls {_rate(k['median_p_duplicate'])} (all tokens "
+                         f"{b['p_duplicate']:.2f}); P(next token predicted by induction) {_rate(c['median_p_induction_next'])}"
+                         f" vs {_rate(k['median_p_induction_next'])} ({b['p_induction_next']:.2f})")
+        passing = sorted((x for x in self.candidate_features if x["passes"]), key=lambda x: -x["pass_rate"])[:10]
+        if passing:
+            lines.append("e.g. " + ", ".join(f"F{x['feature']} {x['token']!r} {x['pass_rate']:.0%}" for x in passing))
+        return "\n".join(lines)
+
+    def plot(self, out: Path) -> list[Path]:
+        """Pass-rate histograms of candidates and controls (fig. 10), and where they fire when measured."""
+        plt = pyplot()
+        base = self.repeat_base_rates
+        fig, axes = plt.subplots(2 if base else 1, 2, figsize=(10, 6.6 if base else 3.6), squeeze=False)
+        bins = np.linspace(0, 1, 21)
+        for col, (rows, s, name, color) in enumerate(((self.candidate_features, self.candidates, "candidates", "#3b6ea8"),
+                                                      (self.control_features, self.controls, "controls", "#999"))):
+            ax = axes[0, col]
+            ax.hist([r["pass_rate"] for r in rows if r["testable"]], bins=bins, color=color)
+            ax.axvline(PASS_THRESHOLD, color="#b33", ls="--", lw=1)
+            ax.set_title(f"{name}: {s['n_pass']}/{s['n']} pass ({s['n_testable']} testable)", fontsize=10)
+            ax.set_xlabel("induction pass rate (paper's heuristic)")
+            ax.set_ylabel("features")
+            if base:  # the token-agnostic view
+                ax = axes[1, col]
+                ax.hist([r["p_induction_next"] for r in rows if r.get("p_induction_next") is not None], bins=bins,
+                        color=color)
+                ax.axvline(base["p_induction_next"], color="#b33", ls="--", lw=1, label="all tokens")
+                ax.set_xlabel("P(next token predicted by induction | fires)")
+                ax.set_ylabel("features")
+                ax.legend(frameon=False, fontsize=8)
+        fig.suptitle(f"{self.model} L{self.layer}: induction features (heads {', '.join(self.heads)})")
+        fig.tight_layout()
+        path = Path(out) / "induction_features.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return [path]
+
+
+def find_induction_features(model, sae, source: ActivationSource, heads=None, *, live: torch.Tensor | None = None,
+                            threshold: float = SELECT_THRESHOLD, pooled: bool = False, n_control: int = 200,
                             control_max: float = CONTROL_MAX, per_feature: int = 200,
                             pass_threshold: float = PASS_THRESHOLD, min_head_score: float = MIN_HEAD_SCORE,
                             repeat_windows: int = 300, repeat_half: bool = False, token: str = "logit", seed: int = 0,
-                            batch_size: int = 16, progress: bool = True) -> dict:
-    """Selection + behaviour heuristics on the SAE's layer; returns the JSON-able report.
+                            batch_size: int = 16, progress: bool = True) -> InductionFeatures:
+    """Selection + behaviour heuristics on the SAE's layer, over the source's windows (the pool).
 
     heads: head indices of the SAE's layer (default: those with induction score >= min_head_score).
     live: [d_sae] bool (default: every feature; pass the SAE's density >= 1e-5 when known).
@@ -335,12 +359,12 @@ def find_induction_features(model, sae, windows: np.ndarray, heads=None, *, stor
     if token == "next" and not repeat_windows:
         raise ValueError("token='next' picks each feature's token on the repeat_rates sample: repeat_windows must be > 0")
     if repeat_half:
-        windows, store, store_index = repeat_first_half(windows, sae.cfg.first_pos), None, None
+        source = ActivationSource(model, repeat_first_half(source.windows, sae.cfg.first_pos))
     layer = layer_of(sae)
     n_heads = model.cfg.n_heads
     if heads is None:
         found = layer_induction_heads(model, layer, min_head_score)
-        heads, head_scores = [h for h, _ in found], {f"{layer}.{h}": s for h, s in found}
+        heads, head_scores = [h for h, _ in found], {head_name(layer, h): s for h, s in found}
     else:
         heads = [int(h) for h in heads]
         bad = [h for h in heads if not 0 <= h < n_heads]
@@ -352,24 +376,22 @@ def find_induction_features(model, sae, windows: np.ndarray, heads=None, *, stor
     cands = select_candidates(attribution, heads, live, threshold, pooled)
     controls = select_controls(attribution, heads, live, n_control, control_max, seed)
     feats = cands + controls
-    rep, base = repeat_rates(model, sae, feats, windows, store=store, store_index=store_index,
-                             n_windows=repeat_windows, seed=seed, batch_size=batch_size, progress=progress) \
-        if repeat_windows and feats else ([{}] * len(feats), None)
+    rep, base = repeat_rates(sae, feats, source, n_windows=repeat_windows, seed=seed, batch_size=batch_size,
+                             progress=progress) if repeat_windows and feats else ([{}] * len(feats), None)
     targets = {f: x["top_next_token_id"] for f, x in zip(feats, rep) if x.get("top_next_token_id") is not None} \
         if token == "next" else None
-    rows = behaviour(model, sae, feats, windows, store=store, store_index=store_index, per_feature=per_feature,
-                     pass_threshold=pass_threshold, targets=targets, seed=seed, batch_size=batch_size, progress=progress)
+    rows = behaviour(model, sae, feats, source, per_feature=per_feature, pass_threshold=pass_threshold, targets=targets,
+                     seed=seed, batch_size=batch_size, progress=progress)
     for r, x in zip(rows, rep):
-        r["attribution"] = {f"{layer}.{h}": round(float(attribution[r["feature"], h]), 4) for h in heads}
+        r["attribution"] = {head_name(layer, h): round(float(attribution[r["feature"], h]), 4) for h in heads}
         r.update(x)
     cand_rows, ctrl_rows = rows[:len(cands)], rows[len(cands):]
     sc, sk = summarize(cand_rows), summarize(ctrl_rows)
     other_rule = len(select_candidates(attribution, heads, live, threshold, not pooled))
-    return {
-        "model": model.cfg.name, "hook": sae.cfg.hook_name, "layer": layer, "d_sae": sae.d_sae,
-        "n_live": int(live.sum()), "heads": [f"{layer}.{h}" for h in heads], "head_induction_scores": head_scores,
-        "n_windows_pool": len(windows),
-        "rules": {
+    return InductionFeatures(
+        model=model.cfg.name, hook=sae.cfg.hook_name, layer=layer, d_sae=sae.d_sae, n_live=int(live.sum()),
+        heads=[head_name(layer, h) for h in heads], head_induction_scores=head_scores, n_windows_pool=len(source),
+        rules={
             "selection": f"attribution {'summed over' if pooled else 'to one of'} the heads >= {threshold}",
             "n_candidates_other_rule": other_rule,
             "control": f"random live features with attribution summed over the heads < {control_max} (up to {n_control})",
@@ -386,45 +408,37 @@ def find_induction_features(model, sae, windows: np.ndarray, heads=None, *, stor
             "p_induction_next": "... whose next token also followed an earlier copy of the current token (induction "
                                 "predicts it); compare with repeat_base_rates (not in the paper)",
         },
-        "candidates": sc, "controls": sk, "repeat_base_rates": base,
-        "passing_fraction_of_live": sc["n_pass"] / max(int(live.sum()), 1),  # paper: the family is 5% of live features
-        "headline": f"{sc['n_pass']}/{sc['n']} candidates pass vs {sk['n_pass']}/{sk['n']} controls "
-                    f"(testable: {sc['n_testable']}/{sc['n']} and {sk['n_testable']}/{sk['n']}; also quiet on first "
-                    f"instances: {sc['n_pass_strict']} vs {sk['n_pass_strict']})",
-        "candidate_features": cand_rows, "control_features": ctrl_rows,
-    }
+        candidates=sc, controls=sk, repeat_base_rates=base,
+        passing_fraction_of_live=sc["n_pass"] / max(int(live.sum()), 1),  # paper: the family is 5% of live features
+        headline=f"{sc['n_pass']}/{sc['n']} candidates pass vs {sk['n_pass']}/{sk['n']} controls "
+                 f"(testable: {sc['n_testable']}/{sc['n']} and {sk['n_testable']}/{sk['n']}; also quiet on first "
+                 f"instances: {sc['n_pass_strict']} vs {sk['n_pass_strict']})",
+        candidate_features=cand_rows, control_features=ctrl_rows, threshold=threshold, pooled=pooled,
+    )
 
 
-def write_induction_features(result: dict, out) -> None:
-    """out/induction_features.json and out/induction_features.png (pass-rate histograms, as fig. 10)."""
-    from ..plotting import pyplot
+def heads_of_layer(specs, layer: int, model) -> list[int]:
+    """LAYER.HEAD specs -> the HEAD of each, all of which must be in the SAE's layer."""
+    out = []
+    for spec, (l, h) in zip(specs, parse_heads(specs, model)):
+        if l != layer:
+            raise ValueError(f"--head {spec}: the SAE is on layer {layer}; name heads of that layer")
+        out.append(h)
+    return out
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "induction_features.json").write_text(json.dumps(result, indent=1))
-    plt = pyplot()
-    base = result.get("repeat_base_rates")
-    fig, axes = plt.subplots(2 if base else 1, 2, figsize=(10, 6.6 if base else 3.6), squeeze=False)
-    bins = np.linspace(0, 1, 21)
-    for col, (key, name, color) in enumerate((("candidate_features", "candidates", "#3b6ea8"),
-                                              ("control_features", "controls", "#999"))):
-        ax = axes[0, col]
-        rates = [r["pass_rate"] for r in result[key] if r["testable"]]
-        s = result["candidates" if key == "candidate_features" else "controls"]
-        ax.hist(rates, bins=bins, color=color)
-        ax.axvline(PASS_THRESHOLD, color="#b33", ls="--", lw=1)
-        ax.set_title(f"{name}: {s['n_pass']}/{s['n']} pass ({s['n_testable']} testable)", fontsize=10)
-        ax.set_xlabel("induction pass rate (paper's heuristic)")
-        ax.set_ylabel("features")
-        if base:  # the token-agnostic view
-            ax = axes[1, col]
-            ax.hist([r["p_induction_next"] for r in result[key] if r.get("p_induction_next") is not None], bins=bins,
-                    color=color)
-            ax.axvline(base["p_induction_next"], color="#b33", ls="--", lw=1, label="all tokens")
-            ax.set_xlabel("P(next token predicted by induction | fires)")
-            ax.set_ylabel("features")
-            ax.legend(frameon=False, fontsize=8)
-    fig.suptitle(f"{result['model']} L{result['layer']}: induction features (heads {', '.join(result['heads'])})")
-    fig.tight_layout()
-    fig.savefig(out / "induction_features.png", dpi=110)
-    plt.close(fig)
+
+def run_induction_features(spec: InputSpec, heads=(), **kw) -> InductionFeatures:
+    """The induction-features command: load one SAE and its windows (spec), its live features from its training
+    density when saved, and find_induction_features (kw) on the heads named LAYER.HEAD (default: found)."""
+    found = []
+
+    def check(model, saes):
+        found.extend(heads_of_layer(heads, layer_of(saes[0]), model))
+    inputs = load_inputs(spec, check)
+    density = load_feature_density(spec.saes[0])
+    r = find_induction_features(inputs.model, inputs.saes[0], inputs.source, found or None,
+                                live=None if density is None else density >= DEAD_THRESHOLD, seed=spec.seed, **kw)
+    r.sae, r.store = str(spec.saes[0]), spec.store
+    r.live = "every feature (the SAE folder has no sparsity.safetensors)" if density is None else \
+        f"training density >= {DEAD_THRESHOLD:g} (sparsity.safetensors)"
+    return r

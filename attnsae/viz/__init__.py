@@ -1,1 +1,2 @@
-"""Dashboards and reports: one-pass feature statistics, dashboard data, static HTML pages."""
+"""Rendering: feature dashboards and the per-head report as static HTML and JSON (attnsae.features computes
+what they show)."""

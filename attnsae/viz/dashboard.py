@@ -1,124 +1,28 @@
-"""Feature dashboards: the data a person needs to judge one feature, as a JSON-able dict.
-
-Built from the one-pass FeatureStats plus a forward over only the windows shown (top-k windows
-and a few random examples per activation-quantile group), which also gives each shown
-activation's DFA by head and by source position. The dict layout is the one viz.html renders;
-`neuronpedia_json` converts it to a format close to Neuronpedia's feature export.
-"""
+"""Feature dashboards on disk: an HTML page each, and JSON close to Neuronpedia's feature export
+(features.dashboard builds the data)."""
 
 from __future__ import annotations
 
-from collections import defaultdict
+import json
+from pathlib import Path
 
 import numpy as np
-import torch
-from tqdm.auto import tqdm
 
-from ..attribution.dfa import attention_parts, dfa_by_head, dfa_by_source
-from ..attribution.heads import head_attribution, layer_of
-from ..attribution.logit_path import logit_effects
-from ..models.text import TokenText
-from .feature_stats import HIST_EDGES, FeatureStats
+from .html import render_dashboard, write_html
 
 
-def _histogram(stats: FeatureStats, f: int) -> dict:
-    counts = stats.hist[f]
-    nz = counts.nonzero().flatten()
-    if len(nz) == 0:
-        return {"edges": [], "counts": [], "log_x": True}
-    lo, hi = int(nz[0]), int(nz[-1]) + 1
-    return {"edges": HIST_EDGES[lo:hi + 1].tolist(), "counts": counts[lo:hi].tolist(), "log_x": True}
-
-
-def choose_examples(stats: FeatureStats, f: int, n_top: int = 20, n_groups: int = 10, per_group: int = 3, seed: int = 0):
-    """(top [(window, pos, act)], groups [{label, lo, hi, examples}]) for feature f; groups are equal-count
-    activation quantiles of a uniform sample of its activating tokens, highest first."""
-    ok = stats.top_act[f] > 0
-    top = list(zip(stats.top_window[f][ok].tolist(), stats.top_pos[f][ok].tolist(), stats.top_act[f][ok].tolist()))[:n_top]
-    have = stats.sample_window[f] >= 0
-    acts = stats.sample_act[f][have]
-    order = acts.argsort(descending=True)
-    sample = list(zip(stats.sample_window[f][have][order].tolist(), stats.sample_pos[f][have][order].tolist(), acts[order].tolist()))
-    rng = np.random.default_rng([seed, f])
-    groups = []
-    chunks = [c for c in np.array_split(np.arange(len(sample)), min(n_groups, len(sample))) if len(c)]
-    for g, chunk in enumerate(chunks):
-        pick = sorted(rng.choice(chunk, size=min(per_group, len(chunk)), replace=False).tolist())
-        hi, lo = sample[chunk[0]][2], sample[chunk[-1]][2]
-        groups.append({"label": f"Q{len(chunks) - g}" + (" (highest)" if g == 0 else " (lowest)" if g == len(chunks) - 1 else ""),
-                       "lo": lo, "hi": hi, "n_sampled": len(chunk), "examples": [sample[i] for i in pick]})
-    return top, groups
-
-
-def build_dashboards(model, sae, stats: FeatureStats, windows: np.ndarray, features, *, n_top: int = 20,
-                     per_group: int = 3, before: int = 32, after: int = 4, n_sources: int = 5, batch_size: int = 16,
-                     seed: int = 0, progress: bool = True) -> list[dict]:
-    """One dashboard dict per feature (see viz.html for the layout)."""
-    features = [int(f) for f in features]
-    layer, n_heads = layer_of(sae), model.cfg.n_heads
-    text = TokenText(model.tokenizer)
-    attribution = head_attribution(sae, n_heads)
-    path, logits = logit_effects(model, sae, features)
-    chosen = {f: choose_examples(stats, f, n_top, per_group=per_group, seed=seed) for f in features}
-
-    # every shown (feature, window, pos), grouped by window; a window is run up to its last shown position
-    wanted = defaultdict(list)
-    for f, (top, groups) in chosen.items():
-        for w, p, _ in top + [e for g in groups for e in g["examples"]]:
-            wanted[w].append((f, p))
-    ctx = windows.shape[1]
-    ends = {w: min(ctx, max(p for _, p in fp) + after + 1) for w, fp in wanted.items()}
-    shown = {}
-    order = sorted(wanted, key=ends.get)
-    with torch.no_grad():
-        for i in tqdm(range(0, len(order), batch_size), desc="dashboard examples", disable=not progress):
-            ws = order[i:i + batch_size]
-            end = max(ends[w] for w in ws)
-            tokens = torch.from_numpy(np.asarray(windows[ws, :end], dtype=np.int64))
-            parts = attention_parts(model, tokens, layer)
-            acts = sae.encode(parts["z"].flatten(2).float())
-            acts[:, :sae.cfg.first_pos] = 0
-            for j, w in enumerate(ws):
-                for f, p in wanted[w]:
-                    if (f, w, p) not in shown:
-                        shown[f, w, p] = _example(sae, parts, acts, tokens, j, w, f, p, ends[w], before, n_sources, text)
-
-    out = []
-    for f, lg in zip(features, logits):
-        top, groups = chosen[f]
-        out.append({
-            "model": model.cfg.name, "hook": sae.cfg.hook_name, "layer": layer, "feature": f, "d_sae": sae.d_sae,
-            "n_heads": n_heads, "density": float(stats.density[f]), "n_tokens": stats.n_tokens,
-            "max_act": float(stats.act_max[f]), "mean_act": float(stats.mean_act[f]),
-            "head_attribution": attribution[f].tolist(),
-            "head_fve": None if torch.isnan(stats.head_fve[f]).any() else stats.head_fve[f].tolist(),
-            "logit_effect": {"convention": path,
-                             "top": [[s, float(v)] for s, v in zip(text(lg["top"][0]), lg["top"][1])],
-                             "bottom": [[s, float(v)] for s, v in zip(text(lg["bottom"][0]), lg["bottom"][1])]},
-            "histogram": _histogram(stats, f),
-            "top_examples": [shown[f, w, p] for w, p, _ in top],
-            "quantile_groups": [{**{k: g[k] for k in ("label", "lo", "hi", "n_sampled")},
-                                 "examples": [shown[f, w, p] for w, p, _ in g["examples"]]} for g in groups],
-        })
-    return out
-
-
-def _example(sae, parts, acts, tokens, j, w, f, p, end, before, n_sources, text) -> dict:
-    by_head, bias = dfa_by_head(sae, parts["z"][j, p], [f])  # [1, H]
-    src = dfa_by_source(sae, parts["pattern"][j, :, p:p + 1, :end], parts["v"][j, :end], [f])[0, 0]  # [H, src]
-    total = src.sum(0)
-    top_src = total[:p + 1].argsort(descending=True)[:n_sources].tolist()  # causal: sources at or before p
-    start = max(0, p - before)
-    # keep strong sources in view, except BOS-like positions the SAE never reads (attention sinks)
-    strong = [s for s in top_src if s >= sae.cfg.first_pos and total[s] > 0.1 * max(float(total.max()), 1e-9)]
-    start = min([start] + strong)
-    return {
-        "window": int(w), "pos": p - start, "act": float(acts[j, p, f]),
-        "tokens": text(tokens[j, start:end]), "acts": acts[j, start:end, f].tolist(),
-        "dfa_source": [{"pos": s - start, "value": float(total[s]), "by_head": src[:, s].tolist()} for s in top_src if s >= start],
-        "dfa_values": total[start:end].tolist(),  # every shown source position, summed over heads
-        "dfa_head": by_head[0].tolist(), "dfa_bias": float(bias[0]),
-    }
+def write_dashboards(dashboards: list[dict], out: Path, layer: int, n_heads: int) -> dict[int, str]:
+    """Write features/L{layer}/F{i}.html + .json; returns {feature: path relative to out}."""
+    folder = Path(out) / "features" / f"L{layer}"
+    folder.mkdir(parents=True, exist_ok=True)
+    links = {}
+    for d in dashboards:
+        d["links"] = {"index": "../../index.html", "heads": [[f"H{h}", f"../../heads/L{layer}H{h}.html"] for h in range(n_heads)]}
+        name = f"F{d['feature']}"
+        write_html(folder / f"{name}.html", render_dashboard(d))
+        (folder / f"{name}.json").write_text(json.dumps({**neuronpedia_json(d), "dashboard": d}))
+        links[d["feature"]] = f"features/L{layer}/{name}.html"
+    return links
 
 
 def neuronpedia_json(d: dict) -> dict:
@@ -138,7 +42,7 @@ def neuronpedia_json(d: dict) -> dict:
         "activations": [{
             "tokens": e["tokens"], "values": e["acts"], "maxValue": e["act"], "maxValueTokenIndex": e["pos"],
             "minValue": min(e["acts"]), "binMin": lo, "binMax": hi,
-            "dfa_values": e["dfa_values"], "dfa_targetIndex": e["pos"], "dfa_maxValue": max((s["value"] for s in e["dfa_source"]), default=0.0),
+            "dfa_values": e["dfa_values"], "dfa_targetIndex": e["pos"],
+            "dfa_maxValue": max((s["value"] for s in e["dfa_source"]), default=0.0),
         } for e, (lo, hi) in zip(examples, bins)],
     }
-

@@ -13,34 +13,14 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..attribution.heads import head_attribution, layer_of, top_features_by_head
 from ..evals.metrics import DEAD_THRESHOLD
-from .dashboard import build_dashboards, neuronpedia_json
-from .feature_stats import FeatureStats, collect_stats, stats_from_store
-from .html import render_dashboard, render_head_page, render_index, write_html
-
-
-def feature_stats(model, saes, windows=None, store=None, batch_size: int = 32, progress: bool = True):
-    """(stats per SAE, the windows they index, seconds): from a store when it holds the one SAE's hook,
-    else one forward pass over `windows` for all SAEs."""
-    t = time.perf_counter()
-    if store is not None:
-        if len(saes) != 1 or saes[0].cfg.hook_name not in store.hooks:
-            raise ValueError(f"the store holds {store.hooks}; pass one SAE on one of those hooks, or no store")
-        stats = [stats_from_store(store, saes[0], model.cfg.n_heads, progress=progress)]
-        windows = np.asarray(store.windows())
-    else:
-        stats = collect_stats(model, saes, windows, batch_size=batch_size, progress=progress)
-    return stats, windows, time.perf_counter() - t
-
-
-def random_live(stats: FeatureStats, n: int, seed: int = 0) -> list[int]:
-    live = stats.live().nonzero().flatten()
-    pick = torch.randperm(len(live), generator=torch.Generator().manual_seed(seed))[:n]
-    return sorted(live[pick].tolist())
+from ..features.dashboard import build_dashboards
+from ..features.stats import feature_stats, random_live
+from .dashboard import write_dashboards
+from .html import render_head_page, render_index, write_html
 
 
 def _snippet(example: dict | None, width: int = 8) -> str:
@@ -51,29 +31,17 @@ def _snippet(example: dict | None, width: int = 8) -> str:
     return f"…{before}‹{example['tokens'][p]}›".replace("\n", "↵")
 
 
-def write_dashboards(dashboards: list[dict], out: Path, layer: int, n_heads: int) -> dict[int, str]:
-    """Write features/L{layer}/F{i}.html + .json; returns {feature: path relative to out}."""
-    folder = out / "features" / f"L{layer}"
-    folder.mkdir(parents=True, exist_ok=True)
-    links = {}
-    for d in dashboards:
-        d["links"] = {"index": "../../index.html", "heads": [[f"H{h}", f"../../heads/L{layer}H{h}.html"] for h in range(n_heads)]}
-        name = f"F{d['feature']}"
-        write_html(folder / f"{name}.html", render_dashboard(d))
-        (folder / f"{name}.json").write_text(json.dumps({**neuronpedia_json(d), "dashboard": d}))
-        links[d["feature"]] = f"features/L{layer}/{name}.html"
-    return links
-
-
-def head_report(model, saes: list, out, windows: np.ndarray | None = None, store=None, k: int = 10, n_random: int = 0,
-                seed: int = 0, batch_size: int = 32, progress: bool = True, names: list[str] | None = None,
-                **dashboard_kw) -> dict:
-    """Write the report folder; returns the report dict (also saved as report.json)."""
+def head_report(source, saes: list, out, k: int = 10, n_random: int = 0, seed: int = 0, batch_size: int = 32,
+                progress: bool = True, names: list[str] | None = None, **dashboard_kw) -> dict:
+    """Write the report folder for the SAEs' features over the windows of `source` (a features.ActivationSource);
+    returns the report dict (also saved as report.json)."""
     out = Path(out)
     (out / "heads").mkdir(parents=True, exist_ok=True)
     (out / "stats").mkdir(exist_ok=True)
     t0 = time.perf_counter()
-    all_stats, windows, t_stats = feature_stats(model, saes, windows, store, batch_size, progress)
+    all_stats = feature_stats(source, saes, batch_size, progress)
+    t_stats = time.perf_counter() - t0
+    model = source.model
     n_heads = model.cfg.n_heads
     layers, t_dash, n_dash = [], 0.0, 0
     for i, (sae, stats) in enumerate(zip(saes, all_stats)):
@@ -85,7 +53,7 @@ def head_report(model, saes: list, out, windows: np.ndarray | None = None, store
         extra = random_live(stats, n_random, seed) if n_random else []
         features = sorted({f for head in top for f, _ in head} | set(extra))
         t = time.perf_counter()
-        dashboards = build_dashboards(model, sae, stats, windows, features, seed=seed, batch_size=16, progress=progress, **dashboard_kw)
+        dashboards = build_dashboards(source, sae, stats, features, seed=seed, batch_size=16, progress=progress, **dashboard_kw)
         t_dash += time.perf_counter() - t
         n_dash += len(dashboards)
         by_feature = {d["feature"]: d for d in dashboards}
@@ -106,8 +74,8 @@ def head_report(model, saes: list, out, windows: np.ndarray | None = None, store
             heads.append({"head": h, "page": f"heads/L{layer}H{h}.html",
                           "top": [{"feature": r["feature"], "score": r["score"], "density": r["density"],
                                    "summary": _snippet(r["top_example"])} for r in rows]})
-        layers.append({"layer": layer, "hook": sae.cfg.hook_name, "sae": names[i] if names else sae.cfg.hook_name, "n_live": int(live.sum()),
-                       "d_sae": sae.d_sae, "heads": heads,
+        layers.append({"layer": layer, "hook": sae.cfg.hook_name, "sae": names[i] if names else sae.cfg.hook_name,
+                       "n_live": int(live.sum()), "d_sae": sae.d_sae, "heads": heads,
                        "random_features": [[f"L{layer} F{f}", links[f]] for f in extra]})
     n_tokens = all_stats[0].n_tokens
     report = {
@@ -117,7 +85,7 @@ def head_report(model, saes: list, out, windows: np.ndarray | None = None, store
         "timing": {"stats_seconds": t_stats, "dashboards_seconds": t_dash, "n_dashboards": n_dash,
                    "total_seconds": time.perf_counter() - t0,
                    "feature_tokens_per_second": sum(s.d_sae for s in saes) * n_tokens / t_stats,
-                   "source": "store" if store is not None else "model forward"},
+                   "source": "store" if source.store is not None else "model forward"},
     }
     write_html(out / "index.html", render_index(report))
     (out / "report.json").write_text(json.dumps(report, indent=1))

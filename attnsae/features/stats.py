@@ -4,21 +4,22 @@ Per feature: firing count and density, sum and max of the activation, a histogra
 activations (fixed log-spaced bins), the top-k windows by their max activation, a uniform random
 sample of activating tokens (for activation-quantile groups), and each head's share of the
 activation variance from DFA by head (E[(w_k . z_k) y] / E[y^2] over the tokens where it fires).
-Dashboards are then built from these without another pass over the tokens.
+Dashboards are then built from these without another pass over the tokens. Window ids are rows of
+the ActivationSource the pass read.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from pathlib import Path
 
-import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..attribution.dfa import dfa_bias
-from ..attribution.heads import require_hook_z
-from ..data.windows import token_batches
+from ..attribution.heads import layer_of, require_hook_z
 from ..evals.metrics import DEAD_THRESHOLD
 
 HIST_EDGES = torch.logspace(-3, 3, 121)  # 20 bins per decade; values outside go to the end bins
@@ -53,13 +54,12 @@ class FeatureStats:
         return self.density >= threshold
 
     def save(self, path) -> None:
-        tensors = {f.name: getattr(self, f.name).contiguous() for f in fields(self) if isinstance(getattr(self, f.name), torch.Tensor)}
+        tensors = {f.name: getattr(self, f.name).contiguous() for f in fields(self)
+                   if isinstance(getattr(self, f.name), torch.Tensor)}
         save_file(tensors, str(path), metadata={"n_tokens": str(self.n_tokens), "n_windows": str(self.n_windows)})
 
     @classmethod
-    def load(cls, path) -> "FeatureStats":
-        from safetensors import safe_open
-
+    def load(cls, path) -> FeatureStats:
         with safe_open(str(path), "pt") as f:
             meta = f.metadata()
         return cls(n_tokens=int(meta["n_tokens"]), n_windows=int(meta["n_windows"]), **load_file(str(path)))
@@ -131,7 +131,8 @@ class StatsCollector:
         if width == 0:
             return
         slot = torch.arange(len(fi)) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
-        new = [torch.full((F, width), fill, dtype=dt) for fill, dt in ((-1.0, torch.float), (0.0, torch.float), (-1, torch.long), (0, torch.long))]
+        new = [torch.full((F, width), fill, dtype=dt)
+               for fill, dt in ((-1.0, torch.float), (0.0, torch.float), (-1, torch.long), (0, torch.long))]
         new[0][fi, slot] = torch.rand(len(fi), generator=self.gen)
         new[1][fi, slot] = vals
         new[2][fi, slot] = window_ids[bi]
@@ -155,38 +156,38 @@ class StatsCollector:
         )
 
 
-def collect_stats(model, saes: list, windows: np.ndarray, batch_size: int = 32, progress: bool = True, **kw) -> list[FeatureStats]:
-    """Stats for every feature of every SAE (any layers of one model) from one pass over `windows`."""
-    collectors = [StatsCollector(sae, model.cfg.n_heads, **kw) for sae in saes]
-    hooks = [sae.cfg.hook_name for sae in saes]
-    bar = tqdm(total=len(windows) * windows.shape[1], unit="tok", unit_scale=True, desc="feature stats", disable=not progress)
-    with torch.no_grad():
-        for i, tokens in enumerate(token_batches(windows, batch_size)):
-            _, cache = model.run_with_cache(tokens, hooks, stop_early=True)
-            ids = torch.arange(i * batch_size, i * batch_size + len(tokens))
-            for col, hook in zip(collectors, hooks):
-                col.update(ids, cache[hook])
-            bar.update(tokens.numel())
+def feature_stats(source, saes: list, batch_size: int = 32, progress: bool = True, **kw) -> list[FeatureStats]:
+    """Stats for every feature of every SAE (any layers of one model) from one pass over the source's windows;
+    `kw` goes to StatsCollector."""
+    collectors = [StatsCollector(sae, source.model.cfg.n_heads, **kw) for sae in saes]
+    n, ctx = source.windows.shape
+    bar = tqdm(total=n * ctx, unit="tok", unit_scale=True, desc="feature stats", disable=not progress)
+    for ids, z in source.whole_windows(saes, batch_size):
+        for col in collectors:
+            col.update(ids, z[col.sae.cfg.hook_name])
+        bar.update(len(ids) * ctx)
     bar.close()
     return [c.result() for c in collectors]
 
 
-def stats_from_store(store, sae, n_heads: int, windows_per_batch: int = 32, progress: bool = True, **kw) -> FeatureStats:
-    """The same one pass, reading the SAE's hook from an activation store instead of running the model."""
-    hook = sae.cfg.hook_name
-    first, ctx = store.meta.get("first_pos", 0), store.meta["context_size"]
-    per = ctx - first
-    n_windows = len(store) // per
-    col = StatsCollector(sae, n_heads, **kw)
-    if first > col.first:
-        raise ValueError(f"the store skips positions < {first} but the SAE reads from position {col.first}")
-    bar = tqdm(total=len(store), unit="tok", unit_scale=True, desc="feature stats (store)", disable=not progress)
-    for w0 in range(0, n_windows, windows_per_batch):
-        ids = torch.arange(w0, min(w0 + windows_per_batch, n_windows))
-        rows = store.rows(np.arange(w0 * per, (w0 + len(ids)) * per), hook).float().view(len(ids), per, -1)
-        z = torch.cat([torch.zeros(len(ids), first, rows.shape[-1]), rows], 1)  # masked by first_pos anyway
-        col.update(ids, z)
-        bar.update(rows.shape[0] * per)
-    bar.close()
-    return col.result()
+def cached_stats(source, saes: list, folder=None, **kw) -> list[FeatureStats]:
+    """Each SAE's stats from folder/L<layer>.safetensors where saved there (as `attnsae report` writes them;
+    they must cover the source's windows), the others from one pass over the source."""
+    saved = {}
+    for i, sae in enumerate(saes):
+        path = Path(folder) / f"L{layer_of(sae)}.safetensors" if folder else None
+        if path is not None and path.exists():
+            saved[i] = FeatureStats.load(path)
+            if saved[i].n_windows != len(source):
+                raise ValueError(f"{path} covers {saved[i].n_windows} windows, the inputs have {len(source)}: pass the "
+                                 "--store it was computed on, or no --stats")
+    rest = [s for i, s in enumerate(saes) if i not in saved]
+    fresh = iter(feature_stats(source, rest, **kw) if rest else [])
+    return [saved[i] if i in saved else next(fresh) for i in range(len(saes))]
 
+
+def random_live(stats: FeatureStats, n: int, seed: int = 0) -> list[int]:
+    """n random live features (all of them when fewer), sorted."""
+    live = stats.live().nonzero().flatten()
+    pick = torch.randperm(len(live), generator=torch.Generator().manual_seed(seed))[:n]
+    return sorted(live[pick].tolist())
