@@ -7,8 +7,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 EPILOG = """\
 examples:
   attnsae main                                   # the default job: SmolLM2-135M, blocks.15.attn.hook_z
@@ -39,9 +37,22 @@ def _add_data_args(p, hook_default="blocks.15.attn.hook_z", multi_hook=False):
         p.add_argument("--hook", default=hook_default, help="TransformerLens hook name (default: %(default)s)")
 
 
+class _RecipeNames:
+    """RECIPES' names for argparse, imported only when it checks or prints them (torch-free --help)."""
+
+    def __iter__(self):
+        from .sae import RECIPES
+
+        return iter(RECIPES)
+
+    def __contains__(self, name):
+        return name in list(self)
+
+
 def _add_train_args(p, sweep=False):
-    p.add_argument("--recipe", choices=["l1", "l1_decnorm", "topk"], default="l1",
-                   help="l1: the paper's recipe (unit-norm decoder, resampling); l1_decnorm: L1 x |W_dec| (their Gemma-2B SAE); topk")
+    p.add_argument("--recipe", choices=_RecipeNames(), metavar="RECIPE", default="l1",
+                   help="one of %(choices)s (l1: the paper's recipe, unit-norm decoder and resampling; "
+                        "l1_decnorm: L1 x |W_dec|, their Gemma-2B SAE)")
     if sweep:
         p.add_argument("--l1", type=float, nargs="+", required=True, help="L1 coefficients, one SAE each")
     else:
@@ -113,7 +124,7 @@ def cmd_train(args):
     from .data import ActivationStore, StreamedActivations, WindowSpec, hook_width, load_windows
     from .models import load_model
     from .pipeline import DTYPES
-    from .sae import Trainer, sae_config_for
+    from .sae import sae_config_for, train_sae
 
     cfg = _train_config(args)
     if args.store:
@@ -132,9 +143,7 @@ def cmd_train(args):
                 "first_pos": 1, "corpus": args.corpus}
         d_in = hook_width(model, hook)
         batches = lambda s: stream.batches(cfg.batch_size, seed=cfg.seed, start=s)  # noqa: E731
-    trainer = Trainer(sae_config_for(cfg, d_in, hook, meta), cfg, Path(args.out) / "train", batches)
-    trainer.train(resume=not args.restart)
-    path = trainer.save(Path(args.out) / "sae")
+    path = train_sae(sae_config_for(cfg, d_in, hook, meta), cfg, args.out, batches, resume=not args.restart)
     print(f"SAE saved to {path}")
 
 
@@ -162,29 +171,14 @@ def cmd_sweep(args):
     print(table)
 
 
-def _report_inputs(args):
-    """(model, SAEs, windows or None, store or None) for report / rate."""
-    from .data import ActivationStore, WindowSpec, load_windows
-    from .evals import check_compatible
-    from .models import load_model
-    from .pipeline import DTYPES
-    from .sae import load_sae
+def _input_spec(args):
+    """What a feature command reads: --sae, --model, --store, --corpus, --windows, --model-dtype, --seed, and how its
+    parser picks a store's windows (store_windows, verify_store defaults)."""
+    from .features.inputs import InputSpec
 
-    saes = [load_sae(p) for p in args.sae]
-    names = {s.cfg.model_name for s in saes}
-    if len(names) > 1 and not args.model:
-        raise ValueError(f"the SAEs come from different models {sorted(map(str, names))}; pass --model")
-    model = load_model(args.model or saes[0].cfg.model_name, dtype=DTYPES[args.model_dtype])
-    for sae in saes:
-        check_compatible(model, sae)
-    store = ActivationStore(args.store) if getattr(args, "store", None) else None
-    windows = None
-    if store is None:
-        train, held = load_windows(model, WindowSpec(corpus=args.corpus, ctx=saes[0].cfg.context_size))
-        every = np.concatenate([train, held])
-        pick = np.sort(np.random.default_rng(args.seed).permutation(len(every))[: args.windows])
-        windows = every[pick]
-    return model, saes, windows, store
+    return InputSpec(saes=list(args.sae), model=args.model, store=args.store, corpus=args.corpus, windows=args.windows,
+                     seed=args.seed, model_dtype=args.model_dtype, store_windows=args.store_windows,
+                     verify_store=args.verify_store)
 
 
 def _add_report_args(p):
@@ -192,16 +186,19 @@ def _add_report_args(p):
     p.add_argument("--model", default=None, help="default: the model named in the SAE's config")
     p.add_argument("--store", default=None, help="read the SAE's activations from this store (fast; its windows are shown)")
     p.add_argument("--corpus", default="default", help="without --store: corpus to sample windows from")
-    p.add_argument("--windows", type=int, default=2000, help="without --store: random windows of the corpus (default: %(default)s)")
+    p.add_argument("--windows", type=int, default=2000,
+                   help="without --store: random windows of the corpus (default: %(default)s)")
     p.add_argument("--model-dtype", choices=["float32", "bfloat16"], default="bfloat16")
     p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(store_windows="all", verify_store=True)
 
 
 def cmd_report(args):
+    from .features.inputs import load_inputs
     from .viz.report import head_report
 
-    model, saes, windows, store = _report_inputs(args)
-    r = head_report(model, saes, args.out, windows=windows, store=store, k=args.k, n_random=args.random, seed=args.seed,
+    inputs = load_inputs(_input_spec(args))
+    r = head_report(inputs.source, inputs.saes, args.out, k=args.k, n_random=args.random, seed=args.seed,
                     names=[str(p) for p in args.sae])
     t = r["timing"]
     print(f"{sum(len(l['heads']) for l in r['layers'])} heads, {t['n_dashboards']} dashboards over {r['n_tokens']:,} tokens "
@@ -211,62 +208,31 @@ def cmd_report(args):
 
 
 def cmd_dfa(args):
-    from .attribution import variance_explained
-    from .evals.plots import head_variance_explained
+    from .experiments.result import write
+    from .features.dfa import variance_shares
+    from .features.inputs import load_inputs
 
     if len(args.sae) != 1:
         raise ValueError("dfa takes one --sae")
-    model, (sae,), windows, store = _report_inputs(args)
-    if store is not None:
-        windows = np.asarray(store.windows()[: args.windows])
-    ids = []
-    for s in args.source_token:
-        enc = model.tokenizer.encode(s, add_special_tokens=False)
-        if len(enc) != 1:
-            raise ValueError(f"--source-token {s!r} is {len(enc)} tokens in this tokenizer; give single tokens")
-        ids.append(enc[0])
-    r = variance_explained(model, sae, args.feature, windows, thresholds=args.threshold, source_tokens=ids)
-    decode = lambda i: model.tokenizer.decode([i])  # noqa: E731
-    for t in r["thresholds"]:
-        t["source_token_fve"] = [[decode(i), i, s] for i, s in t["source_token_fve"]]
-    r["source_tokens"] = args.source_token
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "dfa.json").write_text(json.dumps(r, indent=1))
-    head_variance_explained(r, out / "head_fve.png")
-    for t in r["thresholds"]:
-        heads = ", ".join(f"H{h} {v:.0%}" for h, v in sorted(enumerate(t["head_fve"]), key=lambda x: -x[1])[:3])
-        srcs = ", ".join(f"{s!r} {v:.0%}" for s, _, v in t["source_token_fve"][:3])
-        chosen = f"; chosen tokens {t['chosen_tokens_fve']:.1%}" if t["chosen_tokens_fve"] is not None else ""
-        print(f"act > {t['threshold']:g} ({t['n_tokens']} tokens): heads {heads}; source tokens {srcs}{chosen}")
-    print(f"wrote {out / 'dfa.json'} and {out / 'head_fve.png'}")
+    inputs = load_inputs(_input_spec(args))
+    result = variance_shares(inputs.model, inputs.saes[0], args.feature, inputs.windows, thresholds=args.threshold,
+                             source_tokens=args.source_token)
+    paths = write(result, args.out)
+    print(result.summary() + "\nwrote " + ", ".join([str(paths[0])] + [p.name for p in paths[1:]]))
 
 
 def cmd_rate(args):
     from .evals import interpretability as interp
 
     if args.action == "sample":
-        from .attribution import layer_of
-        from .viz.html import render_rating_sheet, write_html
-        from .viz.report import feature_stats, random_live, write_dashboards
-        from .viz.dashboard import build_dashboards
+        from .features.inputs import load_inputs
 
-        model, saes, windows, store = _report_inputs(args)
-        (stats,), windows, _ = feature_stats(model, saes, windows, store)
-        sae, out = saes[0], Path(args.out)
-        feats = random_live(stats, args.n, args.seed)
-        ratings = out / "ratings.json"
-        if ratings.exists():
-            raise ValueError(f"{ratings} exists (it may hold verdicts); rate into a new --out folder")
-        links = write_dashboards(build_dashboards(model, sae, stats, windows, feats, seed=args.seed), out, layer_of(sae),
-                                 model.cfg.n_heads)
-        interp.save_ratings(ratings, interp.new_ratings(args.sae[0], layer_of(sae), args.seed,
-                                                        [(f, links[f]) for f in feats]))
-        write_html(out / "rate.html", render_rating_sheet({
-            "title": f"Rate {len(feats)} random live features of {args.sae[0]}", "sae": args.sae[0], "seed": args.seed,
-            "n": len(feats), "features": [{"feature": f, "dashboard": links[f]} for f in feats], "ratings_file": "ratings.json"}))
-        print(f"{len(feats)} features sampled. Open {out / 'rate.html'} and export, then `attnsae rate merge {ratings} "
-              f"ratings-export.json`; or rate in the terminal: `attnsae rate ask {ratings}`")
+        if len(args.sae) != 1:
+            raise ValueError("rate sample takes one --sae")
+        inputs = load_inputs(_input_spec(args))
+        feats, ratings = interp.sample(inputs.source, inputs.saes[0], args.sae[0], args.n, args.out, args.seed)
+        print(f"{len(feats)} features sampled. Open {Path(args.out) / 'rate.html'} and export, then `attnsae rate merge "
+              f"{ratings} ratings-export.json`; or rate in the terminal: `attnsae rate ask {ratings}`")
     elif args.action == "ask":
         interp.ask(args.ratings)
     elif args.action == "merge":
@@ -282,66 +248,43 @@ def cmd_rate(args):
 
 
 def cmd_head_scores(args):
-    from .experiments.head_scores import head_scores, top_heads, write_head_scores
+    from .experiments.head_scores import run_head_scores
+    from .experiments.result import write
     from .models import load_model
 
-    model = load_model(args.model)
-    scores = head_scores(model, n=args.n, batch=args.batch, seed=args.seed)
-    write_head_scores(scores, args.out, model.cfg.name, args.n)
-    for k, v in scores.items():
-        print(f"{k:9s} " + ", ".join(f"{l}.{h} {s:.2f}" for l, h, s in top_heads(v, 5)))
-    print(f"wrote {Path(args.out) / 'head_scores.json'} and head_scores.png")
+    result = run_head_scores(load_model(args.model), n=args.n, batch=args.batch, seed=args.seed)
+    paths = write(result, args.out)
+    print(result.summary() + "\nwrote " + ", ".join([str(paths[0])] + [p.name for p in paths[1:]]))
 
 
 def cmd_ablate_heads(args):
-    from .experiments.head_ablation import TASKS, ablate_heads, write_ablation
+    from .experiments.head_ablation import run_head_ablation, tasks_from
+    from .experiments.result import write
     from .models import load_model
 
-    model = load_model(args.model)
-    if not 0 <= args.layer < model.cfg.n_layers:
-        raise ValueError(f"--layer {args.layer} out of range: {model.cfg.name} has {model.cfg.n_layers} layers")
-    names = args.task if args.task is not None else ([] if args.template else list(TASKS))  # templates alone: just those
-    tasks = {t: TASKS[t] for t in names}
-    for path in args.template:
-        spec = json.loads(Path(path).read_text())
-        tasks[spec.get("name", Path(path).stem)] = spec
-    result = ablate_heads(model, args.layer, tasks, n=args.n, seed=args.seed)
-    write_ablation(result, args.layer, args.out, model.cfg.name)
-    for name, r in result.items():
-        order = sorted(range(len(r["delta_loss"])), key=lambda h: -r["delta_loss"][h])[:3]
-        print(f"{name}: clean loss {r['clean_loss']:.3f}; largest increases " +
-              ", ".join(f"{args.layer}.{h} +{r['delta_loss'][h]:.3f}" for h in order))
+    tasks = tasks_from(args.task, args.template)
+    result = run_head_ablation(load_model(args.model), args.layer, tasks, n=args.n, seed=args.seed)
+    paths = write(result, args.out)
+    print(result.summary() + "\nwrote " + ", ".join([str(paths[0])] + [p.name for p in paths[1:]]))
 
 
 def cmd_induction(args):
-    from .experiments.head_scores import head_scores, parse_heads, top_heads
     from .data import WindowSpec, load_windows
-    from .experiments.induction import (corpus_prefix_lengths, corrupt_long_prefix, prefix_length_curves, write_corpus_prefix,
-                                        write_prefix_curves)
+    from .experiments.induction import run_corpus_prefix, run_prefix_curves, strongest_induction_heads
+    from .experiments.result import write
     from .models import load_model
+    from .models.hooks import parse_heads
 
     model = load_model(args.model)
-    if args.head:
-        heads = parse_heads(args.head, model)
-    else:  # the strongest induction heads on repeated random tokens
-        heads = [(l, h) for l, h, _ in top_heads(head_scores(model)["induction"], args.top)]
-    r = prefix_length_curves(model, heads, n=args.n, seed=args.seed)
-    write_prefix_curves(r, args.out, model.cfg.name)
-    for name, c in r["heads"].items():
-        print(f"{name}: induction " + " ".join(f"{v:.2f}" for v in c["induction"]) + " | DLA " + " ".join(f"{v:.2f}" for v in c["dla"]))
-    print(f"(prefix lengths {r['lengths'][0]}..{r['lengths'][-1]}) wrote {Path(args.out) / 'prefix_length.json'} and .png")
+    heads = parse_heads(args.head, model) if args.head else strongest_induction_heads(model, args.top)
+    results = [run_prefix_curves(model, heads, n=args.n, seed=args.seed)]
     if args.corpus_windows:
         _, held = load_windows(model, WindowSpec(corpus=args.corpus, ctx=args.ctx))
-        held = held[: args.corpus_windows]
-        found = corpus_prefix_lengths(model, heads, held, threshold=args.threshold)
-        corrupted = corrupt_long_prefix(model, heads, held, found, n=args.n, seed=args.seed)
-        write_corpus_prefix(found, corrupted, args.out, model.cfg.name, args.threshold)
-        for name, f in found.items():
-            c, total = corrupted[name], max(1, sum(f["counts"]))
-            print(f"{name} real text: {sum(f['counts'])} attentions > {args.threshold}, prefix 0/1/>=2: "
-                  f"{f['counts'][0] / total:.2f}/{f['counts'][1] / total:.2f}/{sum(f['counts'][2:]) / total:.2f}"
-                  + (f" | long prefix {c['clean']:.2f} -> 1-prefix {c['corrupted']:.2f}, control {c['control']:.2f} (n={c['n']})" if c["n"] else ""))
-        print(f"wrote {Path(args.out) / 'corpus_prefix.json'} and .png ({len(held)} held-out windows)")
+        results.append(run_corpus_prefix(model, heads, held[: args.corpus_windows], threshold=args.threshold, n=args.n,
+                                         seed=args.seed))
+    for result in results:
+        paths = write(result, args.out)
+        print(result.summary() + "\nwrote " + ", ".join([str(paths[0])] + [p.name for p in paths[1:]]))
 
 
 def _model_name(args, saes, default: str | None = None) -> str:
@@ -350,41 +293,6 @@ def _model_name(args, saes, default: str | None = None) -> str:
     if len(names) > 1 and not args.model:
         raise ValueError(f"the SAEs come from different models {sorted(map(str, names))}; pass --model")
     return args.model or (saes[0].cfg.model_name if saes else default)
-
-
-def _experiment_inputs(args, check=None):
-    """(model, SAEs, windows, store or None, store_index or None) for induction-features / case-study /
-    polysemanticity. Every check that needs no model runs first; `check(model, saes)` runs before the corpus
-    is tokenized. With --store: the store's (complete) windows, a seeded random --windows of them when
-    `subset`; without: a seeded random --windows of the corpus."""
-    from .attribution import require_hook_z
-    from .data import ActivationStore, WindowSpec, load_windows
-    from .evals import check_compatible
-    from .models import load_model
-    from .pipeline import DTYPES
-    from .sae import load_sae
-
-    saes = [load_sae(p) for p in args.sae]
-    for s in saes:
-        require_hook_z(s)
-    name = _model_name(args, saes)
-    store = ActivationStore(args.store, verify=False) if args.store else None  # sha256 of GBs of shards: skipped here
-    model = load_model(name, dtype=DTYPES[args.model_dtype])
-    for s in saes:
-        check_compatible(model, s)
-    if check is not None:
-        check(model, saes)
-    if store is not None:
-        per = store.meta["context_size"] - store.meta.get("first_pos", 0)
-        n = len(store) // per  # windows whose activations are all in the store (a harvest may be unfinished)
-        index = np.arange(n)
-        if getattr(args, "subset", True):
-            index = np.sort(np.random.default_rng(args.seed).permutation(n)[: args.windows])
-        return model, saes, np.asarray(store.windows()[index]), store, index
-    train, held = load_windows(model, WindowSpec(corpus=args.corpus, ctx=saes[0].cfg.context_size))
-    every = np.concatenate([train, held])
-    pick = np.sort(np.random.default_rng(args.seed).permutation(len(every))[: args.windows])
-    return model, saes, every[pick], None, None
 
 
 def _add_experiment_args(p, windows_default: int, multi_sae: bool = False, store_subset: bool = True):
@@ -399,137 +307,49 @@ def _add_experiment_args(p, windows_default: int, multi_sae: bool = False, store
                          "without --store: random windows of the corpus (default: %(default)s); with it, all its windows"))
     p.add_argument("--model-dtype", choices=["float32", "bfloat16"], default="bfloat16")
     p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(subset=store_subset)
-
-
-def _head_of_layer(spec: str, layer: int, model) -> int:
-    """LAYER.HEAD -> HEAD, for a head of the SAE's layer."""
-    from .experiments.head_scores import parse_heads
-
-    ((l, h),) = parse_heads([spec], model)
-    if l != layer:
-        raise ValueError(f"--head {spec}: the SAE is on layer {layer}; name heads of that layer")
-    return h
+    # sha256 of GBs of shards is skipped: experiments read a sample of the rows
+    p.set_defaults(store_windows="random" if store_subset else "all", verify_store=False)
 
 
 def cmd_induction_features(args):
-    from .attribution import layer_of
-    from .evals.metrics import DEAD_THRESHOLD
-    from .experiments.induction_features import find_induction_features, write_induction_features
-    from .sae import load_feature_density
+    from .experiments.induction_features import run_induction_features
+    from .experiments.result import write
 
     if len(args.sae) != 1:
         raise ValueError("induction-features takes one --sae")
-    heads = []
-    check = lambda model, saes: heads.extend(_head_of_layer(s, layer_of(saes[0]), model)  # noqa: E731
-                                             for s in args.head)
-    model, (sae,), windows, store, index = _experiment_inputs(args, check)
-    density = load_feature_density(args.sae[0])
-    live = None if density is None else density >= DEAD_THRESHOLD
-    r = find_induction_features(model, sae, windows, heads or None, store=store, store_index=index, live=live,
-                                threshold=args.threshold, pooled=args.pooled, n_control=args.control,
-                                per_feature=args.per_feature, repeat_windows=args.repeat_windows,
-                                repeat_half=args.repeat_half, token=args.token, seed=args.seed)
-    r["sae"], r["store"] = str(args.sae[0]), args.store
-    r["live"] = "every feature (the SAE folder has no sparsity.safetensors)" if density is None else \
-        f"training density >= {DEAD_THRESHOLD:g} (sparsity.safetensors)"
-    write_induction_features(r, args.out)
-    heads_s = ", ".join(f"{h} ({s:.2f})" for h, s in r["head_induction_scores"].items()) if r["head_induction_scores"] \
-        else ", ".join(r["heads"])
-    print(f"{r['model']} L{r['layer']}: induction heads {heads_s}; {r['candidates']['n']} candidates "
-          f"(attribution >= {args.threshold}{', pooled' if args.pooled else ''}), {r['controls']['n']} controls, "
-          f"{len(windows)} windows")
-    print(r["headline"])
-    if r["repeat_base_rates"]:
-        b, c, k = r["repeat_base_rates"], r["candidates"], r["controls"]
-        f = lambda x: "n/a" if x is None else f"{x:.2f}"  # noqa: E731
-        print(f"where they fire (median over features): P(token repeats an earlier one) candidates {f(c['median_p_duplicate'])}"
-              f" vs controls {f(k['median_p_duplicate'])} (all tokens {b['p_duplicate']:.2f}); P(next token predicted by "
-              f"induction) {f(c['median_p_induction_next'])} vs {f(k['median_p_induction_next'])} ({b['p_induction_next']:.2f})")
-    passing = sorted((x for x in r["candidate_features"] if x["passes"]), key=lambda x: -x["pass_rate"])[:10]
-    if passing:
-        print("e.g. " + ", ".join(f"F{x['feature']} {x['token']!r} {x['pass_rate']:.0%}" for x in passing))
-    print(f"wrote {Path(args.out) / 'induction_features.json'} and induction_features.png")
+    result = run_induction_features(_input_spec(args), args.head, threshold=args.threshold, pooled=args.pooled,
+                                    n_control=args.control, per_feature=args.per_feature,
+                                    repeat_windows=args.repeat_windows, repeat_half=args.repeat_half, token=args.token)
+    paths = write(result, args.out)
+    print(result.summary() + "\nwrote " + ", ".join([str(paths[0])] + [p.name for p in paths[1:]]))
 
 
 def cmd_case_study(args):
-    from .experiments.case_study import case_study, parse_proxy, write_case_study
+    from .experiments.case_study import run_case_study
+    from .experiments.result import write
 
     if len(args.sae) != 1:
         raise ValueError("case-study takes one --sae")
-    proxy = []
-
-    def check(model, saes):
-        if not 0 <= args.feature < saes[0].d_sae:
-            raise ValueError(f"--feature {args.feature} out of range: the SAE has {saes[0].d_sae} features")
-        proxy.append(parse_proxy(args.proxy, model.tokenizer, model.cfg.d_vocab))
-    model, (sae,), windows, store, index = _experiment_inputs(args, check)
-    r = case_study(sae, args.feature, proxy[0], windows, model=model, store=store, store_index=index, bins=args.bins,
-                   n_show=args.show, seed=args.seed)
-    r["sae"], r["store"] = str(args.sae[0]), args.store
-    write_case_study(r, args.out, model.cfg.name)
-    pct = lambda x: "n/a" if x is None else f"{x:.1%}"  # noqa: E731
-    print(f"L{r['layer']}.F{r['feature']} vs proxy {r['proxy']!r} ({r['proxy_description']}) over {r['n_tokens']:,} tokens:")
-    print(f"  fires on {r['n_fire']:,} (density {r['density']:.2e}, max {r['max_act']:.2f}); proxy true on {r['n_proxy']:,}")
-    print(f"  specificity P(proxy | fires) = {pct(r['precision'])}, by activation mass {pct(r['precision_by_mass'])}; "
-          f"sensitivity P(fires | proxy) = {pct(r['sensitivity'])} ({r['n_false_negatives']:,} false negatives)")
-    if r["precision_above"]:
-        print("  P(proxy | act > x): " + ", ".join(f"x = {x['min_act']:.2f} ({x['fraction_of_max']:.0%} of max, {x['n']:,} tokens) "
-                                                  f"{pct(x['precision'])}" for x in r["precision_above"]))
-    for x in r["false_negatives"][:3]:
-        print("  false negative: " + x["text"].replace("\n", "↵"))
-    stem = f"case_study_L{r['layer']}_F{r['feature']}"
-    print(f"wrote {Path(args.out) / stem}.json and .png")
+    result = run_case_study(_input_spec(args), args.feature, args.proxy, bins=args.bins, n_show=args.show)
+    paths = write(result, args.out)
+    print(result.summary() + "\nwrote " + ", ".join([str(paths[0])] + [p.name for p in paths[1:]]))
 
 
 def cmd_polysemanticity(args):
-    from .attribution import layer_of
-    from .experiments.case_study import polysemanticity, read_labels, write_polysemanticity
-    from .viz.feature_stats import FeatureStats, collect_stats, stats_from_store
+    from .experiments.polysemanticity import run_polysemanticity
+    from .experiments.result import write
 
-    labels = []
-
-    def check(model, saes):
-        layers = [layer_of(s) for s in saes]
-        if len(set(layers)) != len(layers):
-            raise ValueError(f"two --sae on the same layer ({layers}); give one SAE per layer")
-        if args.labels:
-            labels.append(read_labels(args.labels, layers))
-    model, saes, windows, store, _ = _experiment_inputs(args, check)
-    stats = []
-    for sae in saes:
-        layer = layer_of(sae)
-        saved = Path(args.stats) / f"L{layer}.safetensors" if args.stats else None
-        if saved is not None and saved.exists():
-            st = FeatureStats.load(saved)
-            if st.n_windows != len(windows):
-                raise ValueError(f"{saved} covers {st.n_windows} windows, the inputs have {len(windows)}: pass the --store "
-                                 "it was computed on, or no --stats")
-        elif store is not None:
-            if sae.cfg.hook_name not in store.hooks:
-                raise ValueError(f"the store holds no {sae.cfg.hook_name}; pass a store with every SAE's hook, or no --store")
-            st = stats_from_store(store, sae, model.cfg.n_heads)
-        else:
-            (st,) = collect_stats(model, [sae], windows)
-        stats.append(st)
-    r = polysemanticity(model, saes, stats, windows, labels=labels[0] if labels else None, k=args.k,
-                        n_examples=args.examples)
-    r["saes"], r["n_windows"] = [str(p) for p in args.sae], len(windows)
-    write_polysemanticity(r, args.out)
-    print(f"{r['model']} layers {r['layers']}: {r['n_classified']} of {r['n_heads']} heads classified from their top {r['k']} "
-          f"features ({r['labels']})")
-    pct = lambda v: "n/a" if v["fraction"] is None else f"{100 * v['fraction']:.1f}% ({v['n']})"  # noqa: E731
-    coarse = "table_coarse" in r
-    print(f"  {'':42s} {'families':14s}" + (" coarse (context features one family)" if coarse else ""))
-    for c, v in r["table"].items():
-        print(f"  plausibly {c:32s} {pct(v):14s}" + (f" {pct(r['table_coarse'][c])}" if coarse else ""))
-    print(f"wrote {Path(args.out) / 'polysemanticity.json'}, .md and .png")
+    result = run_polysemanticity(_input_spec(args), labels=args.labels, stats=args.stats, k=args.k,
+                                 n_examples=args.examples)
+    paths = write(result, args.out)
+    print(result.summary() + "\nwrote " + ", ".join([str(paths[0])] + [p.name for p in paths[1:]]))
 
 
 def cmd_ioi(args):
-    from .experiments.head_scores import parse_heads
-    from .experiments.ioi_report import run_ioi
+    from .experiments.ioi import parse_sections, run_ioi
+    from .experiments.result import write
     from .models import load_model
+    from .models.hooks import parse_heads
     from .pipeline import DTYPES
     from .sae import load_sae
 
@@ -539,22 +359,13 @@ def cmd_ioi(args):
         torch.set_num_threads(args.threads)
     saes = [load_sae(p) for p in args.sae]
     model = load_model(_model_name(args, saes, "smollm2-135m"), dtype=DTYPES[args.model_dtype])
-    sections = None
-    if args.cross_section:
-        sections = {}
-        for spec in args.cross_section:
-            try:
-                layers = sorted({int(x) for x in spec.split(",")})
-            except ValueError:
-                raise ValueError(f"--cross-section {spec!r}: write layers separated by commas, e.g. 5,6") from None
-            bad = [l for l in layers if not 0 <= l < model.cfg.n_layers]
-            if bad:
-                raise ValueError(f"--cross-section {spec}: layers {bad} out of range ({model.cfg.n_layers} layers)")
-            sections[f"layers {spec}"] = layers
-    run_ioi(model, saes, args.out, n=args.n, n_abc=args.n_abc, seed=args.seed, parts=args.parts,
-            s_inhibition=parse_heads(args.s_inhibition, model) if args.s_inhibition else None,
-            k_s_inhibition=args.k_s_inhibition, noise_layers=args.noise_layers, sections=sections,
-            feature_layers=args.feature_layers, min_attn=args.min_attn, chunk=args.chunk)
+    result = run_ioi(model, saes, n=args.n, n_abc=args.n_abc, seed=args.seed, parts=args.parts,
+                     s_inhibition=parse_heads(args.s_inhibition, model) if args.s_inhibition else None,
+                     k_s_inhibition=args.k_s_inhibition, noise_layers=args.noise_layers,
+                     sections=parse_sections(args.cross_section, model.cfg) if args.cross_section else None,
+                     feature_layers=args.feature_layers, min_attn=args.min_attn, chunk=args.chunk)
+    paths = write(result, args.out)
+    print(result.summary() + "\nwrote " + ", ".join([str(paths[0])] + [p.name for p in paths[1:]]))
 
 
 def build_parser():
@@ -625,7 +436,7 @@ def build_parser():
 
     p = sub.add_parser("dfa", help="fraction of a feature's variance explained by each head and by source tokens (DFA)")
     _add_report_args(p)
-    p.set_defaults(windows=500)
+    p.set_defaults(windows=500, store_windows="first")
     p.add_argument("--feature", type=int, required=True)
     p.add_argument("--threshold", type=float, nargs="+", default=[0.0], help="only tokens with activation above each")
     p.add_argument("--source-token", action="append", default=[], help="a single token (e.g. ' board') whose source "
@@ -648,7 +459,8 @@ def build_parser():
     q.add_argument("ratings")
     p.set_defaults(fn=cmd_rate)
 
-    p = sub.add_parser("head-scores", help="induction, previous-token and duplicate-token scores of every head (table + heat map)")
+    p = sub.add_parser("head-scores",
+                       help="induction, previous-token and duplicate-token scores of every head (table + heat map)")
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--n", type=int, default=50, help="random tokens per half of each repeated sequence")
     p.add_argument("--batch", type=int, default=32)
@@ -660,7 +472,8 @@ def build_parser():
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--layer", type=int, required=True)
     p.add_argument("--task", action="append", choices=["digits", "url"], default=None,
-                   help="built-in task (default: both): digits = '{noun} {digit}, {filler} {noun}| {digit}'; url = a repeated video id")
+                   help="built-in task (default: both): digits = '{noun} {digit}, {filler} {noun}| {digit}'; "
+                        "url = a repeated video id")
     p.add_argument("--template", action="append", default=[], help='JSON file {"name", "template": "prompt with {slot}|answer", '
                    '"slots": {"slot": [values] or "random:base64:8"}}; repeatable')
     p.add_argument("--n", type=int, default=64, help="examples per task")
@@ -671,7 +484,8 @@ def build_parser():
     p = sub.add_parser("induction", help="induction heads by prefix length: synthetic repeats (attention, DLA), "
                        "real text (prefix lengths where a head attends, long-prefix examples corrupted to 1-prefix)")
     p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--head", action="append", default=[], help="LAYER.HEAD, repeatable (default: the --top strongest induction heads)")
+    p.add_argument("--head", action="append", default=[],
+                   help="LAYER.HEAD, repeatable (default: the --top strongest induction heads)")
     p.add_argument("--top", type=int, default=5)
     p.add_argument("--n", type=int, default=64, help="sequences per prefix length; real long-prefix examples corrupted per head")
     p.add_argument("--corpus", default="default", help="real text for the prefix-length distribution (default: %(default)s)")
@@ -686,18 +500,22 @@ def build_parser():
         "induction-features", help="find '<token> is next by induction' features: attribution to induction heads, then "
         "behaviour on repeated bigrams, vs a control group (paper app. F)",
         description="Selection: features with weight-based attribution >= --threshold to one of the layer's induction heads. "
-        "Behaviour: t = the feature's top direct-logit token (--token next: the token it most often precedes); over up to --per-feature windows containing t, at every bigram "
-        "'A t' the feature should fire at A when the bigram occurred earlier in the window (a later instance) and not at "
+        "Behaviour: t = the feature's top direct-logit token (--token next: the token it most often precedes); over up to "
+        "--per-feature windows containing t, at every bigram 'A t' the feature should fire at A when the bigram occurred "
+        "earlier in the window (a later instance) and not at "
         "its first instance. Pass rate = fired later instances / later instances; passes at > 0.6. Controls: random live "
         "features with attribution < 0.1 to the heads. Writes induction_features.json and .png (pass-rate histograms).",
-        epilog="example: attnsae induction-features --sae runs/layers/L18/sae --head 18.6 --out runs/experiments/induction_features_L18",
+        epilog="example: attnsae induction-features --sae runs/layers/L18/sae --head 18.6 "
+        "--out runs/experiments/induction_features_L18",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_experiment_args(p, 2000)
     p.add_argument("--head", action="append", default=[], help="LAYER.HEAD of an induction head in the SAE's layer, "
                    "repeatable (default: the layer's heads with induction score >= 0.3 on repeated random tokens)")
-    p.add_argument("--threshold", type=float, default=0.6, help="selection: attribution to one head >= this (default: %(default)s)")
+    p.add_argument("--threshold", type=float, default=0.6,
+                   help="selection: attribution to one head >= this (default: %(default)s)")
     p.add_argument("--pooled", action="store_true", help="selection on the attribution summed over the heads")
-    p.add_argument("--per-feature", type=int, default=200, help="windows containing the token, per feature (default: %(default)s)")
+    p.add_argument("--per-feature", type=int, default=200,
+                   help="windows containing the token, per feature (default: %(default)s)")
     p.add_argument("--control", type=int, default=200, help="random control features (default: %(default)s)")
     p.add_argument("--repeat-windows", type=int, default=300, help="windows on which each feature's P(repeated token | "
                    "fires) and P(next token predicted by induction | fires) are measured; 0 skips (default: %(default)s)")
@@ -784,8 +602,8 @@ Writes OUT/ioi.json and PNG figures; prints the headline numbers.""",
                    help="use these S-inhibition heads for path patching instead of the found ones; repeatable")
     p.add_argument("--k-s-inhibition", type=int, default=4, help="found S-inhibition heads used for path patching")
     p.add_argument("--noise-layers", type=int, nargs="+", default=None, help="default: the 2 strongest induction heads' layers")
-    p.add_argument("--feature-layers", type=int, nargs="+", default=None, help="SAE layers for features/path (default: those holding "
-                   "the 2 strongest induction or duplicate-token heads, else all)")
+    p.add_argument("--feature-layers", type=int, nargs="+", default=None, help="SAE layers for features/path (default: those "
+                   "holding the 2 strongest induction or duplicate-token heads, else all)")
     p.add_argument("--cross-section", action="append", default=[], metavar="L1,L2",
                    help="layers spliced together, repeatable (default: the layers of the model's duplicate-token, "
                         "previous-token, induction, S-inhibition and name-mover heads)")

@@ -23,7 +23,7 @@ from .data.harvest import hook_width
 from .evals import activation_batches, fidelity, sparsity, zero_ablation_by_layer
 from .evals.plots import density_histogram, zero_ablation_by_layer as plot_zero_by_layer
 from .models import DEFAULT_MODEL, load_model
-from .sae import Trainer, TrainConfig, load_sae, sae_config_for
+from .sae import TrainConfig, load_sae, sae_config_for, train_sae
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -73,14 +73,9 @@ def run_job(cfg: JobConfig, progress: bool = True) -> Path:
     timings["harvest_s"] = time.time() - t
 
     t = time.time()
-    sae_dir = out / "sae"
-    if not (sae_dir / "cfg.json").exists():
-        sae_cfg = sae_config_for(cfg.train, store.d(), cfg.hook, store.meta)
-        bs, seed = cfg.train.batch_size, cfg.train.seed
-        trainer = Trainer(sae_cfg, cfg.train, out / "train",
-                          lambda start: store.batches(bs, seed=seed, start=start), progress=progress)
-        trainer.train()
-        trainer.save(sae_dir)
+    bs, seed = cfg.train.batch_size, cfg.train.seed
+    sae_dir = train_sae(sae_config_for(cfg.train, store.d(), cfg.hook, store.meta), cfg.train, out,
+                        lambda start: store.batches(bs, seed=seed, start=start), progress=progress)
     timings["train_s"] = time.time() - t
 
     t = time.time()

@@ -10,7 +10,7 @@ from .data import ActivationStore, WindowSpec, load_windows
 from .evals import activation_batches, fidelity, sparsity
 from .evals.plots import frontier
 from .models import load_model
-from .sae import Trainer, TrainConfig, load_sae, sae_config_for
+from .sae import TrainConfig, load_sae, sae_config_for, train_sae
 
 
 def run_sweep(store_dir, out, l1_coeffs: list[float], base: TrainConfig, model_name: str | None = None,
@@ -21,14 +21,10 @@ def run_sweep(store_dir, out, l1_coeffs: list[float], base: TrainConfig, model_n
     _, held = load_windows(model, WindowSpec(corpus=meta.get("corpus", "default"), ctx=meta["context_size"]))
     rows = []
     for l1 in l1_coeffs:
-        run = out / f"l1_{l1:g}"
-        if not (run / "sae" / "cfg.json").exists():
-            cfg = dataclasses.replace(base, l1_coeff=l1)
-            sae_cfg = sae_config_for(cfg, store.d(), store.hooks[0], meta)
-            trainer = Trainer(sae_cfg, cfg, run / "train", lambda s, c=cfg: store.batches(c.batch_size, seed=c.seed, start=s))
-            trainer.train()
-            trainer.save(run / "sae")
-        sae = load_sae(run / "sae")
+        cfg = dataclasses.replace(base, l1_coeff=l1)
+        sae_dir = train_sae(sae_config_for(cfg, store.d(), store.hooks[0], meta), cfg, out / f"l1_{l1:g}",
+                            lambda s, c=cfg: store.batches(c.batch_size, seed=c.seed, start=s))
+        sae = load_sae(sae_dir)
         sp, _ = sparsity(sae, activation_batches(model, sae, held[:sparsity_windows or len(held)]))
         fid = fidelity(model, sae, held[:eval_windows])
         rows.append({"l1_coeff": l1, "l0": sp.l0, "explained_variance": sp.explained_variance, "n_dead": sp.n_dead,

@@ -96,8 +96,16 @@ def test_report_dfa_and_rating_from_the_command_line(gpt2_run):
                 "--source-token", " fox", "--out", str(tmp_path / "dfa"), env=env)
     assert r.returncode == 0, r.stderr
     d = json.loads((tmp_path / "dfa" / "dfa.json").read_text())
+    assert list(d) == ["feature", "layer", "n_heads", "thresholds", "source_tokens"] and d["source_tokens"] == [" fox"]
     assert sum(d["thresholds"][0]["head_fve"]) == pytest.approx(1.0, abs=1e-4)
+    assert all(isinstance(t, str) and isinstance(i, int) for t, i, _ in d["thresholds"][0]["source_token_fve"])
+    assert "act > 0 (" in r.stdout  # the summary
     assert (tmp_path / "dfa" / "head_fve.png").exists()
+    # from the store: its first --windows windows
+    r = attnsae("dfa", "--sae", sae, "--model", common[1], "--store", str(tmp_path / "store"), "--windows", "5", "--feature",
+                str(feature), "--out", str(tmp_path / "dfa_store"), env=env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "dfa_store" / "dfa.json").read_text())["thresholds"][0]["n_tokens"] <= 5 * 31
     r = attnsae("dfa", "--sae", sae, *common, "--feature", "0", "--source-token", " jumps over", "--out", str(tmp_path / "x"), env=env)
     assert r.returncode == 2 and "single tokens" in r.stderr
 
@@ -111,6 +119,8 @@ def test_report_dfa_and_rating_from_the_command_line(gpt2_run):
     assert "2/3 interpretable = 66.7%" in r.stdout
     r = attnsae("rate", "sample", "--sae", sae, *common, "--windows", "40", "--n", "3", "--out", str(rate), env=env)
     assert r.returncode == 2 and "exists" in r.stderr  # never overwrites verdicts
+    r = attnsae("rate", "sample", "--sae", sae, "--sae", sae, *common, "--n", "3", "--out", str(tmp_path / "rate2"), env=env)
+    assert r.returncode == 2 and "takes one --sae" in r.stderr
     # a head report needs a whole layer's hook_z SAE
     q = tmp_path / "q_sae"
     r = attnsae("train", "--store", str(tmp_path / "store"), "--hook", "blocks.1.attn.hook_q[0]", "--out", str(q), "--steps", "5",

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from attnsae.experiments.head_scores import head_scores, top_heads
+from attnsae.models.hooks import act_name
 
 
 def plant_attention(layer: int, head: int, target):
@@ -18,7 +19,7 @@ def plant_attention(layer: int, head: int, target):
             planted[t, s if s is not None and 0 <= s <= t else t] = 0.0
         scores[:, head] = planted
         return scores
-    return (f"blocks.{layer}.attn.hook_attn_scores", fn)
+    return (act_name("attn_scores", layer), fn)
 
 
 def test_planted_induction_previous_and_duplicate_heads_are_found(tiny):
@@ -66,7 +67,7 @@ def test_templates_reuse_slot_values_and_mark_only_answer_tokens(tiny_gpt2_with_
     url = fill(TASKS["url"], 3)
     assert all(p.split("v=")[1].startswith(a) for p, a in url)  # the id is repeated
     tokens, mask = encode(model, pairs + url)
-    for row, m, (prompt, answer) in zip(tokens, mask, pairs + url):
+    for row, m, (_, answer) in zip(tokens, mask, pairs + url, strict=True):
         predicted = row[1:][m[:-1]]  # tokens predicted at the marked positions
         assert model.tokenizer.decode(predicted.tolist()) == answer
     with pytest.raises(ValueError, match="exactly one '\\|'"):
@@ -113,18 +114,16 @@ def test_head_dla_sums_to_the_layers_direct_logit_effect(tiny):
     model, _ = tiny
     c = model.cfg
     tokens, pos_b = prefix_dataset(model, 2, n=4)
-    _, cache = model.run_with_cache(tokens, ["blocks.1.attn.hook_z", "blocks.1.attn.hook_result", "blocks.1.hook_attn_out",
-                                             "blocks.1.ln1_post.hook_scale", "ln_final.hook_scale"] if c.family == "gemma3" else
-                                    ["blocks.1.attn.hook_z", "blocks.1.attn.hook_result", "blocks.1.hook_attn_out", "ln_final.hook_scale"],
-                                    stop_early=False)
+    names = ["blocks.1.attn.hook_z", "blocks.1.attn.hook_result", "blocks.1.hook_attn_out", "ln_final.hook_scale"]
+    _, cache = model.run_with_cache(tokens, names + (["blocks.1.ln1_post.hook_scale"] if c.post_norms else []), stop_early=False)
     last, answer = tokens.shape[1] - 1, tokens[:, pos_b]
     dla = head_dla(model, cache, 1, last, answer)
     out = cache["blocks.1.hook_attn_out"][:, last]
-    if c.family == "gpt2":
+    if c.biases:
         out = out - model.blocks[1].b_O
+    if c.norm == "layernorm":
         out = out - out.mean(-1, keepdim=True)
-    gain = model.ln_final_w * 1.0
-    gain = 1 + gain if c.family == "gemma3" else gain
+    gain = model.ln_final_w + c.norm_gain_offset  # Gemma stores norm gains as (gain - 1)
     want = ((out * cache["ln_final.hook_scale"][:, last] * gain) * model.W_U[:, answer].T).sum(-1)
     torch.testing.assert_close(dla.sum(-1), want.detach(), atol=1e-4, rtol=1e-4)
 
@@ -178,7 +177,7 @@ def plant_prefix_head(layer: int, head: int, min_prefix: int, held: dict):
                 planted[d, src[-1] if src else 0] = 0.0
             scores[b, head] = planted
         return scores
-    return (f"blocks.{layer}.attn.hook_attn_scores", fn)
+    return (act_name("attn_scores", layer), fn)
 
 
 def test_real_text_prefix_lengths_and_corruption_separate_long_and_short_prefix_heads(tiny):

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from attnsae.experiments import ioi
-from attnsae.experiments.head_scores import parse_heads
-from attnsae.experiments.ioi_saes import ablate_s2, feature_ablation, path_patching, saes_by_layer, splice_eval
+from attnsae.experiments.ioi import ablate_s2, feature_ablation, path_patching, saes_by_layer, splice_eval
 from attnsae.models import from_hf, gpt2_tokenizer
+from attnsae.models.hooks import act_name, parse_heads
 from attnsae.sae import SAE, SAEConfig
 
 from .conftest import hf_tiny
@@ -71,7 +71,7 @@ def setup(request, tokenizer):
 
 def random_sae(model, layer: int, d_sae: int = 48, seed: int = 0, **kw) -> SAE:
     c = model.cfg
-    sae = SAE(SAEConfig(d_in=c.d_attn, d_sae=d_sae, hook_name=f"blocks.{layer}.attn.hook_z", model_name=c.name, **kw))
+    sae = SAE(SAEConfig(d_in=c.d_attn, d_sae=d_sae, hook_name=act_name("z", layer), model_name=c.name, **kw))
     sae.reset_parameters(torch.Generator().manual_seed(seed))
     with torch.no_grad():
         sae.W_enc.mul_(3.0)
@@ -82,7 +82,7 @@ def random_sae(model, layer: int, d_sae: int = 48, seed: int = 0, **kw) -> SAE:
 def identity_sae(model, layer: int) -> SAE:
     """d_sae = 2 d_in, W_enc = [I, -I], W_dec = [I; -I], no biases: relu(x) - relu(-x) = x exactly."""
     c = model.cfg
-    sae = SAE(SAEConfig(d_in=c.d_attn, d_sae=2 * c.d_attn, hook_name=f"blocks.{layer}.attn.hook_z", model_name=c.name))
+    sae = SAE(SAEConfig(d_in=c.d_attn, d_sae=2 * c.d_attn, hook_name=act_name("z", layer), model_name=c.name))
     eye = torch.eye(c.d_attn)
     with torch.no_grad():
         sae.W_enc.copy_(torch.cat([eye, -eye], 1))
@@ -143,7 +143,7 @@ def test_prompts_are_single_token_names_at_the_right_positions(tokenizer):
             assert len(set(pos[rows].tolist())) == 1
     # 3 perturbations: new names, text before the prompt, text between S1 and S2; same order
     noisy = batches["3 perturbations"]
-    for i, (p, q) in enumerate(zip(clean.prompts, noisy.prompts)):
+    for i, (p, q) in enumerate(zip(clean.prompts, noisy.prompts, strict=True)):
         assert not {q.io, q.s} & {p.io, p.s} and q.io != q.s
         assert int(noisy.io[i]) > int(clean.io[i])  # prefix
         assert int(noisy.s2[i] - noisy.s1[i]) > int(clean.s2[i] - clean.s1[i])  # gap
@@ -300,8 +300,10 @@ def test_path_patching_acts_only_through_the_chosen_heads_values(setup):
         r = r.clone()
         r[ar, batch.s2] -= d_resid
         return r
+    def frozen_pattern(p, name):
+        return cache["blocks.1.attn.hook_pattern"]
     _, patched = model.run_with_hooks(batch.tokens, [("blocks.1.hook_resid_pre", sub_resid),
-                                                     ("blocks.1.attn.hook_pattern", lambda p, n: cache["blocks.1.attn.hook_pattern"])],
+                                                     ("blocks.1.attn.hook_pattern", frozen_pattern)],
                                       cache=["blocks.1.attn.hook_z"])
     z_new = patched["blocks.1.attn.hook_z"][ar, batch.end, head[1]]
 
@@ -333,7 +335,7 @@ def test_path_patching_acts_only_through_the_chosen_heads_values(setup):
 
 def _feature_residual(model, batch, sae, f, a):
     """[n, d_model]: what feature f adds to the residual stream at S2 (Gemma: through its post-attention norm)."""
-    if model.cfg.family != "gemma3":
+    if not model.cfg.post_norms:
         return (a[:, None] * sae.W_dec[f]) @ model.blocks[0].W_O
     ar = torch.arange(len(batch))
     _, cache = model.run_with_cache(batch.tokens, ["blocks.0.attn.hook_result", "blocks.0.hook_attn_out"], stop_early=False)
@@ -358,12 +360,12 @@ def test_head_roles_statistics_match_direct_computations(setup):
     r = ioi.head_roles(model, batch, abc, min_attn=0.0)  # every head measured
     effect = np.array(r["effect"])
     assert effect.shape == (c.n_layers, c.n_heads) and np.isfinite(effect).all()
-    names = [f"blocks.{l}.attn.hook_{k}" for l in range(c.n_layers) for k in ("pattern", "z")] + ["ln_final.hook_scale"]
-    names += [f"blocks.{l}.ln1_post.hook_scale" for l in range(c.n_layers)] if c.family == "gemma3" else []
+    names = [act_name(k, l) for l in range(c.n_layers) for k in ("pattern", "z")] + ["ln_final.hook_scale"]
+    names += [act_name("scale", l, "ln1_post") for l in range(c.n_layers)] if c.post_norms else []
     _, cache = model.run_with_cache(batch.tokens, names, stop_early=False)
     ar = torch.arange(len(batch))
     for l in range(c.n_layers):
-        pat = cache[f"blocks.{l}.attn.hook_pattern"]
+        pat = cache[act_name("pattern", l)]
         np.testing.assert_allclose(r["attn_s2"][l], pat[ar, :, batch.end, batch.s2].mean(0), atol=1e-4)
         np.testing.assert_allclose(r["attn_io"][l], pat[ar, :, batch.end, batch.io].mean(0), atol=1e-4)
     # DLA as induction.head_dla computes it, on prompts of one template (one END position)
@@ -373,7 +375,7 @@ def test_head_roles_statistics_match_direct_computations(setup):
     dla = head_dla(model, sub, 1, end, batch.io_id[one]) - head_dla(model, sub, 1, end, batch.s_id[one])
     mine = ioi.head_dla(model, 1, cache["blocks.1.attn.hook_z"][one, end], batch.io_id[one], batch.s_id[one],
                         cache["ln_final.hook_scale"][one, end],
-                        cache["blocks.1.ln1_post.hook_scale"][one, end] if c.family == "gemma3" else None)
+                        cache["blocks.1.ln1_post.hook_scale"][one, end] if c.post_norms else None)
     torch.testing.assert_close(mine, dla.float(), atol=1e-4, rtol=1e-4)
     # the ablation effect of every head of layer 1 by plain forwards: z at END <- ABC template mean at END
     means = ioi.template_means_at_end(model, abc, [1])[1]
@@ -480,7 +482,7 @@ def test_cli_runs_every_part_and_refuses_an_sae_of_another_model(tmp_path, monke
 
 
 def test_default_feature_layers_are_the_induction_and_duplicate_token_layers_with_an_sae():
-    from attnsae.experiments.ioi_report import default_feature_layers
+    from attnsae.experiments.ioi import default_feature_layers
 
     hs = {"induction": np.zeros((6, 2)), "duplicate": np.zeros((6, 2))}
     hs["induction"][4, 1], hs["induction"][5, 0], hs["duplicate"][2, 0], hs["duplicate"][3, 1] = 0.9, 0.8, 0.7, 0.6

@@ -11,11 +11,17 @@ from __future__ import annotations
 import json
 import random
 import string
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from ..models.hooks import act_name, head_name
+from ..plotting import pyplot
+from .result import Result
 
 NOUNS = ["apples", "books", "cars", "dogs", "boxes", "chairs", "coins", "birds", "cups", "pens", "shirts", "trees"]
 FILLERS = ["and then", "but also", "as well as", "next to", "along with", "and later"]
@@ -27,6 +33,17 @@ TASKS = {
     "url": {"template": "Watch it at https://www.youtube.com/watch?v={id} now. Again: https://www.youtube.com/watch?v=|{id}",
             "slots": {"id": "random:base64:11"}},
 }
+
+
+def tasks_from(names: list[str] | None, templates=()) -> dict[str, dict]:
+    """{name: task}: the built-in TASKS named (default: all of them, unless template files are given, then
+    just those) and each JSON template file ({"name", "template", "slots"}; the name defaults to the file's)."""
+    names = names if names is not None else ([] if templates else list(TASKS))
+    tasks = {t: TASKS[t] for t in names}
+    for path in templates:
+        spec = json.loads(Path(path).read_text())
+        tasks[spec.get("name", Path(path).stem)] = spec
+    return tasks
 
 
 def fill(task: dict, n: int, seed: int = 0) -> list[tuple[str, str]]:
@@ -86,7 +103,7 @@ def zero_head(layer: int, head: int):
         z = z.clone()
         z[:, :, head] = 0
         return z
-    return (f"blocks.{layer}.attn.hook_z", fn)
+    return (act_name("z", layer), fn)
 
 
 @torch.no_grad()
@@ -102,20 +119,42 @@ def ablate_heads(model, layer: int, tasks: dict[str, dict], n: int = 64, seed: i
     return out
 
 
-def write_ablation(result: dict, layer: int, out, model_name: str) -> None:
-    from ..plotting import pyplot
+@dataclass
+class HeadAblation(Result):
+    """head_ablation.json: per task, the clean answer loss and the change from zero-ablating each head of `layer`."""
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "head_ablation.json").write_text(json.dumps({"model": model_name, "layer": layer, "tasks": result}, indent=1))
-    plt = pyplot()
-    fig, axes = plt.subplots(1, len(result), figsize=(4.5 * len(result), 3.2), squeeze=False)
-    for ax, (name, r) in zip(axes[0], result.items()):
-        d = np.array(r["delta_loss"])
-        ax.bar(range(len(d)), d, color=["#c0392b" if i == d.argmax() else "#3b6ea8" for i in range(len(d))])
-        ax.set_xticks(range(len(d)), [f"{layer}.{h}" for h in range(len(d))], fontsize=7)
-        ax.set_title(f"{name} (clean loss {r['clean_loss']:.2f})", fontsize=9)
-        ax.set_ylabel("Δ loss from zero-ablating head")
-    fig.tight_layout()
-    fig.savefig(out / "head_ablation.png", dpi=110)
-    plt.close(fig)
+    name: ClassVar[str] = "head_ablation"
+    model: str
+    layer: int
+    tasks: dict[str, dict]
+
+    def summary(self) -> str:
+        lines = []
+        for name, r in self.tasks.items():
+            d = r["delta_loss"]
+            order = sorted(range(len(d)), key=lambda h: -d[h])[:3]
+            lines.append(f"{name}: clean loss {r['clean_loss']:.3f}; largest increases "
+                         + ", ".join(f"{head_name(self.layer, h)} +{d[h]:.3f}" for h in order))
+        return "\n".join(lines)
+
+    def plot(self, out: Path) -> list[Path]:
+        plt = pyplot()
+        fig, axes = plt.subplots(1, len(self.tasks), figsize=(4.5 * len(self.tasks), 3.2), squeeze=False)
+        for ax, (name, r) in zip(axes[0], self.tasks.items(), strict=True):
+            d = np.array(r["delta_loss"])
+            ax.bar(range(len(d)), d, color=["#c0392b" if i == d.argmax() else "#3b6ea8" for i in range(len(d))])
+            ax.set_xticks(range(len(d)), [head_name(self.layer, h) for h in range(len(d))], fontsize=7)
+            ax.set_title(f"{name} (clean loss {r['clean_loss']:.2f})", fontsize=9)
+            ax.set_ylabel("Δ loss from zero-ablating head")
+        fig.tight_layout()
+        path = out / "head_ablation.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return [path]
+
+
+def run_head_ablation(model, layer: int, tasks: dict[str, dict], n: int = 64, seed: int = 0) -> HeadAblation:
+    """The ablate-heads experiment: ablate_heads on each task, for every head of `layer`."""
+    if not 0 <= layer < model.cfg.n_layers:
+        raise ValueError(f"--layer {layer} out of range: {model.cfg.name} has {model.cfg.n_layers} layers")
+    return HeadAblation(model.cfg.name, layer, ablate_heads(model, layer, tasks, n=n, seed=seed))

@@ -11,11 +11,19 @@ Olsson et al. 2022); scores are in [0, 1].
 
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
+
+from ..models.hooks import act_name, head_name
+from ..plotting import pyplot
+from .result import Result
+
+DEFINITIONS = {"induction": "attention from t to t-n+1 on the repeat", "duplicate": "attention from t to t-n on the repeat",
+               "previous": "attention from t to t-1"}
 
 
 def random_token_range(model) -> tuple[int, int]:
@@ -32,7 +40,7 @@ def repeated_random_tokens(model, n: int = 50, batch: int = 32, seed: int = 0) -
     return torch.cat([bos, r, r], 1)
 
 
-def _diag_mean(pattern: torch.Tensor, offset: int, dests: range) -> torch.Tensor:
+def diag_mean(pattern: torch.Tensor, offset: int, dests: range) -> torch.Tensor:
     """pattern [b, h, dest, src] -> [h]: mean of A[t, t - offset] over dests t."""
     t = torch.tensor(list(dests))
     return pattern[:, :, t, t - offset].float().mean((0, 2))
@@ -42,15 +50,15 @@ def _diag_mean(pattern: torch.Tensor, offset: int, dests: range) -> torch.Tensor
 def head_scores(model, n: int = 50, batch: int = 32, seed: int = 0, hooks=()) -> dict[str, np.ndarray]:
     """{'induction', 'duplicate', 'previous'}: [n_layers, n_heads] arrays (optionally under interventions)."""
     tokens = repeated_random_tokens(model, n, batch, seed)
-    names = [f"blocks.{l}.attn.hook_pattern" for l in range(model.cfg.n_layers)]
+    names = [act_name("pattern", l) for l in range(model.cfg.n_layers)]
     _, cache = model.run_with_hooks(tokens, list(hooks), cache=names)
     second = range(n + 1, 2 * n + 1)
     out = {"induction": [], "duplicate": [], "previous": []}
     for name in names:
         a = cache[name]
-        out["induction"].append(_diag_mean(a, n - 1, second))
-        out["duplicate"].append(_diag_mean(a, n, second))
-        out["previous"].append(_diag_mean(a, 1, range(2, 2 * n + 1)))
+        out["induction"].append(diag_mean(a, n - 1, second))
+        out["duplicate"].append(diag_mean(a, n, second))
+        out["previous"].append(diag_mean(a, 1, range(2, 2 * n + 1)))
     return {k: torch.stack(v).numpy() for k, v in out.items()}
 
 
@@ -65,45 +73,42 @@ def top_layers(scores: np.ndarray, k: int) -> list[int]:
     return sorted({l for l, _, _ in top_heads(scores, k)})
 
 
-def write_head_scores(scores: dict[str, np.ndarray], out, model_name: str, n: int) -> None:
-    from ..plotting import pyplot
+@dataclass
+class HeadScores(Result):
+    """head_scores.json: every head's three scores on `n` repeated random tokens, and the top 5 of each."""
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "head_scores.json").write_text(json.dumps({
-        "model": model_name, "sequence": f"[BOS] + {n} random tokens, repeated once",
-        "definitions": {"induction": "attention from t to t-n+1 on the repeat", "duplicate": "attention from t to t-n on the repeat",
-                        "previous": "attention from t to t-1"},
-        **{k: v.round(4).tolist() for k, v in scores.items()},
-        "top": {k: top_heads(v) for k, v in scores.items()},
-    }, indent=1))
-    plt = pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(15, 0.22 * scores["induction"].shape[0] + 2.5))
-    for ax, (k, v) in zip(axes, scores.items()):
-        im = ax.imshow(v, vmin=0, vmax=1, cmap="Blues", aspect="auto")
-        ax.set_title(f"{k} score")
-        ax.set_xlabel("head")
-        ax.set_ylabel("layer")
-        for layer, head, s in top_heads(v, 3):
-            ax.text(head, layer, f"{s:.2f}", ha="center", va="center", fontsize=7, color="#c00")
-    fig.colorbar(im, ax=axes, shrink=0.8)
-    fig.suptitle(f"{model_name}: head behaviour scores (red: top 3)")
-    fig.savefig(out / "head_scores.png", dpi=110)
-    plt.close(fig)
+    name: ClassVar[str] = "head_scores"
+    model: str
+    n: int
+    scores: dict[str, np.ndarray]
+
+    def to_json(self) -> dict:
+        return {"model": self.model, "sequence": f"[BOS] + {self.n} random tokens, repeated once", "definitions": DEFINITIONS,
+                **{k: v.round(4).tolist() for k, v in self.scores.items()},
+                "top": {k: top_heads(v) for k, v in self.scores.items()}}
+
+    def summary(self) -> str:
+        return "\n".join(f"{k:9s} " + ", ".join(f"{head_name(l, h)} {s:.2f}" for l, h, s in top_heads(v, 5))
+                         for k, v in self.scores.items())
+
+    def plot(self, out: Path) -> list[Path]:
+        plt = pyplot()
+        fig, axes = plt.subplots(1, 3, figsize=(15, 0.22 * self.scores["induction"].shape[0] + 2.5))
+        for ax, (k, v) in zip(axes, self.scores.items(), strict=True):
+            im = ax.imshow(v, vmin=0, vmax=1, cmap="Blues", aspect="auto")
+            ax.set_title(f"{k} score")
+            ax.set_xlabel("head")
+            ax.set_ylabel("layer")
+            for layer, head, s in top_heads(v, 3):
+                ax.text(head, layer, f"{s:.2f}", ha="center", va="center", fontsize=7, color="#c00")
+        fig.colorbar(im, ax=axes, shrink=0.8)
+        fig.suptitle(f"{self.model}: head behaviour scores (red: top 3)")
+        path = out / "head_scores.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return [path]
 
 
-def parse_heads(specs, model) -> list[tuple[int, int]]:
-    """['L.H', ...] -> [(layer, head)], checked against the model."""
-    out = []
-    for spec in specs:
-        try:
-            layer, head = map(int, str(spec).split("."))
-        except ValueError:
-            raise ValueError(f"head {spec!r}: write LAYER.HEAD, e.g. 8.6") from None
-        shape = f"{model.cfg.name} has {model.cfg.n_layers} layers x {model.cfg.n_heads} heads"
-        if not 0 <= layer < model.cfg.n_layers:
-            raise ValueError(f"head {spec}: {shape}")
-        if not 0 <= head < model.cfg.n_heads:
-            raise ValueError(f"head {spec}: layer {layer} has {model.cfg.n_heads} heads ({shape})")
-        out.append((layer, head))
-    return out
+def run_head_scores(model, n: int = 50, batch: int = 32, seed: int = 0) -> HeadScores:
+    """The head-scores experiment: every head's scores on `batch` sequences of `n` random tokens repeated."""
+    return HeadScores(model.cfg.name, n, head_scores(model, n, batch, seed))

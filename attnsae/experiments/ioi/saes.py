@@ -24,9 +24,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..attribution.heads import layer_of, require_hook_z
-from ..evals.splice import check_compatible, sae_hook
-from .ioi import IOIBatch, _capture_at, logit_diff, rows_forward, run_end, summarize
+from ...attribution.heads import layer_of, require_hook_z
+from ...evals.splice import check_compatible, sae_hook
+from ...models import replace_with
+from ...models.hooks import act_name, head_name
+from .measure import capture_at, logit_diff, rows_forward, run_end, summarize
+from .prompts import IOIBatch
 
 
 def saes_by_layer(model, saes) -> dict:
@@ -42,10 +45,6 @@ def saes_by_layer(model, saes) -> dict:
     return dict(sorted(out.items()))
 
 
-def _hook_z(layer: int) -> str:
-    return f"blocks.{layer}.attn.hook_z"
-
-
 def _kl(clean: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
     """[n]: KL(clean || other) of the next-token distributions, in nats."""
     lp, lq = F.log_softmax(clean.float(), -1), F.log_softmax(other.float(), -1)
@@ -56,7 +55,7 @@ def _kl(clean: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
 def abc_position_means(model, abc: IOIBatch, batch: IOIBatch, layers) -> dict[int, torch.Tensor]:
     """{layer: [n, L, n_heads, d_head]}: for each prompt of `batch`, the mean hook_z of the ABC prompts of its
     template at each position (the templates have the same positions in both; padding positions get 0)."""
-    _, cache = run_end(model, abc.tokens, abc.end, cache=[_hook_z(l) for l in layers])
+    _, cache = run_end(model, abc.tokens, abc.end, cache=[act_name("z", l) for l in layers])
     c = model.cfg
     out = {l: torch.zeros(len(batch), batch.tokens.shape[1], c.n_heads, c.d_head, dtype=model.dtype) for l in layers}
     for t in sorted(set(batch.template.tolist())):
@@ -68,12 +67,8 @@ def abc_position_means(model, abc: IOIBatch, batch: IOIBatch, layers) -> dict[in
             raise ValueError(f"template {t}: ABC and IOI prompts differ in length {sorted(lens)}, so positions do not align")
         n_t = lens.pop()
         for l in layers:
-            out[l][mine, :n_t] = cache[_hook_z(l)][rows, :n_t].float().mean(0).to(model.dtype)
+            out[l][mine, :n_t] = cache[act_name("z", l)][rows, :n_t].float().mean(0).to(model.dtype)
     return out
-
-
-def _replace_with(values: torch.Tensor):
-    return lambda z, name: values.to(z.dtype)
 
 
 @torch.no_grad()
@@ -87,7 +82,7 @@ def splice_eval(model, batch: IOIBatch, abc: IOIBatch, saes: dict, sections: dic
     def measure(layers):
         res = {}
         for kind in ("sae", "mean_ablation"):
-            hooks = [(_hook_z(l), sae_hook(saes[l]) if kind == "sae" else _replace_with(means[l])) for l in layers]
+            hooks = [(act_name("z", l), sae_hook(saes[l]) if kind == "sae" else replace_with(means[l])) for l in layers]
             logits, _ = run_end(model, batch.tokens, batch.end, hooks=hooks)
             res[kind] = {"logit_diff": summarize(logit_diff(logits, batch), batch), "kl": float(_kl(clean, logits).mean())}
         return res
@@ -107,12 +102,14 @@ def splice_eval(model, batch: IOIBatch, abc: IOIBatch, saes: dict, sections: dic
 
 # ---- features at S2 -----------------------------------------------------------------------------
 
-def _s2_decomposition(model, batch: IOIBatch, sae, extra_caps=(), cache=()):
+def _s2_decomposition(model, batch: IOIBatch, sae, extra_caps=None, cache=()):
     """(clean logit diff [n], SAE input x at S2 [n, d_in], feature acts [n, d_sae], error x - x_hat [n, d_in],
-    captured store, cache) for the SAE's layer."""
+    captured store, cache) for the SAE's layer; extra_caps(store) gives more hooks that capture into the store."""
     layer = layer_of(sae)
     store: dict = {}
-    caps = [(_hook_z(layer), _capture_at(store, "z", batch.s2))] + list(extra_caps(store) if callable(extra_caps) else extra_caps)
+    caps = [(act_name("z", layer), capture_at(store, "z", batch.s2))]
+    if extra_caps is not None:
+        caps += extra_caps(store)
     logits, cache = run_end(model, batch.tokens, batch.end, hooks=caps, cache=list(cache))
     x = store["z"].flatten(1)
     out = sae(x.to(sae.W_enc.device))
@@ -174,10 +171,10 @@ def feature_ablation(model, batch: IOIBatch, sae, features=None, chunk: int = 25
     time, and the error term; see the module docstring. `features`: only these (run on every prompt)."""
     check_compatible(model, sae)
     layer = layer_of(sae)
-    resid_name = f"blocks.{layer}.hook_resid_pre"
+    resid_name = act_name("resid_pre", layer)
     ld_clean, _, acts, err, _, cache = _s2_decomposition(model, batch, sae, cache=[resid_name])
     # the no-op: spliced with the error term kept and nothing ablated must give the clean numbers
-    logits, _ = run_end(model, batch.tokens, batch.end, hooks=[(_hook_z(layer), sae_hook(sae, keep_error=True))])
+    logits, _ = run_end(model, batch.tokens, batch.end, hooks=[(act_name("z", layer), sae_hook(sae, keep_error=True))])
     ld_keep = logit_diff(logits, batch)
     prompt_of, feature_of = _rows(acts, features, batch.length)
     dz = _removed(sae, acts, err, prompt_of, feature_of)
@@ -189,7 +186,7 @@ def feature_ablation(model, batch: IOIBatch, sae, features=None, chunk: int = 25
             ar, s2 = torch.arange(len(rows)), batch.s2[prompt_of[rows]]
             z[ar, s2] = (z[ar, s2].float() - dz[rows].view(-1, c.n_heads, c.d_head)).to(z.dtype)
             return z
-        return [(_hook_z(layer), fn)]
+        return [(act_name("z", layer), fn)]
 
     out = rows_forward(model, layer, cache[resid_name][prompt_of], batch.end[prompt_of], make_hooks, chunk)
     delta = logit_diff(out, batch, prompt_of) - ld_clean[prompt_of]
@@ -216,38 +213,31 @@ def ablate_s2(model, batch: IOIBatch, sae, features, error: bool = False) -> tor
         z[ar, batch.s2] = (z[ar, batch.s2].float() - dz.view(-1, c.n_heads, c.d_head)).to(z.dtype)
         return z
 
-    logits, _ = run_end(model, batch.tokens, batch.end, hooks=[(_hook_z(layer), fn)])
+    logits, _ = run_end(model, batch.tokens, batch.end, hooks=[(act_name("z", layer), fn)])
     return logit_diff(logits, batch)
 
 
 def _value_fn(model, layer: int, head: int):
     """x [rows, d_model] (residual stream) -> head's value vector [rows, d_head], through the layer's input norm."""
-    from ..models.transformer import _norm
-
     c, blk = model.cfg, model.blocks[layer]
-    b = getattr(blk, "ln1_b", None)
     kv = c.kv_head(head)
-    W_V = blk.W_V.detach().float().view(c.d_model, c.n_kv_heads, c.d_head)[:, kv]
-    b_V = blk.b_V.detach().float().view(c.n_kv_heads, c.d_head)[kv] if c.family == "gpt2" else 0
+    W_V = blk.W_V_heads[kv].detach().float()
+    b_V = blk.b_V.detach().float().view(c.n_kv_heads, c.d_head)[kv] if c.biases else 0
 
     def fn(x):
-        xn, _ = _norm(x.float(), blk.ln1_w.detach().float(), None if b is None else b.detach().float(), c.norm_eps, c.family)
-        return xn @ W_V + b_V
+        return blk.normalize(x.float(), "ln1")[0] @ W_V + b_V
     return fn
 
 
 def residual_contribution(model, layer: int, dz: torch.Tensor, result=None) -> torch.Tensor:
     """[rows, d_model]: what removing dz [rows, d_attn] from the layer's z takes out of the residual stream:
-    dz W_O, or for Gemma post(result) - post(result - dz W_O) with its post-attention norm recomputed."""
-    from ..models.transformer import _norm
-
+    dz W_O, or with post-attention norms (Gemma) post(result) - post(result - dz W_O), the norm recomputed."""
     c, blk = model.cfg, model.blocks[layer]
     d = dz.float() @ blk.W_O.detach().float()
-    if c.family != "gemma3":
+    if not c.post_norms:
         return d
-    post = lambda r: _norm(r, blk.ln1_post_w.detach().float(), None, c.norm_eps, c.family)[0]  # noqa: E731
     r = result.float()
-    return post(r) - post(r - d)
+    return blk.normalize(r, "ln1_post")[0] - blk.normalize(r - d, "ln1_post")[0]
 
 
 @torch.no_grad()
@@ -259,7 +249,7 @@ def path_patching(model, batch: IOIBatch, sae, heads: list[tuple[int, int]], fea
     heads = sorted({(int(l), int(h)) for l, h in heads})
     if not heads:
         raise ValueError("path patching needs at least one S-inhibition head")
-    early = [f"{l}.{h}" for l, h in heads if l <= layer]
+    early = [head_name(l, h) for l, h in heads if l <= layer]
     if early:
         raise ValueError(f"S-inhibition heads {early} are not after the SAE's layer {layer}: they cannot read its output")
     targets = sorted({l for l, _ in heads})
@@ -268,13 +258,13 @@ def path_patching(model, batch: IOIBatch, sae, heads: list[tuple[int, int]], fea
     def caps(store):
         out = []
         for m in targets:
-            out.append((f"blocks.{m}.hook_resid_pre", _capture_at(store, ("resid", m), batch.s2)))
-            out.append((f"blocks.{m}.attn.hook_pattern", _capture_at(store, ("pattern", m), batch.end, dim=2)))
-        if c.family == "gemma3":
-            out.append((f"blocks.{layer}.attn.hook_result", _capture_at(store, "result", batch.s2)))
+            out.append((act_name("resid_pre", m), capture_at(store, ("resid", m), batch.s2)))
+            out.append((act_name("pattern", m), capture_at(store, ("pattern", m), batch.end, dim=2)))
+        if c.post_norms:  # residual_contribution recomputes the post-attention norm from the layer's result
+            out.append((act_name("result", layer), capture_at(store, "result", batch.s2)))
         return out
 
-    resid_name = f"blocks.{start}.hook_resid_pre"
+    resid_name = act_name("resid_pre", start)
     ld_clean, _, acts, err, store, cache = _s2_decomposition(model, batch, sae, caps, cache=[resid_name])
     prompt_of, feature_of = _rows(acts, features, batch.length)
     dz = _removed(sae, acts, err, prompt_of, feature_of)
@@ -284,7 +274,7 @@ def path_patching(model, batch: IOIBatch, sae, heads: list[tuple[int, int]], fea
     attn = {}
     for m, h in heads:
         a = store[("pattern", m)][ar_n, h, batch.s2]  # [n]: attention END -> S2
-        attn[f"{m}.{h}"] = float(a.mean())
+        attn[head_name(m, h)] = float(a.mean())
         v = _value_fn(model, m, h)
         r = store[("resid", m)][prompt_of]
         dz_end[m][h] = a[prompt_of, None] * (v(r - d_resid) - v(r))
@@ -298,12 +288,12 @@ def path_patching(model, batch: IOIBatch, sae, heads: list[tuple[int, int]], fea
                 for h, d in dz_end[m].items():
                     z[ar, end, h] = (z[ar, end, h].float() + d[rows]).to(z.dtype)
                 return z
-            hooks.append((_hook_z(m), fn))
+            hooks.append((act_name("z", m), fn))
         return hooks
 
     out = rows_forward(model, start, cache[resid_name][prompt_of], batch.end[prompt_of], make_hooks, chunk)
     delta = logit_diff(out, batch, prompt_of) - ld_clean[prompt_of]
-    return {"layer": layer, "heads": [f"{l}.{h}" for l, h in heads], "attention_end_to_s2": attn,
+    return {"layer": layer, "heads": [head_name(l, h) for l, h in heads], "attention_end_to_s2": attn,
             "intervention": "feature's contribution at S2 removed from the S-inhibition heads' values only; their z at "
                             "END changes by pattern[END, S2] * (v' - v); downstream recomputed",
             "clean_logit_diff": summarize(ld_clean, batch), "n_rows_run": len(prompt_of),
