@@ -8,8 +8,9 @@ setup:
 demo: setup
 	source scripts/env.sh && .venv/bin/attnsae main
 
-# Command 2: the test suite (sets up first, so it works on a fresh machine).
+# Command 2: the linter, then the test suite (sets up first, so it works on a fresh machine).
 test: setup
+	.venv/bin/ruff check attnsae tests benchmarks
 	source scripts/env.sh && .venv/bin/python -m pytest -q tests
 
 test-fast: setup

@@ -20,7 +20,6 @@ import argparse
 import warnings
 
 import torch
-
 from _common import timeit
 
 warnings.filterwarnings("ignore")
@@ -52,6 +51,37 @@ def build_models(a, dtype):
     tl.cfg.dtype = dtype
     del hf
     return ours, tl
+
+
+def time_hook(a, ours, tl, tokens, L, dtype_name):
+    """Check that both models give the same blocks.{L}.attn.hook_z, then time collecting it; print one row."""
+    hook, dtype = f"blocks.{L}.attn.hook_z", getattr(torch, dtype_name)
+    n_tok = tokens.numel()
+    with torch.inference_mode():
+        z_ours = ours.run_with_cache(tokens, [hook])[1][hook]
+        z_tl = tl.run_with_cache(tokens, names_filter=hook)[1][hook]
+        z_stop = tl.run_with_cache(tokens, names_filter=hook, stop_at_layer=L + 1)[1][hook]
+    tol = dict(rtol=1e-3, atol=1e-4) if dtype == torch.float32 else dict(rtol=5e-2, atol=5e-2)
+    torch.testing.assert_close(z_ours.float(), z_tl.float(), **tol, msg=lambda m: f"{hook} {dtype_name}: {m}")
+    torch.testing.assert_close(z_stop, z_tl)
+
+    def run_ours():
+        with torch.inference_mode():
+            ours.run_with_cache(tokens, [hook])
+
+    def run_tl():
+        with torch.inference_mode():
+            tl.run_with_cache(tokens, names_filter=hook)
+
+    def run_tl_stop():
+        with torch.inference_mode():
+            tl.run_with_cache(tokens, names_filter=hook, stop_at_layer=L + 1)
+
+    t_ours = timeit(run_ours, a.reps, a.warmup)
+    t_tl = timeit(run_tl, a.reps, a.warmup)
+    t_stop = timeit(run_tl_stop, a.reps, a.warmup)
+    print(f"{dtype_name:<10}{hook:<24}{n_tok / t_ours:10.0f}{n_tok / t_tl:10.0f}{n_tok / t_stop:10.0f}"
+          f"{t_tl / t_ours:8.2f}x{t_stop / t_ours:13.2f}x", flush=True)
 
 
 def main(argv=None):
@@ -92,32 +122,7 @@ def main(argv=None):
         dtype = getattr(torch, dtype_name)
         ours, tl = build_models(a, dtype)
         for L in a.hook_layers:
-            hook = f"blocks.{L}.attn.hook_z"
-            with torch.inference_mode():
-                z_ours = ours.run_with_cache(tokens, [hook])[1][hook]
-                z_tl = tl.run_with_cache(tokens, names_filter=hook)[1][hook]
-                z_stop = tl.run_with_cache(tokens, names_filter=hook, stop_at_layer=L + 1)[1][hook]
-            tol = dict(rtol=1e-3, atol=1e-4) if dtype == torch.float32 else dict(rtol=5e-2, atol=5e-2)
-            torch.testing.assert_close(z_ours.float(), z_tl.float(), **tol, msg=lambda m: f"{hook} {dtype_name}: {m}")
-            torch.testing.assert_close(z_stop, z_tl)
-
-            def run_ours():
-                with torch.inference_mode():
-                    ours.run_with_cache(tokens, [hook])
-
-            def run_tl():
-                with torch.inference_mode():
-                    tl.run_with_cache(tokens, names_filter=hook)
-
-            def run_tl_stop():
-                with torch.inference_mode():
-                    tl.run_with_cache(tokens, names_filter=hook, stop_at_layer=L + 1)
-
-            t_ours = timeit(run_ours, a.reps, a.warmup)
-            t_tl = timeit(run_tl, a.reps, a.warmup)
-            t_stop = timeit(run_tl_stop, a.reps, a.warmup)
-            print(f"{dtype_name:<10}{hook:<24}{n_tok / t_ours:10.0f}{n_tok / t_tl:10.0f}{n_tok / t_stop:10.0f}"
-                  f"{t_tl / t_ours:8.2f}x{t_stop / t_ours:13.2f}x", flush=True)
+            time_hook(a, ours, tl, tokens, L, dtype_name)
         del ours, tl
     print("\nhook_z checked equal (allclose) between the two implementations before timing.")
     print("ours/TL: TL time / our time for the same tokens; >1 means ours is faster.")

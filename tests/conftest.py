@@ -11,8 +11,7 @@ from attnsae.models import from_hf
 
 def hf_tiny(family: str, seed: int = 0, vocab: int = 101):
     """A tiny random Hugging Face model of each family, with perturbed norm gains."""
-    from transformers import (Gemma3ForCausalLM, Gemma3TextConfig, GPT2Config, GPT2LMHeadModel, LlamaConfig,
-                              LlamaForCausalLM)
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
     if family == "gpt2":

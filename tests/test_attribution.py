@@ -5,7 +5,13 @@ import pytest
 import torch
 
 from attnsae.attribution import (
-    Moments, attention_parts, dfa_by_head, dfa_by_source, feature_dfa, head_attribution, top_features_by_head,
+    Moments,
+    attention_parts,
+    dfa_by_head,
+    dfa_by_source,
+    feature_dfa,
+    head_attribution,
+    top_features_by_head,
     variance_explained,
 )
 from attnsae.sae import SAE, SAEConfig

@@ -20,15 +20,54 @@ def test_help_explains_itself():
     assert "--recipe" in r.stdout and "l1_decnorm" in r.stdout
 
 
+NO_SAE = ["--sae", "/nonexistent/sae"]
+OUT = ["--out", "/tmp/attnsae-never-written"]
+
+
+# every command, with a missing file and with numbers out of range: one line on stderr, exit 2, nothing written
 @pytest.mark.parametrize("args,message", [
     (["train", "--store", "/nonexistent/store", "--out", "/tmp/x"], "not an activation store"),
     (["eval", "--sae", "/nonexistent/sae", "--out", "/tmp/x"], "not an SAE folder"),
     (["hooks", "--model", "/nonexistent/model.gguf"], "no GGUF file"),
+    (["main", "--ctx", "1", *OUT], "--ctx: 1 is out of range"),
+    (["main", "--steps", "0", *OUT], "--steps: 0 is out of range"),
+    (["main", "--train-windows", "-5", *OUT], "--train-windows: -5 is out of range"),
+    (["main", "--recipe", "nonsense", *OUT], "invalid choice: 'nonsense'"),
+    (["sweep", "--store", "/nonexistent/store", "--l1", "-1", *OUT], "--l1: -1 is out of range"),
+    (["sweep", "--store", "/nonexistent/store", "--l1", "2", *OUT], "not an activation store"),
+    (["layers", "--layers", "-3", *OUT], "--layers: -3 is out of range"),
+    (["layers", "--k", "0", *OUT], "--k: 0 is out of range"),
+    (["hooks", "--layer", "-1"], "--layer: -1 is out of range"),
+    (["harvest", "--windows", "0", *OUT], "--windows: 0 is out of range"),
+    (["harvest", "--max-tokens", "many", *OUT], "'many' is not a whole number"),
+    (["train", "--store", "/nonexistent/store", "--lr", "nan", *OUT], "--lr: nan is not a finite number"),
+    (["train", "--store", "/nonexistent/store", "--batch-size", "-64", *OUT], "--batch-size: -64 is out of range"),
+    (["train", "--store", "/nonexistent/store", "--seed", "-1", *OUT], "--seed: -1 is out of range"),
+    (["train", *OUT], "train needs --store, or --model and --hook"),
+    (["eval", *NO_SAE, "--eval-windows", "0", *OUT], "--eval-windows: 0 is out of range"),
+    (["report", *NO_SAE, *OUT], "not an SAE folder"),
+    (["report", *NO_SAE, "--k", "0", *OUT], "--k: 0 is out of range"),
+    (["dfa", *NO_SAE, "--feature", "-1", *OUT], "--feature: -1 is out of range"),
+    (["dfa", *NO_SAE, "--feature", "3", "--threshold", "-0.5", *OUT], "--threshold: -0.5 is out of range"),
+    (["rate", "sample", *NO_SAE, "--n", "0", *OUT], "--n: 0 is out of range"),
+    (["rate", "score", "/nonexistent/ratings.json"], "no such ratings file"),
+    (["head-scores", "--n", "0", *OUT], "--n: 0 is out of range"),
+    (["ablate-heads", "--layer", "-1", *OUT], "--layer: -1 is out of range"),
+    (["induction", "--threshold", "2", *OUT], "--threshold: 2 is out of range"),
+    (["ioi", "--min-attn", "1.5", *OUT], "--min-attn: 1.5 is out of range"),
+    (["ioi", "--sae", "/nonexistent/sae", *OUT], "not an SAE folder"),
+    (["induction-features", *NO_SAE, "--threshold", "-0.1", *OUT], "--threshold: -0.1 is out of range"),
+    (["induction-features", *NO_SAE, *OUT], "not an SAE folder"),
+    (["case-study", *NO_SAE, "--feature", "1", "--proxy", "token:x", "--bins", "0", *OUT], "--bins: 0 is out of range"),
+    (["polysemanticity", *NO_SAE, "--k", "0", *OUT], "--k: 0 is out of range"),
+    (["polysemanticity", *NO_SAE, "--windows", "1e9", *OUT], "'1e9' is not a whole number"),
 ])
 def test_bad_input_is_a_one_line_error_not_a_traceback(args, message):
     r = attnsae(*args)
     assert r.returncode == 2
     assert message in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not __import__("os").path.exists(OUT[1])
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +83,8 @@ def gpt2_run(tmp_path_factory):
     gpt2_tokenizer().save_pretrained(tmp_path / "gpt2")
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("The quick brown fox jumps over the lazy dog. A <b>bold</b> & \"quoted\" line.\n" * 300)
-    env = {**os.environ, "ATTNSAE_HOME": os.environ.get("ATTNSAE_HOME", os.path.expanduser("~/.cache/attnsae")), "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "ATTNSAE_HOME": os.environ.get("ATTNSAE_HOME", os.path.expanduser("~/.cache/attnsae")),
+           "HF_HUB_OFFLINE": "1"}
     common = ["--model", str(tmp_path / "gpt2"), "--corpus", str(corpus)]
     r = attnsae("harvest", *common, "--ctx", "32", "--hook", "blocks.1.attn.hook_z", "--hook", "blocks.1.attn.hook_q[0]",
                 "--out", str(tmp_path / "store"), "--model-dtype", "float32", env=env)
@@ -106,7 +146,8 @@ def test_report_dfa_and_rating_from_the_command_line(gpt2_run):
                 str(feature), "--out", str(tmp_path / "dfa_store"), env=env)
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "dfa_store" / "dfa.json").read_text())["thresholds"][0]["n_tokens"] <= 5 * 31
-    r = attnsae("dfa", "--sae", sae, *common, "--feature", "0", "--source-token", " jumps over", "--out", str(tmp_path / "x"), env=env)
+    r = attnsae("dfa", "--sae", sae, *common, "--feature", "0", "--source-token", " jumps over", "--out", str(tmp_path / "x"),
+                env=env)
     assert r.returncode == 2 and "single tokens" in r.stderr
 
     rate = tmp_path / "rate"
@@ -179,3 +220,23 @@ def test_head_role_experiments_from_the_command_line(gpt2_run):
     assert (tmp_path / "ind" / "corpus_prefix.png").exists() and (tmp_path / "ind" / "prefix_length.png").exists()
     r = attnsae("induction", *model, "--head", "5.0", "--out", str(tmp_path / "bad"), env=env)
     assert r.returncode == 2 and "has 2 layers x 4 heads" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_layers_trains_every_layer_from_one_harvest_and_refuses_a_changed_recipe(gpt2_run):
+    tmp_path, common, env = gpt2_run
+    out = tmp_path / "layers"
+    small = ["--ctx", "32", "--train-windows", "20", "--steps", "6", "--batch-size", "64", "--expansion", "2",
+             "--model-dtype", "float32", "--out", str(out)]
+    r = attnsae("layers", *common, *small, "--layers", "1", env=env)
+    assert r.returncode == 0, r.stderr
+    store = json.loads((out / "store" / "manifest.json").read_text())
+    assert sorted(store["hooks"]) == ["blocks.0.attn.hook_z", "blocks.1.attn.hook_z"]  # one harvest, every layer
+    for layer in (0, 1):
+        cfg = json.loads((out / f"L{layer}" / "sae" / "cfg.json").read_text())
+        assert cfg["hook_name"] == f"blocks.{layer}.attn.hook_z" and cfg["architecture"] == "topk"
+    stamp = (out / "L0" / "sae" / "sae_weights.safetensors").stat().st_mtime_ns
+    r = attnsae("layers", *common, *small, env=env)  # finished layers are reused
+    assert r.returncode == 0, r.stderr
+    assert (out / "L0" / "sae" / "sae_weights.safetensors").stat().st_mtime_ns == stamp
+    r = attnsae("layers", *common, *small[:-2], "--steps", "7", "--out", str(out), env=env)
+    assert r.returncode == 2 and "trained with a different config" in r.stderr and "steps" in r.stderr

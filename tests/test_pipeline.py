@@ -6,7 +6,7 @@ import pytest
 
 from attnsae.data import WindowSpec, load_windows
 from attnsae.evals import fidelity
-from attnsae.pipeline import JobConfig, run_job
+from attnsae.jobs import JobConfig, run_job
 from attnsae.sae import TrainConfig
 
 from .conftest import real_model

@@ -8,5 +8,6 @@ from .windows import WindowSpec, load_windows, make_windows, split_windows
 
 __all__ = [
     "DEFAULT_CORPUS", "iter_documents", "collect", "harvest", "hook_width",
-    "ActivationStore", "StoreError", "StoreWriter", "StreamedActivations", "WindowSpec", "load_windows", "make_windows", "split_windows",
+    "ActivationStore", "StoreError", "StoreWriter", "StreamedActivations",
+    "WindowSpec", "load_windows", "make_windows", "split_windows",
 ]

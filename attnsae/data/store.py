@@ -22,7 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-DTYPES = {"float32": (torch.float32, np.float32), "bfloat16": (torch.bfloat16, np.int16), "float16": (torch.float16, np.float16)}
+# store dtype -> (torch dtype, numpy dtype of the raw bytes; numpy has no bfloat16, so its bits are stored as int16)
+STORE_DTYPES = {"float32": (torch.float32, np.float32), "bfloat16": (torch.bfloat16, np.int16),
+                "float16": (torch.float16, np.float16)}
 MANIFEST = "manifest.json"
 
 
@@ -58,8 +60,8 @@ class StoreWriter:
     """Appends shards; `start_window` tells a resumed harvest where to continue."""
 
     def __init__(self, root, meta: dict, hooks: dict[str, int], dtype: str = "bfloat16"):
-        if dtype not in DTYPES:
-            raise ValueError(f"store dtype must be one of {list(DTYPES)}, not {dtype!r}")
+        if dtype not in STORE_DTYPES:
+            raise ValueError(f"store dtype must be one of {list(STORE_DTYPES)}, not {dtype!r}")
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         if (self.root / MANIFEST).exists():
@@ -87,7 +89,7 @@ class StoreWriter:
         _atomic_write_text(self.root / MANIFEST, json.dumps(self.manifest, indent=1))
 
     def add_shard(self, window_range: tuple[int, int], acts: dict[str, torch.Tensor]) -> None:
-        torch_dtype, np_dtype = DTYPES[self.manifest["dtype"]]
+        torch_dtype, np_dtype = STORE_DTYPES[self.manifest["dtype"]]
         idx = len(self.manifest["shards"])
         files, n = {}, None
         for hook, x in acts.items():
@@ -124,7 +126,7 @@ class ActivationStore:
     def __init__(self, root, verify: bool = True):
         self.root = Path(root)
         self.manifest = read_manifest(self.root)
-        self.torch_dtype, self.np_dtype = DTYPES[self.manifest["dtype"]]
+        self.torch_dtype, self.np_dtype = STORE_DTYPES[self.manifest["dtype"]]
         self.meta = self.manifest["meta"]
         self.hooks = list(self.manifest["hooks"])
         self.shards = self.manifest["shards"]

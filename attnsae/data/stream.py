@@ -23,6 +23,12 @@ class StreamedActivations:
         self.chunk_windows = min(chunk_windows, len(windows))
         self.first_pos, self.batch_size_model = first_pos, batch_size_model
 
+    def meta(self, corpus: str) -> dict:
+        """What a store's meta would say about these activations (the SAE config records it)."""
+        m = self.model
+        return {"model": m.cfg.name, "processing": m.processing.to_dict(), "context_size": self.windows.shape[1],
+                "first_pos": self.first_pos, "corpus": corpus}
+
     def _chunk(self, seed: int, c: int) -> torch.Tensor:
         n_chunks = len(self.windows) // self.chunk_windows
         epoch, i = divmod(c, n_chunks)

@@ -7,8 +7,8 @@ The split is a fixed random subset of windows (by seed), so training never sees 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import Iterable
 
 import numpy as np
 from tqdm.auto import tqdm

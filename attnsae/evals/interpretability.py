@@ -316,6 +316,14 @@ def score(r: dict, confidence: float = 0.95) -> dict:
             "ci_low": lo, "ci_high": hi, "confidence": confidence}
 
 
+def score_summary(s: dict) -> str:
+    """One line for a person: `score`'s result."""
+    if not s["n_rated"]:
+        return f"none of the {s['n_total']} features is rated yet"
+    return (f"{s['n_interpretable']}/{s['n_rated']} interpretable = {s['percent']:.1f}% (95% Clopper-Pearson "
+            f"[{100 * s['ci_low']:.1f}%, {100 * s['ci_high']:.1f}%]); {s['n_total'] - s['n_rated']} unrated")
+
+
 def merge_export(path: str | os.PathLike, exported_json: dict | str | os.PathLike) -> dict:
     """Merge verdicts and notes exported from the HTML rating sheet into the ratings file at path.
 

@@ -37,7 +37,7 @@ from ..features.inputs import InputSpec, load_inputs
 from ..features.source import ActivationSource
 from ..models.text import TokenText
 from ..plotting import pyplot
-from .result import Result
+from ..results import Result
 
 PROXY_HELP = "induction:TOKEN | after:TOKEN:N | context:T1,T2,... | token:TOKEN | inside:OPEN:CLOSE"
 

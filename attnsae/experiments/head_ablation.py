@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from ..models.hooks import act_name, head_name
 from ..plotting import pyplot
-from .result import Result
+from ..results import Result
 
 NOUNS = ["apples", "books", "cars", "dogs", "boxes", "chairs", "coins", "birds", "cups", "pens", "shirts", "trees"]
 FILLERS = ["and then", "but also", "as well as", "next to", "along with", "and later"]

@@ -20,7 +20,7 @@ import torch
 
 from ..models.hooks import act_name, head_name
 from ..plotting import pyplot
-from .result import Result
+from ..results import Result
 
 DEFINITIONS = {"induction": "attention from t to t-n+1 on the repeat", "duplicate": "attention from t to t-n on the repeat",
                "previous": "attention from t to t-1"}

@@ -16,10 +16,10 @@ from typing import ClassVar
 import torch
 
 from ..attribution.logit_path import head_direct_effect
-from ..models.hooks import act_name, head_name
+from ..models.hooks import FINAL_SCALE, act_name, head_name
 from ..plotting import pyplot
+from ..results import Result
 from .head_scores import head_scores, random_token_range, top_heads
-from .result import Result
 
 
 def prefix_dataset(model, k: int, n: int = 64, filler: int = 20, seed: int = 0) -> tuple[torch.Tensor, int]:
@@ -40,14 +40,14 @@ def head_dla(model, cache: dict, layer: int, pos: int, answer: torch.Tensor) -> 
     final norm (and Gemma's post-attention norm) with their per-token scales frozen."""
     post = cache[act_name("scale", layer, "ln1_post")][:, pos] if model.cfg.post_norms else None
     return head_direct_effect(model, layer, cache[act_name("z", layer)][:, pos], model.W_U[:, answer],
-                              cache["ln_final.hook_scale"][:, pos], post)
+                              cache[FINAL_SCALE][:, pos], post)
 
 
 @torch.no_grad()
 def prefix_length_curves(model, heads: list[tuple[int, int]], lengths=range(1, 10), n: int = 64, seed: int = 0) -> dict:
     """{'lengths', 'heads': {'L.H': {'induction': [...], 'dla': [...]}}} means over n sequences per length."""
     layers = sorted({l for l, _ in heads})
-    names = [act_name(k, l) for l in layers for k in ("pattern", "z")] + ["ln_final.hook_scale"]
+    names = [act_name(k, l) for l in layers for k in ("pattern", "z")] + [FINAL_SCALE]
     names += [act_name("scale", l, "ln1_post") for l in layers] if model.cfg.post_norms else []
     res = {head_name(l, h): {"induction": [], "dla": []} for l, h in heads}
     for k in lengths:

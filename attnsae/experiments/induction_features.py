@@ -58,9 +58,9 @@ from ..features.source import ActivationSource
 from ..models.hooks import act_name, head_name, parse_heads
 from ..models.text import TokenText
 from ..plotting import pyplot
+from ..results import Result
 from ..sae import load_feature_density
 from .head_scores import diag_mean, repeated_random_tokens
-from .result import Result
 
 SELECT_THRESHOLD = 0.6  # paper: attribution >= 0.6 to the induction head
 CONTROL_MAX = 0.1  # paper: controls have attribution < 10% to it

@@ -26,7 +26,7 @@ from ..features.stats import FeatureStats, cached_stats
 from ..models.hooks import head_name
 from ..models.text import TokenText
 from ..plotting import pyplot
-from .result import Result
+from ..results import Result
 
 CLASSES = ("monosemantic", "monosemantic (minor exception)", "bisemantic", "polysemantic")
 MECHANISMS = ("attention sink (BOS)", "current token", "duplicate token", "induction", "previous token")

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import ClassVar
 
 from ..attribution.variance import variance_explained
-from ..experiments.result import Result
 from ..models.text import TokenText
+from ..results import Result
 
 
 @dataclass

@@ -64,7 +64,6 @@ def load_inputs(spec: InputSpec, check: Callable | None = None) -> Inputs:
     from ..data import ActivationStore, WindowSpec, load_windows
     from ..evals import check_compatible
     from ..models import load_model
-    from ..pipeline import DTYPES
     from ..sae import load_sae
 
     if spec.store_windows not in STORE_WINDOWS:
@@ -74,7 +73,7 @@ def load_inputs(spec: InputSpec, check: Callable | None = None) -> Inputs:
         require_hook_z(sae)
     name = sae_model_name(saes, spec.model)
     store = ActivationStore(spec.store, verify=spec.verify_store) if spec.store else None
-    model = load_model(name, dtype=DTYPES[spec.model_dtype])
+    model = load_model(name, dtype=spec.model_dtype)
     for sae in saes:
         check_compatible(model, sae)
     if check is not None:

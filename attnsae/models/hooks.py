@@ -50,6 +50,9 @@ def act_name(kind: str, layer: int | None = None, norm: str | None = None) -> st
     raise ValueError(f"unknown hook kind {kind!r}")
 
 
+FINAL_SCALE = "ln_final.hook_scale"  # act_name("scale", norm="ln_final"): the final norm's 1/rms (or 1/std)
+
+
 @dataclass(frozen=True)
 class HookSpec:
     """A hook name and, optionally, one head of it."""

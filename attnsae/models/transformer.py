@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import hooks
 from .config import ModelConfig, Processing
 
 HookFn = Callable[[torch.Tensor, str], "torch.Tensor | None"]
@@ -236,14 +237,15 @@ class Transformer(nn.Module):
     def device(self):
         return self.W_E.device
 
-    def hook_names(self) -> list[str]:
-        """All hook names this model emits, in forward order (a full forward with pattern hooks on)."""
+    def hook_names(self, layer: int | None = None) -> list[str]:
+        """All hook names this model emits (only block `layer`'s, if given), in forward order (a full
+        forward with pattern hooks on)."""
         seen: list[str] = []
 
         def rec(x, name):
             seen.append(name)
 
-        names = self._probe_names()
+        names = [n for n in self._probe_names() if layer is None or hooks.layer_of(n) == layer]
         self.run_with_hooks(torch.zeros(1, 2, dtype=torch.long, device=self.device), [(n, rec) for n in names])
         return seen
 
@@ -256,7 +258,7 @@ class Transformer(nn.Module):
             "mlp.hook_pre_linear", "mlp.hook_post",
             "ln2_post.hook_scale", "ln2_post.hook_normalized", "hook_mlp_out", "hook_resid_post",
         ]
-        names = ["hook_embed", "hook_pos_embed", "ln_final.hook_scale", "ln_final.hook_normalized"]
+        names = ["hook_embed", "hook_pos_embed", hooks.FINAL_SCALE, "ln_final.hook_normalized"]
         return names + [f"blocks.{i}.{n}" for i in range(self.cfg.n_layers) for n in per_block]
 
     def check_hook_name(self, name: str) -> None:
@@ -318,7 +320,7 @@ class Transformer(nn.Module):
         """The final norm (ln_final hooks), W_U and Gemma's logit soft-cap: residual [..., d_model] -> logits."""
         c = self.cfg
         x, scale = self.final_norm(x)
-        run.hook("ln_final.hook_scale", scale)
+        run.hook(hooks.FINAL_SCALE, scale)
         x = run.hook("ln_final.hook_normalized", x)
         logits = (x @ self.W_U).float()
         if c.final_logit_softcap:

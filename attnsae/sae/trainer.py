@@ -12,6 +12,7 @@ permutation indexed by step, so the data order is the same.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -253,6 +254,17 @@ class Trainer:
                           title=f"density over {self.recent_tokens:,} inputs to step {self.step}")
 
 
+def check_same_training(sae_dir: Path, train_cfg: TrainConfig) -> None:
+    """Refuse to reuse a finished SAE trained with another config: its numbers would silently stand for this one."""
+    saved = json.loads((sae_dir / "cfg.json").read_text()).get("attnsae", {}).get("training", {})
+    want = json.loads(json.dumps(train_cfg.to_dict()))  # tuples as lists, as saved
+    diff = {k: (saved[k], v) for k, v in want.items() if k in saved and saved[k] != v}
+    if diff:
+        detail = ", ".join(f"{k}: saved {a!r}, asked {b!r}" for k, (a, b) in diff.items())
+        raise ValueError(f"{sae_dir} was trained with a different config ({detail}); use a new output folder, or "
+                         "--restart to retrain it")
+
+
 def train_sae(sae_cfg: SAEConfig, train_cfg: TrainConfig, out_dir, batches_from, progress: bool = True,
               resume: bool = True) -> Path:
     """Returns out_dir/sae, training it first unless out_dir/sae/cfg.json exists (checkpoints, curves
@@ -260,6 +272,7 @@ def train_sae(sae_cfg: SAEConfig, train_cfg: TrainConfig, out_dir, batches_from,
     and retrains a finished SAE."""
     out = Path(out_dir)
     if resume and (out / "sae" / "cfg.json").exists():
+        check_same_training(out / "sae", train_cfg)
         return out / "sae"
     trainer = Trainer(sae_cfg, train_cfg, out / "train", batches_from, progress=progress)
     trainer.train(resume=resume)

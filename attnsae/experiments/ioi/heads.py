@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from ...attribution.logit_path import head_direct_effect
-from ...models.hooks import act_name
+from ...models.hooks import FINAL_SCALE, act_name
 from .measure import capture_at, logit_diff, rows_forward, run_end
 from .prompts import IOIBatch
 
@@ -76,12 +76,12 @@ def head_roles(model, batch: IOIBatch, abc: IOIBatch, min_attn: float = 0.1, hoo
         if c.post_norms:  # the head's output passes this norm before the residual stream: its scale is part of DLA
             caps.append((act_name("scale", l, "ln1_post"), capture_at(store, ("post", l), batch.end)))
     resid_names = [act_name("resid_pre", l) for l in layers]
-    logits, cache = run_end(model, batch.tokens, batch.end, hooks=list(hooks) + caps, cache=resid_names + ["ln_final.hook_scale"])
+    logits, cache = run_end(model, batch.tokens, batch.end, hooks=list(hooks) + caps, cache=resid_names + [FINAL_SCALE])
     ld = logit_diff(logits, batch)
     ar = torch.arange(n)
     attn_s2 = torch.stack([store[("pattern", l)][ar, :, batch.s2].mean(0) for l in layers]).numpy()
     attn_io = torch.stack([store[("pattern", l)][ar, :, batch.io].mean(0) for l in layers]).numpy()
-    dla = torch.stack([head_dla(model, l, store[("z", l)], batch.io_id, batch.s_id, cache["ln_final.hook_scale"],
+    dla = torch.stack([head_dla(model, l, store[("z", l)], batch.io_id, batch.s_id, cache[FINAL_SCALE],
                                 store.get(("post", l))).mean(0) for l in layers]).numpy()
     means = template_means_at_end(model, abc, list(layers), hooks)
     effect = np.full((c.n_layers, c.n_heads), np.nan)

@@ -17,7 +17,7 @@ from .prompts import IOIBatch, IOIVocab
 @torch.no_grad()
 def run_end(model, tokens, end, hooks=(), cache=()):
     """(logits at each row's `end` position [n, vocab] float32, cache) of a full forward with `hooks`.
-    "ln_final.hook_scale" in `cache` is the final norm's scale at `end` ([n, 1])."""
+    FINAL_SCALE in `cache` is the final norm's scale at `end` ([n, 1])."""
     resid = act_name("resid_pre", 0)
     _, got = model.run_with_cache(tokens, [resid], stop_early=True)
     return model.forward_from(0, got[resid], list(hooks), cache, at=end)

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from ...models.hooks import head_name
+from ...results import Result
 from ..head_scores import head_scores, top_layers
-from ..result import Result
 from .heads import head_roles, s_inhibition_after
 from .measure import clean_logit_diff, summarize
 from .noising import noise_s2

@@ -16,16 +16,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
-from .data import WindowSpec, harvest, load_windows
-from .data.harvest import hook_width
-from .evals import activation_batches, fidelity, sparsity, zero_ablation_by_layer
-from .evals.plots import density_histogram, zero_ablation_by_layer as plot_zero_by_layer
-from .models import DEFAULT_MODEL, load_model
-from .sae import TrainConfig, load_sae, sae_config_for, train_sae
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+from ..data import WindowSpec, harvest, load_windows
+from ..data.harvest import hook_width
+from ..evals import activation_batches, fidelity, sparsity, zero_ablation_by_layer
+from ..evals.plots import density_histogram
+from ..evals.plots import zero_ablation_by_layer as plot_zero_by_layer
+from ..models import DEFAULT_MODEL, MODEL_DTYPES, load_model
+from ..sae import TrainConfig, load_sae, sae_config_for, train_sae
 
 
 def main_train_config() -> TrainConfig:
@@ -60,7 +57,7 @@ def run_job(cfg: JobConfig, progress: bool = True) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     t = time.time()
-    model = load_model(cfg.model, dtype=DTYPES[cfg.harvest_dtype])
+    model = load_model(cfg.model, dtype=cfg.harvest_dtype)
     hook_width(model, cfg.hook)  # fail fast on a bad hook name
     train_w, held_w = load_windows(model, cfg.windows)
     if cfg.train_windows:
@@ -93,7 +90,7 @@ def evaluate(model, sae, held_w, cfg: JobConfig, report_dir: Path, progress: boo
     n_sp = cfg.sparsity_windows or len(held_w)
     sp, density = sparsity(sae, activation_batches(model, sae, held_w[:n_sp]), progress)
     density_histogram(density.numpy(), report_dir / "density.png", title=f"{sae.cfg.hook_name} held-out density")
-    model = model.to(DTYPES[cfg.eval_dtype])
+    model = model.to(MODEL_DTYPES[cfg.eval_dtype])
     fid = fidelity(model, sae, held_w[: cfg.eval_windows], progress=progress)
     rows = []
     if cfg.zero_ablation_windows:

@@ -6,11 +6,11 @@ import dataclasses
 import json
 from pathlib import Path
 
-from .data import ActivationStore, WindowSpec, load_windows
-from .evals import activation_batches, fidelity, sparsity
-from .evals.plots import frontier
-from .models import load_model
-from .sae import TrainConfig, load_sae, sae_config_for, train_sae
+from ..data import ActivationStore, WindowSpec, load_windows
+from ..evals import activation_batches, fidelity, sparsity
+from ..evals.plots import frontier
+from ..models import load_model
+from ..sae import TrainConfig, load_sae, sae_config_for, train_sae
 
 
 def run_sweep(store_dir, out, l1_coeffs: list[float], base: TrainConfig, model_name: str | None = None,

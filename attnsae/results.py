@@ -1,4 +1,4 @@
-"""The one shape every experiment's result has: a small dataclass that serialises, summarises and plots.
+"""The one shape every result has (experiments, DFA shares, ...): a small dataclass that serialises, summarises, plots.
 
 An experiment function returns a `Result`; the command line then calls `write(result, out)` (the JSON
 and the figures) and prints `result.summary()`. A subclass names its files (`name`), says its headline

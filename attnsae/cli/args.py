@@ -1,0 +1,138 @@
+"""What the commands share: range-checked number types, argument groups whose defaults come from the config
+dataclasses, the SAE/model/windows inputs of feature commands, and how a result is reported."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+from ..data import DEFAULT_CORPUS, WindowSpec
+from ..jobs import JobConfig
+from ..models import DEFAULT_MODEL, MODEL_DTYPES
+from ..sae import RECIPES, TrainConfig
+
+
+def _number(kind, lo=None, hi=None, lo_open=False, what=""):
+    """An argparse type: `kind` within [lo, hi] (lo excluded when lo_open); the message says the range."""
+    def parse(text: str):
+        try:
+            x = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'a whole number' if kind is int else 'a number'}") from None
+        if kind is float and not math.isfinite(x):
+            raise argparse.ArgumentTypeError(f"{text} is not a finite number")
+        if (lo is not None and (x < lo or (lo_open and x == lo))) or (hi is not None and x > hi):
+            raise argparse.ArgumentTypeError(f"{text} is out of range: {what}")
+        return x
+    return parse
+
+
+POSITIVE = _number(int, 1, what="give a whole number >= 1")
+COUNT = _number(int, 0, what="give a whole number >= 0")  # 0 means none / skip, as each option says
+SEED = _number(int, 0, 2**63 - 1, what="give a whole number from 0 to 2^63 - 1")
+NONNEG = _number(float, 0.0, what="give a number >= 0")
+POSITIVE_FLOAT = _number(float, 0.0, lo_open=True, what="give a number > 0")
+FRACTION = _number(float, 0.0, 1.0, what="give a number from 0 to 1")
+CTX = _number(int, 2, 1 << 20, what="give at least 2 tokens per window (BOS and one more)")
+
+DTYPE_CHOICES = list(MODEL_DTYPES)
+
+
+def add_model(p, default: str | None = DEFAULT_MODEL, help: str | None = None) -> None:
+    p.add_argument("--model", default=default, help=help or "alias (smollm2-135m, gemma3-270m), .gguf path, local HF dir or "
+                   "hub id (default: %(default)s)")
+
+
+def add_model_dtype(p, default: str = "bfloat16", help: str = "model precision (default: %(default)s)") -> None:
+    p.add_argument("--model-dtype", choices=DTYPE_CHOICES, default=default, help=help)
+
+
+def add_seed(p) -> None:
+    p.add_argument("--seed", type=SEED, default=0, help="random seed (default: %(default)s)")
+
+
+def add_data(p, multi_hook: bool = False) -> None:
+    """--model, --corpus, --ctx, --max-tokens and --hook (one, or repeatable for a harvest)."""
+    windows = WindowSpec()
+    add_model(p)
+    p.add_argument("--corpus", default=DEFAULT_CORPUS, help="'default' (offline State of the Union + Moby-Dick), a "
+                   "file/folder of .txt/.jsonl, or a hub dataset (default: %(default)s)")
+    p.add_argument("--ctx", type=CTX, default=windows.ctx, help="tokens per window, BOS at position 0 (default: %(default)s)")
+    p.add_argument("--max-tokens", type=POSITIVE, default=None, help="tokenize at most this many corpus tokens")
+    if multi_hook:
+        p.add_argument("--hook", action="append", default=None, help="hook to harvest, repeatable; "
+                       f"'blocks.L.attn.hook_q[H]' selects one head (default: {JobConfig.hook})")
+    else:
+        p.add_argument("--hook", default=JobConfig.hook, help="TransformerLens hook name (default: %(default)s)")
+
+
+def add_train(p, base: TrainConfig | None = None, sweep: bool = False) -> None:
+    """The recipe and its options; defaults are `base`'s (a job's recipe), else TrainConfig's."""
+    base = base or TrainConfig()
+    p.add_argument("--recipe", choices=list(RECIPES), default=base.recipe,
+                   help="%(choices)s (l1: the paper's recipe, unit-norm decoder and resampling; l1_decnorm: L1 x |W_dec|, "
+                        "their Gemma-2B SAE; topk: k active latents, AuxK) (default: %(default)s)")
+    if sweep:
+        p.add_argument("--l1", type=NONNEG, nargs="+", required=True, help="L1 coefficients, one SAE each")
+    else:
+        p.add_argument("--l1", type=NONNEG, default=base.l1_coeff,
+                       help="L1 coefficient on unit-scaled inputs, E|x| = sqrt(d_in) (default: %(default)s)")
+    p.add_argument("--k", type=POSITIVE, default=base.k, help="active latents for --recipe topk (default: %(default)s)")
+    p.add_argument("--expansion", type=POSITIVE, default=base.expansion, help="d_sae = expansion * d_in (default: %(default)s)")
+    p.add_argument("--steps", type=POSITIVE, default=base.steps, help="(default: %(default)s)")
+    p.add_argument("--batch-size", type=POSITIVE, default=base.batch_size, help="(default: %(default)s)")
+    p.add_argument("--lr", type=POSITIVE_FLOAT, default=base.lr, help="(default: %(default)s)")
+    p.add_argument("--dtype", choices=DTYPE_CHOICES, default=base.dtype, help="matmul precision while training (default: "
+                   "%(default)s)")
+    p.add_argument("--seed", type=SEED, default=base.seed, help="(default: %(default)s)")
+
+
+def train_config(args, base: TrainConfig | None = None) -> TrainConfig:
+    """`base` (or TrainConfig()) with the recipe options given on the command line."""
+    from dataclasses import replace
+
+    l1 = {} if isinstance(args.l1, list) else {"l1_coeff": args.l1}
+    return replace(base or TrainConfig(), recipe=args.recipe, k=args.k, expansion=args.expansion, steps=args.steps,
+                   batch_size=args.batch_size, lr=args.lr, dtype=args.dtype, seed=args.seed, **l1)
+
+
+def add_inputs(p, windows: int, multi_sae: bool = False, store_windows: str = "random", verify_store: bool = False,
+               store_help: str = "read the SAE's hook_z from this activation store instead of running the model (fast); "
+                                 "the windows are the store's") -> None:
+    """--sae, --model, --store, --corpus, --windows, --model-dtype, --seed of a command reading SAE features.
+    `store_windows` says which of a store's windows it reads (features.inputs.STORE_WINDOWS); `verify_store` whether
+    every shard's checksum is checked (worth it when every row is read)."""
+    p.add_argument("--sae", action="append", required=True,
+                   help="SAE folder on a layer's attn.hook_z" + ("; repeat for more layers" if multi_sae else ""))
+    add_model(p, None, "default: the model named in the SAE's config")
+    p.add_argument("--store", default=None, help=store_help)
+    p.add_argument("--corpus", default=DEFAULT_CORPUS, help="without --store: corpus to sample windows from (default: "
+                   "%(default)s)")
+    which = {"random": "random windows of the corpus, or of the store", "first": "random windows of the corpus, or the "
+             "store's first", "all": "without --store: random windows of the corpus; with it, all its windows"}[store_windows]
+    p.add_argument("--windows", type=POSITIVE, default=windows, help=which + " (default: %(default)s)")
+    add_model_dtype(p)
+    add_seed(p)
+    p.set_defaults(store_windows=store_windows, verify_store=verify_store)
+
+
+def input_spec(args):
+    """The features.inputs.InputSpec that add_inputs' options describe."""
+    from ..features.inputs import InputSpec
+
+    return InputSpec(saes=list(args.sae), model=args.model, store=args.store, corpus=args.corpus, windows=args.windows,
+                     seed=args.seed, model_dtype=args.model_dtype, store_windows=args.store_windows,
+                     verify_store=args.verify_store)
+
+
+def one_sae(args, command: str) -> None:
+    if len(args.sae) != 1:
+        raise ValueError(f"{command} takes one --sae")
+
+
+def report(result, out) -> None:
+    """Write a Result into `out` and print its summary and what was written."""
+    from ..results import write
+
+    paths = write(result, out)
+    print(result.summary() + "\nwrote " + ", ".join([str(paths[0])] + [p.name for p in paths[1:]]))

@@ -1,0 +1,66 @@
+"""Whole jobs: `main` (one SAE, evaluated and reported), `sweep` (L1 frontier on a store), `layers` (every layer)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from ..data import WindowSpec
+from ..jobs import JobConfig, LayersConfig, main_train_config, run_job, run_layers, run_sweep
+from ..jobs.layers import layers_train_config
+from . import args as a
+
+
+def add_parsers(sub) -> None:
+    job = JobConfig()
+    p = sub.add_parser("main", help="the whole job on the defaults: harvest, train, evaluate, report (resumable)")
+    a.add_data(p)
+    a.add_train(p, main_train_config())
+    p.add_argument("--out", default=job.out, help="run folder; re-running resumes (default: %(default)s)")
+    p.add_argument("--train-windows", type=a.COUNT, default=job.train_windows,
+                   help="windows to harvest for training, 0: all (default: %(default)s)")
+    p.set_defaults(fn=run_main)
+
+    p = sub.add_parser("sweep", help="train one SAE per L1 coefficient on a store; tabulate L0 vs CE recovered")
+    p.add_argument("--store", required=True)
+    p.add_argument("--out", required=True)
+    a.add_model(p, None, "default: the store's model")
+    p.add_argument("--eval-windows", type=a.POSITIVE, default=64, help="held-out windows for CE / KL (default: %(default)s)")
+    a.add_train(p, main_train_config(), sweep=True)
+    p.set_defaults(fn=run_sweep_cmd)
+
+    layers = LayersConfig()
+    p = sub.add_parser("layers", help="an SAE on every layer's attn.hook_z: one harvest of all layers, then one SAE per "
+                       "layer (resumable; finished layers are reused)")
+    a.add_data(p)
+    p.set_defaults(hook=None)
+    p.add_argument("--out", default=layers.out, help="run folder: store/ and L<layer>/sae (default: %(default)s)")
+    p.add_argument("--train-windows", type=a.COUNT, default=layers.train_windows,
+                   help="windows to harvest, 0: all (default: %(default)s)")
+    p.add_argument("--layers", type=a.COUNT, nargs="+", default=None, help="train these layers first (the rest follow)")
+    a.add_model_dtype(p, help="model precision while harvesting (default: %(default)s)")
+    a.add_train(p, layers_train_config())
+    p.set_defaults(fn=run_layers_cmd)
+
+
+def _windows(args) -> WindowSpec:
+    return WindowSpec(corpus=args.corpus, ctx=args.ctx, max_tokens=args.max_tokens)
+
+
+def run_main(args) -> None:
+    cfg = JobConfig(model=args.model, hook=args.hook, out=args.out, windows=_windows(args),
+                    train_windows=args.train_windows or None, train=a.train_config(args, main_train_config()))
+    report = run_job(cfg)
+    print(f"\nreport: {report / 'report.md'}\n        {report / 'report.json'}")
+
+
+def run_sweep_cmd(args) -> None:
+    print(run_sweep(args.store, args.out, args.l1, a.train_config(args, main_train_config()), model_name=args.model,
+                    eval_windows=args.eval_windows))
+
+
+def run_layers_cmd(args) -> None:
+    cfg = LayersConfig(model=args.model, out=args.out, windows=_windows(args), train_windows=args.train_windows or None,
+                       layers=args.layers, harvest_dtype=args.model_dtype,
+                       train=a.train_config(args, layers_train_config()))
+    saes = run_layers(replace(cfg))
+    print(f"{len(saes)} SAEs: " + ", ".join(str(saes[l]) for l in sorted(saes)[:3]) + (" ..." if len(saes) > 3 else ""))

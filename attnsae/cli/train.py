@@ -1,0 +1,110 @@
+"""Building blocks: list a model's hooks, harvest them into a store, train an SAE, evaluate it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ..data import ActivationStore, StreamedActivations, WindowSpec, harvest, hook_width, load_windows
+from ..data.store import STORE_DTYPES
+from ..jobs import JobConfig, evaluate, write_report
+from ..models import load_model
+from ..sae import load_sae, sae_config_for, train_sae
+from . import args as a
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("hooks", help="list a model's hook names and shapes")
+    a.add_model(p)
+    p.add_argument("--layer", type=a.COUNT, default=0, help="only this layer's hooks (default: %(default)s)")
+    p.set_defaults(fn=run_hooks)
+
+    p = sub.add_parser("harvest", help="stream hook activations into an on-disk store (resumable)")
+    a.add_data(p, multi_hook=True)
+    p.add_argument("--out", required=True, help="store folder")
+    p.add_argument("--windows", type=a.POSITIVE, default=None, help="harvest at most this many training windows")
+    p.add_argument("--dtype", choices=list(STORE_DTYPES), default="bfloat16", help="store dtype (default: %(default)s)")
+    a.add_model_dtype(p)
+    p.add_argument("--keep-bos", action="store_true", help="also store position 0 (BOS)")
+    p.set_defaults(fn=run_harvest)
+
+    p = sub.add_parser("train", help="train an SAE from a store, or streamed from a model (resumes from the last checkpoint)")
+    p.add_argument("--store", default=None, help="activation store made by `attnsae harvest`")
+    p.add_argument("--hook", default=None, help="which hook of the store (default: its first), or the hook to stream")
+    a.add_model(p, None, "stream from this model instead of a store")
+    p.add_argument("--corpus", default="default", help="corpus when streaming (default: %(default)s)")
+    p.add_argument("--ctx", type=a.CTX, default=WindowSpec().ctx, help="window length when streaming (default: %(default)s)")
+    a.add_model_dtype(p, help="model precision when streaming (default: %(default)s)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint or SAE and train again")
+    a.add_train(p)
+    p.set_defaults(fn=run_train)
+
+    job = JobConfig()
+    p = sub.add_parser("eval", help="L0, CE recovered, KL, dead features of an SAE on held-out text")
+    p.add_argument("--sae", required=True, help="SAE folder (ours or SAELens) or reference .pt")
+    a.add_model(p, None, "default: the model named in the SAE's config")
+    p.add_argument("--corpus", default="default")
+    p.add_argument("--max-tokens", type=a.POSITIVE, default=None)
+    p.add_argument("--out", required=True)
+    p.add_argument("--eval-windows", type=a.POSITIVE, default=job.eval_windows, help="(default: %(default)s)")
+    p.add_argument("--zero-ablation-windows", type=a.COUNT, default=0, help="also tabulate zero-ablating every layer")
+    p.set_defaults(fn=run_eval)
+
+
+def run_hooks(args) -> None:
+    model = load_model(args.model)
+    c = model.cfg
+    if args.layer >= c.n_layers:
+        raise ValueError(f"--layer {args.layer} out of range: {c.name} has {c.n_layers} layers")
+    print(f"{c.name}: {c.family}, {c.n_layers} layers, d_model {c.d_model}, {c.n_heads} query heads / "
+          f"{c.n_kv_heads} kv heads, d_head {c.d_head}, processing {model.processing.to_dict()}")
+    names = model.hook_names(layer=args.layer)
+    _, cache = model.run_with_cache(torch.zeros(1, 4, dtype=torch.long), names, stop_early=False)
+    for name, x in cache.items():
+        print(f"  {name:40s} {list(x.shape)}")
+
+
+def run_harvest(args) -> None:
+    model = load_model(args.model, dtype=args.model_dtype)
+    train_w, _ = load_windows(model, WindowSpec(corpus=args.corpus, ctx=args.ctx, max_tokens=args.max_tokens))
+    store = harvest(model, train_w[: args.windows], args.out, args.hook or [JobConfig.hook], dtype=args.dtype,
+                    skip_bos=not args.keep_bos, extra_meta={"corpus": args.corpus})
+    print(f"{len(store):,} activations per hook in {args.out}")
+
+
+def run_train(args) -> None:
+    cfg = a.train_config(args)
+    if args.store:
+        store = ActivationStore(args.store)
+        hook = args.hook or store.hooks[0]
+        d_in, meta = store.d(hook), store.meta
+
+        def batches(step):
+            return store.batches(cfg.batch_size, seed=cfg.seed, hook=hook, start=step)
+    else:  # streamed: harvest chunks on the fly, no store on disk
+        if not (args.model and args.hook):
+            raise ValueError("train needs --store, or --model and --hook to stream activations from the model")
+        model = load_model(args.model, dtype=args.model_dtype)
+        windows, _ = load_windows(model, WindowSpec(corpus=args.corpus, ctx=args.ctx))
+        hook = args.hook
+        stream = StreamedActivations(model, windows, hook)
+        meta = stream.meta(args.corpus)
+        d_in = hook_width(model, hook)
+
+        def batches(step):
+            return stream.batches(cfg.batch_size, seed=cfg.seed, start=step)
+    path = train_sae(sae_config_for(cfg, d_in, hook, meta), cfg, args.out, batches, resume=not args.restart)
+    print(f"SAE saved to {path}")
+
+
+def run_eval(args) -> None:
+    sae = load_sae(args.sae)
+    model = load_model(args.model or sae.cfg.model_name)
+    _, held = load_windows(model, WindowSpec(corpus=args.corpus, ctx=sae.cfg.context_size, max_tokens=args.max_tokens))
+    cfg = JobConfig(eval_windows=args.eval_windows, zero_ablation_windows=args.zero_ablation_windows)
+    report = evaluate(model, sae, held, cfg, Path(args.out))
+    write_report(report, Path(args.out))
+    print(json.dumps({"sparsity": report["sparsity"], "fidelity": report["fidelity"]}, indent=2))
