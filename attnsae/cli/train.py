@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
 from ..data import ActivationStore, StreamedActivations, WindowSpec, harvest, hook_width, load_windows
 from ..data.store import STORE_DTYPES
 from ..jobs import JobConfig, evaluate, write_report
@@ -61,10 +59,8 @@ def run_hooks(args) -> None:
         raise ValueError(f"--layer {args.layer} out of range: {c.name} has {c.n_layers} layers")
     print(f"{c.name}: {c.family}, {c.n_layers} layers, d_model {c.d_model}, {c.n_heads} query heads / "
           f"{c.n_kv_heads} kv heads, d_head {c.d_head}, processing {model.processing.to_dict()}")
-    names = model.hook_names(layer=args.layer)
-    _, cache = model.run_with_cache(torch.zeros(1, 4, dtype=torch.long), names, stop_early=False)
-    for name, x in cache.items():
-        print(f"  {name:40s} {list(x.shape)}")
+    for name, shape in model.hook_shapes(args.layer).items():
+        print(f"  {name:40s} {shape}")
 
 
 def run_harvest(args) -> None:

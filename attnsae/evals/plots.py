@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
-from ..plotting import pyplot
+from ..plotting import pyplot, save
 
 
 def density_histogram(density: np.ndarray, path, title: str = "feature density", dead_threshold: float = 1e-5):
@@ -19,9 +17,7 @@ def density_histogram(density: np.ndarray, path, title: str = "feature density",
     ax.set_ylabel("features")
     ax.set_title(f"{title}\n{int((d < dead_threshold).sum())} of {len(d)} features below the dead threshold", fontsize=10)
     ax.legend(frameon=False)
-    fig.tight_layout()
-    fig.savefig(Path(path), dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 def training_curves(history: list[dict], path):
@@ -32,9 +28,7 @@ def training_curves(history: list[dict], path):
         ax.plot(steps, [h[key] for h in history], color="#3b6ea8")
         ax.set_xlabel("step")
         ax.set_title(label)
-    fig.tight_layout()
-    fig.savefig(Path(path), dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 def frontier(points: list[dict], path, x="l0", y="ce_recovered"):
@@ -45,9 +39,7 @@ def frontier(points: list[dict], path, x="l0", y="ce_recovered"):
         ax.annotate(f"l1={p['l1_coeff']:g}", (p[x], 100 * p[y]), fontsize=7, textcoords="offset points", xytext=(4, 4))
     ax.set_xlabel("L0")
     ax.set_ylabel("% CE recovered")
-    fig.tight_layout()
-    fig.savefig(Path(path), dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 def zero_ablation_by_layer(rows: list[dict], path):
@@ -58,9 +50,7 @@ def zero_ablation_by_layer(rows: list[dict], path):
     ax.set_ylabel("ΔCE (nats)")
     ax.set_title("CE increase from zero-ablating each layer's hook_z", fontsize=10)
     ax.set_yscale("symlog", linthresh=1e-3)  # a layer whose ablation helps shows below zero
-    fig.tight_layout()
-    fig.savefig(Path(path), dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 def head_variance_explained(result: dict, path):
@@ -77,6 +67,4 @@ def head_variance_explained(result: dict, path):
     ax.set_ylabel("fraction of variance explained")
     ax.set_title(f"L{result['layer']} feature {result['feature']}: DFA by head", fontsize=10)
     ax.legend(frameon=False, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(Path(path), dpi=110)
-    plt.close(fig)
+    save(fig, path)

@@ -36,7 +36,7 @@ from ..attribution.heads import layer_of, require_hook_z
 from ..features.inputs import InputSpec, load_inputs
 from ..features.source import ActivationSource
 from ..models.text import TokenText
-from ..plotting import pyplot
+from ..plotting import pyplot, save
 from ..results import Result
 
 PROXY_HELP = "induction:TOKEN | after:TOKEN:N | context:T1,T2,... | token:TOKEN | inside:OPEN:CLOSE"
@@ -279,10 +279,8 @@ class CaseStudy(Result):
         axes[1].set_title(f"by activation mass: {_pct(self.precision_by_mass)}; sensitivity {_pct(self.sensitivity)}",
                           fontsize=10)
         fig.suptitle(f"{self.model_name} L{self.layer}.F{self.feature} vs proxy {self.proxy!r} ({self.n_tokens:,} tokens)")
-        fig.tight_layout()
         path = Path(out) / f"{self.name}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        save(fig, path)
         return [path]
 
 

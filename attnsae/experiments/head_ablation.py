@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models.hooks import act_name, head_name
-from ..plotting import pyplot
+from ..plotting import pyplot, save
 from ..results import Result
 
 NOUNS = ["apples", "books", "cars", "dogs", "boxes", "chairs", "coins", "birds", "cups", "pens", "shirts", "trees"]
@@ -146,10 +146,8 @@ class HeadAblation(Result):
             ax.set_xticks(range(len(d)), [head_name(self.layer, h) for h in range(len(d))], fontsize=7)
             ax.set_title(f"{name} (clean loss {r['clean_loss']:.2f})", fontsize=9)
             ax.set_ylabel("Δ loss from zero-ablating head")
-        fig.tight_layout()
         path = out / "head_ablation.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        save(fig, path)
         return [path]
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..models.hooks import act_name, head_name
-from ..plotting import pyplot
+from ..plotting import pyplot, save
 from ..results import Result
 
 DEFINITIONS = {"induction": "attention from t to t-n+1 on the repeat", "duplicate": "attention from t to t-n on the repeat",
@@ -104,8 +104,7 @@ class HeadScores(Result):
         fig.colorbar(im, ax=axes, shrink=0.8)
         fig.suptitle(f"{self.model}: head behaviour scores (red: top 3)")
         path = out / "head_scores.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        save(fig, path, tight=False)
         return [path]
 
 

@@ -17,7 +17,7 @@ import torch
 
 from ..attribution.logit_path import head_direct_effect
 from ..models.hooks import FINAL_SCALE, act_name, head_name
-from ..plotting import pyplot
+from ..plotting import pyplot, save
 from ..results import Result
 from .head_scores import head_scores, random_token_range, top_heads
 
@@ -91,10 +91,8 @@ class PrefixCurves(Result):
             ax.set_xlabel("prefix length (matching tokens)")
             ax.legend(frameon=False, fontsize=8)
         fig.suptitle(f"{self.model}: induction by prefix length (n={self.n} per length)")
-        fig.tight_layout()
         path = out / "prefix_length.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        save(fig, path)
         return [path]
 
 
@@ -243,10 +241,8 @@ class CorpusPrefix(Result):
         axes[1].set_ylabel("mean attention to the induction target")
         axes[1].legend(frameon=False, fontsize=8)
         fig.suptitle(f"{self.model}: induction on real text")
-        fig.tight_layout()
         path = out / "corpus_prefix.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        save(fig, path)
         return [path]
 
 

@@ -57,7 +57,7 @@ from ..features.inputs import InputSpec, load_inputs
 from ..features.source import ActivationSource
 from ..models.hooks import act_name, head_name, parse_heads
 from ..models.text import TokenText
-from ..plotting import pyplot
+from ..plotting import pyplot, save
 from ..results import Result
 from ..sae import load_feature_density
 from .head_scores import diag_mean, repeated_random_tokens
@@ -330,10 +330,8 @@ class InductionFeatures(Result):
                 ax.set_ylabel("features")
                 ax.legend(frameon=False, fontsize=8)
         fig.suptitle(f"{self.model} L{self.layer}: induction features (heads {', '.join(self.heads)})")
-        fig.tight_layout()
         path = Path(out) / "induction_features.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        save(fig, path)
         return [path]
 
 

@@ -25,7 +25,7 @@ from ..features.source import ActivationSource
 from ..features.stats import FeatureStats, cached_stats
 from ..models.hooks import head_name
 from ..models.text import TokenText
-from ..plotting import pyplot
+from ..plotting import pyplot, save
 from ..results import Result
 
 CLASSES = ("monosemantic", "monosemantic (minor exception)", "bisemantic", "polysemantic")
@@ -216,10 +216,8 @@ class Polysemanticity(Result):
             ax.legend(frameon=False, fontsize=7, loc="lower left", bbox_to_anchor=(0, 1.02))
             ax.set_title(name, fontsize=9, loc="right")
         fig.suptitle(f"{self.model}: head classes from top-{self.k} features ({self.labels})", fontsize=10)
-        fig.tight_layout()
         png = out / "polysemanticity.png"
-        fig.savefig(png, dpi=110)
-        plt.close(fig)
+        save(fig, png)
         return [md, png]
 
 

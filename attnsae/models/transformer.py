@@ -249,6 +249,12 @@ class Transformer(nn.Module):
         self.run_with_hooks(torch.zeros(1, 2, dtype=torch.long, device=self.device), [(n, rec) for n in names])
         return seen
 
+    def hook_shapes(self, layer: int | None = None, n_pos: int = 4) -> dict[str, list[int]]:
+        """{hook name: shape} on a batch of one sequence of n_pos tokens (only block `layer`'s hooks, if given)."""
+        tokens = torch.zeros(1, n_pos, dtype=torch.long, device=self.device)
+        _, cache = self.run_with_cache(tokens, self.hook_names(layer), stop_early=False)
+        return {name: list(x.shape) for name, x in cache.items()}
+
     def _probe_names(self):
         per_block = [
             "hook_resid_pre", "ln1.hook_scale", "ln1.hook_normalized", "attn.hook_q", "attn.hook_k",

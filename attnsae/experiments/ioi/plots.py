@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ...models.hooks import head_name
-from ...plotting import pyplot
+from ...plotting import pyplot, save
 
 
 def plot_ioi(res: dict, out: Path) -> list[Path]:
@@ -67,9 +67,7 @@ def plot_splice(path, labels, rows, clean: float, title: str) -> None:
     axes[0].axhline(clean, color="#333", ls="--", lw=1, label=f"clean {clean:.2f}")
     axes[0].legend(frameon=False, fontsize=7, ncol=3)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 def plot_feature_table(path, table: list[dict], title: str, top: int = 15) -> None:
@@ -91,9 +89,7 @@ def plot_feature_table(path, table: list[dict], title: str, top: int = 15) -> No
     axes[1].set_ylabel("features")
     axes[1].legend(frameon=False, fontsize=7)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 def plot_noising(path, r: dict, name: str) -> None:
@@ -108,9 +104,7 @@ def plot_noising(path, r: dict, name: str) -> None:
     ax.set_xticks(range(len(vals)), labels, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("avg logit diff")
     ax.set_title(f"{name}: noising layers {r['layers']} hook_z at S2 (labels: recovered vs zero ablation)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 def plot_heads(path, roles: dict, name: str) -> None:
@@ -133,6 +127,4 @@ def plot_heads(path, roles: dict, name: str) -> None:
     axes[0].set_title("S-inhibition heads (red)", fontsize=9)
     axes[1].set_title("name movers (blue)", fontsize=9)
     fig.suptitle(f"{name}: IOI head roles at END", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
