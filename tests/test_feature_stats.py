@@ -163,3 +163,7 @@ def test_source_refuses_activations_it_cannot_give(tiny, tmp_path):
         ActivationSource(model, windows[:, :9], store.store)
     with pytest.raises(ValueError, match="needs a model or a store"):
         ActivationSource(None, windows).at(random_sae(model, d_sae=4), [0], [0], [1])
+    other = random_sae(model, layer=0, d_sae=4)
+    other.cfg.model_name = "another-model"  # same hook and width, other model: never mixed silently
+    with pytest.raises(ValueError, match="activations, the SAE was trained on another-model"):
+        store.at(other, [0], [0], [1])

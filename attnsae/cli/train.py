@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..data import ActivationStore, StreamedActivations, WindowSpec, harvest, hook_width, load_windows
+from ..data import WindowSpec, harvest, load_windows
 from ..data.store import STORE_DTYPES
 from ..jobs import JobConfig, evaluate, write_report
+from ..jobs.train import train_one
 from ..models import load_model
-from ..sae import load_sae, sae_config_for, train_sae
+from ..sae import load_sae
 from . import args as a
 
 
@@ -72,27 +73,8 @@ def run_harvest(args) -> None:
 
 
 def run_train(args) -> None:
-    cfg = a.train_config(args)
-    if args.store:
-        store = ActivationStore(args.store)
-        hook = args.hook or store.hooks[0]
-        d_in, meta = store.d(hook), store.meta
-
-        def batches(step):
-            return store.batches(cfg.batch_size, seed=cfg.seed, hook=hook, start=step)
-    else:  # streamed: harvest chunks on the fly, no store on disk
-        if not (args.model and args.hook):
-            raise ValueError("train needs --store, or --model and --hook to stream activations from the model")
-        model = load_model(args.model, dtype=args.model_dtype)
-        windows, _ = load_windows(model, WindowSpec(corpus=args.corpus, ctx=args.ctx))
-        hook = args.hook
-        stream = StreamedActivations(model, windows, hook)
-        meta = stream.meta(args.corpus)
-        d_in = hook_width(model, hook)
-
-        def batches(step):
-            return stream.batches(cfg.batch_size, seed=cfg.seed, start=step)
-    path = train_sae(sae_config_for(cfg, d_in, hook, meta), cfg, args.out, batches, resume=not args.restart)
+    path = train_one(a.train_config(args), args.out, store=args.store, hook=args.hook, model=args.model,
+                     windows=WindowSpec(corpus=args.corpus, ctx=args.ctx), model_dtype=args.model_dtype, restart=args.restart)
     print(f"SAE saved to {path}")
 
 

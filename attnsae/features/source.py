@@ -59,7 +59,9 @@ class ActivationSource:
             if self.model is None:
                 raise ValueError("an activation source needs a model or a store")
             return
-        hook = sae.cfg.hook_name
+        hook, meta = sae.cfg.hook_name, self.store.meta
+        if sae.cfg.model_name and meta.get("model") and meta["model"] != sae.cfg.model_name:
+            raise ValueError(f"the store holds {meta['model']}'s activations, the SAE was trained on {sae.cfg.model_name}")
         if hook not in self.store.hooks:
             raise ValueError(f"the store holds {self.store.hooks}, not the SAE's hook {hook}")
         if self.store.first_pos > sae.cfg.first_pos:
