@@ -240,3 +240,27 @@ def test_layers_trains_every_layer_from_one_harvest_and_refuses_a_changed_recipe
     assert (out / "L0" / "sae" / "sae_weights.safetensors").stat().st_mtime_ns == stamp
     r = attnsae("layers", *common, *small[:-2], "--steps", "7", "--out", str(out), env=env)
     assert r.returncode == 2 and "trained with a different config" in r.stderr and "steps" in r.stderr
+
+
+def test_every_head_study_writes_table1_rankings_and_one_index(gpt2_run):
+    tmp_path, common, env = gpt2_run
+    out = tmp_path / "every_head"
+    args = ["every-head", *common, "--ctx", "32", "--train-windows", "20", "--steps", "6", "--batch-size", "64",
+            "--expansion", "2", "--model-dtype", "float32", "--eval-windows", "2", "--sparsity-windows", "4",
+            "--report-windows", "8", "--top", "3", "--out", str(out)]
+    r = attnsae(*args, env=env)
+    assert r.returncode == 0, r.stderr
+    rows = json.loads((out / "table1.json").read_text())
+    assert [row["layer"] for row in rows] == [0, 1]
+    for row in rows:
+        assert row["ce_sae_with_error"] == pytest.approx(row["ce_clean"], abs=1e-4)  # the decomposition is exact
+        assert 0 <= row["n_dead"] <= row["d_sae"] and row["n_inputs"] == 4 * 31
+    agreement = json.loads((out / "agreement.json").read_text())
+    assert all(0 <= v <= 1 for a in agreement for v in a["per_head"]) and len(agreement[0]["per_head"]) == 4
+    html = (out / "index.html").read_text()
+    assert "Table 1" in html and 'href="heads/index.html"' in html and "heads/heads/L1H3.html" in html
+    assert (out / "heads" / "heads" / "L1H3.html").exists() and (out / "polysemanticity.json").exists()
+    stamp = (out / "L0" / "eval.json").stat().st_mtime_ns
+    r = attnsae(*args, env=env)  # resumes: every stage reused
+    assert r.returncode == 0, r.stderr
+    assert (out / "L0" / "eval.json").stat().st_mtime_ns == stamp

@@ -35,3 +35,23 @@ def top_features_by_head(scores: torch.Tensor, live: torch.Tensor, k: int = 10) 
     k = min(k, int(live.sum()))
     vals, idx = masked.topk(k, dim=0) if k else (masked[:0], masked[:0].long())
     return [[(int(i), float(v)) for v, i in zip(vals[:, h], idx[:, h])] for h in range(scores.shape[1])]
+
+
+RANKINGS = ("attribution", "dfa")
+
+
+def head_ranking(attribution: torch.Tensor, head_fve: torch.Tensor, rank_by: str = "attribution") -> torch.Tensor:
+    """[d_sae, n_heads] scores to rank each head's features by: weight-based attribution (eq. 2), or the DFA
+    variance share of the head on the tokens where the feature fires (the every-head study recommends it;
+    features that never fired rank last)."""
+    if rank_by not in RANKINGS:
+        raise ValueError(f"rank_by must be one of {RANKINGS}, not {rank_by!r}")
+    return attribution if rank_by == "attribution" else head_fve.float().nan_to_num(float("-inf"))
+
+
+def ranking_agreement(attribution: torch.Tensor, head_fve: torch.Tensor, live: torch.Tensor, k: int = 10) -> torch.Tensor:
+    """[n_heads]: the fraction of each head's top-k live features by attribution that are also in its top k by DFA
+    variance share (1: the two rankings choose the same features)."""
+    a = top_features_by_head(head_ranking(attribution, head_fve, "attribution"), live, k)
+    d = top_features_by_head(head_ranking(attribution, head_fve, "dfa"), live, k)
+    return torch.tensor([len({f for f, _ in x} & {f for f, _ in y}) / max(1, len(x)) for x, y in zip(a, d)])

@@ -1,11 +1,13 @@
-"""Whole jobs: `main` (one SAE, evaluated and reported), `sweep` (L1 frontier on a store), `layers` (every layer)."""
+"""Whole jobs: `main` (one SAE, evaluated and reported), `sweep` (L1 frontier), `layers` (every layer), `every-head`."""
 
 from __future__ import annotations
 
-from dataclasses import replace
+from pathlib import Path
 
+from ..attribution.heads import RANKINGS
 from ..data import WindowSpec
 from ..jobs import JobConfig, LayersConfig, main_train_config, run_job, run_layers, run_sweep
+from ..jobs.every_head import EveryHeadConfig, run_every_head
 from ..jobs.layers import layers_train_config
 from . import args as a
 
@@ -28,18 +30,42 @@ def add_parsers(sub) -> None:
     a.add_train(p, main_train_config(), sweep=True)
     p.set_defaults(fn=run_sweep_cmd)
 
-    layers = LayersConfig()
     p = sub.add_parser("layers", help="an SAE on every layer's attn.hook_z: one harvest of all layers, then one SAE per "
                        "layer (resumable; finished layers are reused)")
+    _add_layer_options(p, LayersConfig().out, "train these layers first (the rest follow)")
+    p.set_defaults(fn=run_layers_cmd)
+
+    study = EveryHeadConfig()
+    p = sub.add_parser("every-head", help="the every-head study: an SAE on every layer, Table 1 for the model, every "
+                       "head's top features (two rankings and their agreement), polysemanticity; one index page (resumable)")
+    _add_layer_options(p, study.layers.out, "train and study only these layers")
+    p.add_argument("--eval-windows", type=a.POSITIVE, default=study.eval_windows,
+                   help="held-out windows for CE / KL per layer (default: %(default)s)")
+    p.add_argument("--sparsity-windows", type=a.POSITIVE, default=study.sparsity_windows,
+                   help="held-out windows for L0, explained variance and dead counts (default: %(default)s)")
+    p.add_argument("--report-windows", type=a.POSITIVE, default=study.report_windows,
+                   help="store windows for the per-head statistics and dashboards (default: %(default)s)")
+    p.add_argument("--top", type=a.POSITIVE, default=study.k, help="top features per head (default: %(default)s)")
+    p.add_argument("--rank-by", choices=RANKINGS, default=study.rank_by,
+                   help="rank a head's features by DFA variance share or weight-based attribution (default: %(default)s)")
+    p.set_defaults(fn=run_every_head_cmd)
+
+
+def _add_layer_options(p, out: str, layers_help: str) -> None:
     a.add_data(p)
     p.set_defaults(hook=None)
-    p.add_argument("--out", default=layers.out, help="run folder: store/ and L<layer>/sae (default: %(default)s)")
-    p.add_argument("--train-windows", type=a.COUNT, default=layers.train_windows,
+    p.add_argument("--out", default=out, help="run folder: store/ and L<layer>/sae (default: %(default)s)")
+    p.add_argument("--train-windows", type=a.COUNT, default=LayersConfig.train_windows,
                    help="windows to harvest, 0: all (default: %(default)s)")
-    p.add_argument("--layers", type=a.COUNT, nargs="+", default=None, help="train these layers first (the rest follow)")
+    p.add_argument("--layers", type=a.COUNT, nargs="+", default=None, help=layers_help)
     a.add_model_dtype(p, help="model precision while harvesting (default: %(default)s)")
     a.add_train(p, layers_train_config())
-    p.set_defaults(fn=run_layers_cmd)
+
+
+def _layers_config(args, only: bool = False) -> LayersConfig:
+    return LayersConfig(model=args.model, out=args.out, windows=_windows(args), train_windows=args.train_windows or None,
+                        layers=args.layers, only=only, harvest_dtype=args.model_dtype,
+                        train=a.train_config(args, layers_train_config()))
 
 
 def _windows(args) -> WindowSpec:
@@ -59,8 +85,13 @@ def run_sweep_cmd(args) -> None:
 
 
 def run_layers_cmd(args) -> None:
-    cfg = LayersConfig(model=args.model, out=args.out, windows=_windows(args), train_windows=args.train_windows or None,
-                       layers=args.layers, harvest_dtype=args.model_dtype,
-                       train=a.train_config(args, layers_train_config()))
-    saes = run_layers(replace(cfg))
+    saes = run_layers(_layers_config(args))
     print(f"{len(saes)} SAEs: " + ", ".join(str(saes[l]) for l in sorted(saes)[:3]) + (" ..." if len(saes) > 3 else ""))
+
+
+def run_every_head_cmd(args) -> None:
+    cfg = EveryHeadConfig(layers=_layers_config(args, only=True), eval_windows=args.eval_windows,
+                          sparsity_windows=args.sparsity_windows, report_windows=args.report_windows, k=args.top,
+                          rank_by=args.rank_by)
+    index = run_every_head(cfg)
+    print((Path(args.out) / "table1.md").read_text() + f"open {index}")

@@ -30,13 +30,14 @@ class LayersConfig:
     windows: WindowSpec = field(default_factory=WindowSpec)
     train_windows: int | None = 3200  # windows harvested (None: all the corpus's training windows)
     layers: list[int] | None = None  # trained first, in this order; the rest follow (None: all, in order)
+    only: bool = False  # harvest and train only `layers`
     harvest_dtype: str = "bfloat16"
     store_dtype: str = "bfloat16"
     train: TrainConfig = field(default_factory=layers_train_config)
 
 
 def run_layers(cfg: LayersConfig, progress: bool = True) -> dict[int, Path]:
-    """{layer: SAE folder} for every layer of the model."""
+    """{layer: SAE folder} for every layer of the model (or only cfg.layers)."""
     out = Path(cfg.out)
     model = load_model(cfg.model, dtype=cfg.harvest_dtype)
     n_layers = model.cfg.n_layers
@@ -46,10 +47,10 @@ def run_layers(cfg: LayersConfig, progress: bool = True) -> dict[int, Path]:
     train_w, _ = load_windows(model, cfg.windows)
     if cfg.train_windows:
         train_w = train_w[: cfg.train_windows]
-    hooks = [act_name("z", l) for l in range(n_layers)]
-    store = harvest(model, train_w, out / "store", hooks, dtype=cfg.store_dtype, progress=progress,
+    order = list(dict.fromkeys([*(cfg.layers or []), *([] if cfg.only and cfg.layers else range(n_layers))]))
+    hooks = {l: act_name("z", l) for l in sorted(order)}
+    store = harvest(model, train_w, out / "store", list(hooks.values()), dtype=cfg.store_dtype, progress=progress,
                     extra_meta={"corpus": cfg.windows.corpus})
-    order = list(dict.fromkeys([*(cfg.layers or []), *range(n_layers)]))
     t = cfg.train
     saes = {}
     for l in order:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..attribution.heads import head_attribution, layer_of, top_features_by_head
+from ..attribution.heads import head_attribution, head_ranking, layer_of, top_features_by_head
 from ..evals.metrics import DEAD_THRESHOLD
 from ..features.dashboard import build_dashboards
 from ..features.stats import feature_stats, random_live
@@ -32,9 +32,11 @@ def _snippet(example: dict | None, width: int = 8) -> str:
 
 
 def head_report(source, saes: list, out, k: int = 10, n_random: int = 0, seed: int = 0, batch_size: int = 32,
-                progress: bool = True, names: list[str] | None = None, **dashboard_kw) -> dict:
+                progress: bool = True, names: list[str] | None = None, rank_by: str = "attribution",
+                **dashboard_kw) -> dict:
     """Write the report folder for the SAEs' features over the windows of `source` (a features.ActivationSource);
-    returns the report dict (also saved as report.json)."""
+    returns the report dict (also saved as report.json). Each head's top k live features are ranked by
+    `rank_by` (attribution.heads.RANKINGS); the page shows both scores."""
     out = Path(out)
     (out / "heads").mkdir(parents=True, exist_ok=True)
     (out / "stats").mkdir(exist_ok=True)
@@ -47,9 +49,9 @@ def head_report(source, saes: list, out, k: int = 10, n_random: int = 0, seed: i
     for i, (sae, stats) in enumerate(zip(saes, all_stats)):
         layer = layer_of(sae)
         stats.save(out / "stats" / f"L{layer}.safetensors")
-        scores = head_attribution(sae, n_heads)
+        attribution = head_attribution(sae, n_heads)
         live = stats.live()
-        top = top_features_by_head(scores, live, k)
+        top = top_features_by_head(head_ranking(attribution, stats.head_fve, rank_by), live, k)
         extra = random_live(stats, n_random, seed) if n_random else []
         features = sorted({f for head in top for f, _ in head} | set(extra))
         t = time.perf_counter()
@@ -60,10 +62,11 @@ def head_report(source, saes: list, out, k: int = 10, n_random: int = 0, seed: i
         links = write_dashboards(dashboards, out, layer, n_heads)
         heads = []
         for h in range(n_heads):
-            rows = [{"feature": f, "score": s, "density": float(stats.density[f]), "max_act": float(stats.act_max[f]),
+            rows = [{"feature": f, "score": float(attribution[f, h]), "density": float(stats.density[f]),
+                     "max_act": float(stats.act_max[f]),
                      "head_fve": None if torch.isnan(stats.head_fve[f, h]) else float(stats.head_fve[f, h]),
                      "top_example": (by_feature[f]["top_examples"] or [None])[0], "dashboard": "../" + links[f]}
-                    for f, s in top[h]]
+                    for f, _ in top[h]]
             page = {"model": model.cfg.name, "hook": sae.cfg.hook_name, "layer": layer, "head": h, "n_heads": n_heads, "k": k,
                     "n_tokens": stats.n_tokens, "dead_threshold": DEAD_THRESHOLD, "features": rows,
                     "links": {"index": "../index.html",
@@ -80,7 +83,7 @@ def head_report(source, saes: list, out, k: int = 10, n_random: int = 0, seed: i
     n_tokens = all_stats[0].n_tokens
     report = {
         "model": model.cfg.name, "title": f"{model.cfg.name}: top features of every attention head", "n_tokens": n_tokens,
-        "k": k, "dead_threshold": DEAD_THRESHOLD, "layers": layers,
+        "k": k, "rank_by": rank_by, "dead_threshold": DEAD_THRESHOLD, "layers": layers,
         "dashboards": [pair for layer in layers for pair in layer["random_features"]],
         "timing": {"stats_seconds": t_stats, "dashboards_seconds": t_dash, "n_dashboards": n_dash,
                    "total_seconds": time.perf_counter() - t0,

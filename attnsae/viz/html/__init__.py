@@ -12,9 +12,9 @@ schemas produced by ``attnsae.features.dashboard`` and ``attnsae.viz.report``.
     rating.py      the rating sheet                  (templates/rating.html, static/rating.js)
 """
 from .format import fmt_count, fmt_density, fmt_num, fmt_pct, show_token
-from .pages import render_dashboard, render_head_page, render_index
+from .pages import render_dashboard, render_head_page, render_index, render_study
 from .rating import render_rating_sheet
 from .templating import write_html
 
-__all__ = ["render_dashboard", "render_head_page", "render_index", "render_rating_sheet", "write_html",
+__all__ = ["render_dashboard", "render_head_page", "render_index", "render_study", "render_rating_sheet", "write_html",
            "fmt_num", "fmt_pct", "fmt_density", "fmt_count", "show_token"]

@@ -56,3 +56,8 @@ def render_index(idx: dict) -> str:
         grid.append((L, [by_head.get(h) for h in range(n_heads)]))
     return render("index.html", title=idx.get("title") or f"Attention SAE features · {idx.get('model', '')}", idx=idx,
                   grid=grid, n_heads=n_heads)
+
+
+def render_study(s: dict) -> str:
+    """The every-head study's index: Table 1, ranking agreement, polysemanticity, links to the head report."""
+    return render("study.html", title=f"Every head of {s.get('model', '')}", s=s)
