@@ -76,14 +76,17 @@ def _ce_kl(logits, clean_logp, tokens):
 
 @torch.no_grad()
 def fidelity(model, sae, windows: np.ndarray, batch_size: int = 8, progress: bool = True) -> FidelityResult:
-    """CE clean / spliced / zero-ablated over the next-token predictions of `windows`."""
+    """CE clean / spliced / zero-ablated over the next-token predictions of `windows` (on the model's device;
+    the SAE is moved there)."""
     check_compatible(model, sae)
+    sae = sae.to(model.device)
     hook, first = sae.cfg.hook_name, sae.cfg.first_pos
     mean = _mean_activation(model, hook, windows, first, batch_size)
     sums = dict(clean=0.0, sae=0.0, zero=0.0, mean=0.0, err=0.0, kl_sae=0.0, kl_zero=0.0, kl_mean=0.0)
     n = 0
     for tokens in tqdm(token_batches(windows, batch_size), total=-(-len(windows) // batch_size), desc="CE eval",
                        disable=not progress, leave=False):
+        tokens = tokens.to(model.device)
         clean = model(tokens)
         clean_logp = F.log_softmax(clean[:, :-1].float(), -1)
         sums["clean"] += F.nll_loss(clean_logp.flatten(0, 1), tokens[:, 1:].flatten(), reduction="sum").item()
@@ -113,12 +116,13 @@ def _mean_activation(model, hook: str, windows: np.ndarray, first: int, batch_si
 @torch.no_grad()
 def sparsity(sae, batches, progress: bool = True) -> tuple[SparsityResult, torch.Tensor]:
     """L0, explained variance, dead / dense counts over an iterable of [B, d_in] activations.
-    Returns (result, per-feature firing density)."""
-    fires = torch.zeros(sae.d_sae, dtype=torch.float64)
+    Returns (result, per-feature firing density). Runs on the SAE's device."""
+    device = sae.W_enc.device
+    fires = torch.zeros(sae.d_sae, dtype=torch.float64, device=device)
     n, l0_sum, err_sum, sq_sum = 0, 0.0, 0.0, 0.0
     xs_sum = None
     for x in tqdm(batches, desc="sparsity", disable=not progress, leave=False):
-        x = x.float()
+        x = x.to(device, non_blocking=True).float()
         out = sae(x)
         active = out.feature_acts > 0
         fires += active.sum(0).double()
@@ -130,7 +134,7 @@ def sparsity(sae, batches, progress: bool = True) -> tuple[SparsityResult, torch
     if n == 0:
         raise ValueError("no activations to evaluate")
     total_var = sq_sum - (xs_sum.pow(2).sum().item() / n)  # sum |x - mean|^2
-    density = fires / n
+    density = (fires / n).cpu()
     res = SparsityResult(
         l0=l0_sum / n, explained_variance=1 - err_sum / total_var, mse=err_sum / n, n_inputs=n,
         n_dead=int((density < DEAD_THRESHOLD).sum()), n_dense=int((density > DENSE_THRESHOLD).sum()),

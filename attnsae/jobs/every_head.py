@@ -48,6 +48,7 @@ class EveryHeadConfig:
 def evaluate_layer(model, sae, held, cfg: EveryHeadConfig, path: Path) -> dict:
     if path.exists():
         return json.loads(path.read_text())
+    sae = sae.to(model.device)
     sp, _ = sparsity(sae, activation_batches(model, sae, held[: cfg.sparsity_windows]), progress=False)
     fid = fidelity(model, sae, held[: cfg.eval_windows], progress=False)
     row = {"layer": sae.cfg.layer, "d_sae": sae.d_sae, **sp.to_dict(), **fid.to_dict()}

@@ -87,6 +87,7 @@ def run_job(cfg: JobConfig, progress: bool = True) -> Path:
 
 def evaluate(model, sae, held_w, cfg: JobConfig, report_dir: Path, progress: bool = True) -> dict:
     report_dir.mkdir(parents=True, exist_ok=True)
+    sae = sae.to(model.device)  # activations never leave the model's device
     n_sp = cfg.sparsity_windows or len(held_w)
     sp, density = sparsity(sae, activation_batches(model, sae, held_w[:n_sp]), progress)
     density_histogram(density.numpy(), report_dir / "density.png", title=f"{sae.cfg.hook_name} held-out density")
