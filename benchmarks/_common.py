@@ -1,30 +1,90 @@
-"""Shared helpers for the benchmark scripts."""
+"""Shared helpers for the benchmark scripts: the device, timing that is right on CUDA, the bf16 peak."""
 
 from __future__ import annotations
 
 import statistics
+import sys
 import time
 
 import torch
 
+CUDA_ROUNDS = 3  # timed rounds on CUDA; each is `reps` calls between two synchronizations
 
-def timeit(fn, reps: int, warmup: int = 1) -> float:
-    """Median seconds of `reps` calls after `warmup` calls."""
+
+def device_from_args(spec: str, prog: str) -> torch.device:
+    """`--device` through attnsae's resolver; a device that is not there is one line on stderr, exit 2."""
+    from attnsae.models import resolve_device
+
+    try:
+        device = resolve_device(spec)
+    except ValueError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # kernels, events and synchronize() all on this one
+    return device
+
+
+def describe(device: torch.device) -> str:
+    """torch, and what it runs on: the GPU's name and memory, or the CPU's thread count."""
+    s = f"torch {torch.__version__}"
+    if device.type == "cuda":
+        p = torch.cuda.get_device_properties(device)
+        return (f"{s} (CUDA {torch.version.cuda}), {device}: {p.name}, {p.total_memory / 2**30:.0f} GiB, "
+                f"{p.multi_processor_count} SMs; fp32 matmul precision {torch.get_float32_matmul_precision()!r}")
+    return f"{s}, {device}: {torch.get_num_threads()} threads"
+
+
+def sync(device: torch.device | None) -> None:
+    """Wait for the device's queued kernels (CUDA runs them asynchronously); nothing on the CPU."""
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A CPU tensor onto `device`, through pinned memory on CUDA (an asynchronous DMA copy)."""
+    if device.type == "cuda" and x.device.type == "cpu":
+        return x.pin_memory().to(device, non_blocking=True)
+    return x.to(device)
+
+
+def timeit(fn, reps: int, warmup: int = 1, device: torch.device | None = None) -> float:
+    """Seconds per call of `fn`.
+
+    CPU: the median of `reps` single calls after `warmup` calls.
+    CUDA: a call only queues kernels, so a clock read is meaningful only after torch.cuda.synchronize.
+    After `warmup` calls and a synchronize, each of CUDA_ROUNDS rounds runs `reps` calls back to back
+    between two synchronizations (so the GPU never waits for the host between calls, as in a real
+    loop); the result is the median over rounds of the round's time / reps."""
     for _ in range(warmup):
         fn()
-    ts = []
-    for _ in range(reps):
+    sync(device)
+    if device is None or device.type != "cuda":
+        ts = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t)
+        return statistics.median(ts)
+    rounds = []
+    for _ in range(CUDA_ROUNDS):
+        sync(device)
         t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
+        for _ in range(reps):
+            fn()
+        sync(device)
+        rounds.append((time.perf_counter() - t) / reps)
+    return statistics.median(rounds)
 
 
-def bf16_peak(n: int = 4096, reps: int = 3) -> float:
-    """Achieved FLOP/s of one big bf16 matmul [n, n] x [n, n]: this machine's practical peak."""
-    a = torch.randn(n, n, dtype=torch.bfloat16)
-    b = torch.randn(n, n, dtype=torch.bfloat16)
-    return 2 * n**3 / timeit(lambda: a @ b, reps)
+def bf16_peak(n: int = 4096, reps: int = 3, device: torch.device | None = None, warmup: int = 1) -> float:
+    """Achieved FLOP/s of one big square bf16 matmul [n, n] x [n, n] on `device`: its practical peak.
+    2 n^3 FLOPs per product, timed with `timeit` (synchronized on CUDA)."""
+    device = device or torch.device("cpu")
+    a = torch.randn(n, n, dtype=torch.bfloat16, device=device)  # random data: zeros run faster on GPUs
+    b = torch.randn(n, n, dtype=torch.bfloat16, device=device)
+    out = torch.empty(n, n, dtype=torch.bfloat16, device=device)
+    return 2 * n**3 / timeit(lambda: torch.mm(a, b, out=out), reps, warmup=warmup, device=device)
 
 
 @torch.no_grad()

@@ -61,6 +61,17 @@ OUT = ["--out", "/tmp/attnsae-never-written"]
     (["case-study", *NO_SAE, "--feature", "1", "--proxy", "token:x", "--bins", "0", *OUT], "--bins: 0 is out of range"),
     (["polysemanticity", *NO_SAE, "--k", "0", *OUT], "--k: 0 is out of range"),
     (["polysemanticity", *NO_SAE, "--windows", "1e9", *OUT], "'1e9' is not a whole number"),
+    (["train", "--store", "/nonexistent/store", "--recipe", "l1", "--k", "8", *OUT], "--k does not apply to --recipe l1"),
+    (["main", "--recipe", "topk", "--l1", "2", *OUT], "--l1 does not apply to --recipe topk"),
+    (["sweep", "--store", "/nonexistent/store", "--recipe", "topk", "--l1", "2", *OUT], "--l1 does not apply to --recipe topk"),
+    (["layers", "--recipe", "batchtopk", "--l0-coeff", "1", *OUT], "--l0-coeff does not apply to --recipe batchtopk"),
+    (["train", "--store", "/nonexistent/store", "--recipe", "jumprelu", "--prefixes", "0.5", *OUT],
+     "--prefixes does not apply to --recipe jumprelu"),
+    (["train", "--store", "/nonexistent/store", "--recipe", "jumprelu", "--bandwidth", "0", *OUT], "--bandwidth: 0 is out of"),
+    (["train", "--store", "/nonexistent/store", "--recipe", "jumprelu", "--l0-coeff", "-1", *OUT], "--l0-coeff: -1 is out of"),
+    (["train", "--store", "/nonexistent/store", "--prefixes", "1.5", *OUT], "--prefixes: 1.5 is out of range"),
+    (["train", "--store", "/nonexistent/store", "--recipe", "matryoshka_batchtopk", "--prefixes", "0.5", "0.25", *OUT],
+     "prefixes must be fractions of d_sae rising strictly within (0, 1]"),
 ])
 def test_bad_input_is_a_one_line_error_not_a_traceback(args, message):
     r = attnsae(*args)

@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import signal
 import subprocess
@@ -234,8 +235,12 @@ def test_every_recipe_round_trips_its_state_through_a_checkpoint(recipe, tmp_pat
         assert all(torch.equal(tr.opt.state[p][key], back.opt.state[q][key]) for key in ("exp_avg", "exp_avg_sq", "step"))
     if recipe == "l1":
         assert back.recipe.n_resampled == 1 and back.recipe.last_resample == 10
-    if recipe == "topk":
+    if recipe in ("topk", "batchtopk", "matryoshka_batchtopk"):
         assert back.recipe.tokens_seen == 25 * 64 and back.recipe.last_fired.max() == 25 * 64
+    if recipe in ("batchtopk", "matryoshka_batchtopk"):
+        assert back.recipe.threshold > 0
+    if recipe == "jumprelu":  # the thresholds are SAE parameters, trained by Adam
+        assert not torch.equal(back.sae.log_threshold, torch.full((256,), math.log(tr.cfg.init_threshold)))
 
 
 def test_a_checkpoint_left_as_checkpoint_old_is_used(tmp_path):
@@ -297,7 +302,7 @@ def test_train_sae_trains_once_then_returns_the_saved_sae(tmp_path):
 
 # ---- formats ----
 
-def _random_sae(arch="standard"):
+def _random_sae(arch="standard"):  # jumprelu: thresholds exp(N(0, 1))
     cfg = SAEConfig(d_in=12, d_sae=24, architecture=arch, k=3 if arch == "topk" else None, model_name="m",
                     hook_name="blocks.1.attn.hook_z", processing={"fold_value_biases": False, "weights": "w"})
     sae = SAE(cfg)
@@ -307,7 +312,7 @@ def _random_sae(arch="standard"):
     return sae
 
 
-@pytest.mark.parametrize("arch", ["standard", "topk"])
+@pytest.mark.parametrize("arch", ["standard", "topk", "jumprelu"])
 def test_save_load_roundtrip_and_sae_lens_layout(arch, tmp_path):
     from safetensors.torch import load_file
 
@@ -321,7 +326,9 @@ def test_save_load_roundtrip_and_sae_lens_layout(arch, tmp_path):
     assert raw["reshape_activations"] == "hook_z" and raw["apply_b_dec_to_input"] is True
     assert (raw.get("k") == 3) == (arch == "topk")
     w = load_file(str(tmp_path / "sae" / "sae_weights.safetensors"))
-    assert {k: tuple(v.shape) for k, v in w.items()} == {"W_enc": (12, 24), "b_enc": (24,), "W_dec": (24, 12), "b_dec": (12,)}
+    want = {"W_enc": (12, 24), "b_enc": (24,), "W_dec": (24, 12), "b_dec": (12,)}
+    want |= {"threshold": (24,)} if arch == "jumprelu" else {}
+    assert {k: tuple(v.shape) for k, v in w.items()} == want
     assert torch.allclose(load_file(str(tmp_path / "sae" / "sparsity.safetensors"))["sparsity"], torch.full((24,), -2.0))
     back = load_sae(tmp_path / "sae")
     x = torch.randn(5, 12)
@@ -389,10 +396,11 @@ def test_load_rejects_shape_mismatch_and_missing_files(tmp_path):
         load_sae(tmp_path)
 
 
-def test_sae_lens_itself_loads_our_folder(tmp_path):
+@pytest.mark.parametrize("arch", ["standard", "topk", "jumprelu"])
+def test_sae_lens_itself_loads_our_folder(arch, tmp_path):
     """Runs where SAELens is installed (e.g. .venv-bench from benchmarks/run.sh); skipped otherwise."""
     sae_lens = pytest.importorskip("sae_lens")
-    sae = _random_sae()
+    sae = _random_sae(arch)
     save_sae(sae, tmp_path / "sae")
     theirs = sae_lens.SAE.load_from_disk(str(tmp_path / "sae"))
     z = torch.randn(7, 3, 4)  # hook_z shape [.., n_heads, d_head]; 3 * 4 = d_in

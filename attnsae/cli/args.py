@@ -33,6 +33,7 @@ SEED = _number(int, 0, 2**63 - 1, what="give a whole number from 0 to 2^63 - 1")
 NONNEG = _number(float, 0.0, what="give a number >= 0")
 POSITIVE_FLOAT = _number(float, 0.0, lo_open=True, what="give a number > 0")
 FRACTION = _number(float, 0.0, 1.0, what="give a number from 0 to 1")
+PART = _number(float, 0.0, 1.0, lo_open=True, what="give a number > 0 and <= 1")
 CTX = _number(int, 2, 1 << 20, what="give at least 2 tokens per window (BOS and one more)")
 
 DTYPE_CHOICES = list(MODEL_DTYPES)
@@ -66,18 +67,35 @@ def add_data(p, multi_hook: bool = False) -> None:
         p.add_argument("--hook", default=JobConfig.hook, help="TransformerLens hook name (default: %(default)s)")
 
 
+# The options that set a TrainConfig field only some recipes read (Recipe.options): given explicitly with a
+# recipe that does not read it, the command refuses it rather than silently ignoring it.
+RECIPE_OPTIONS = {"l1_coeff": "--l1", "k": "--k", "l0_coeff": "--l0-coeff", "bandwidth": "--bandwidth",
+                  "init_threshold": "--init-threshold", "prefixes": "--prefixes"}
+
+
 def add_train(p, base: TrainConfig | None = None, sweep: bool = False) -> None:
-    """The recipe and its options; defaults are `base`'s (a job's recipe), else TrainConfig's."""
+    """The recipe and its options; defaults are `base`'s (a job's recipe), else TrainConfig's. The recipe-specific
+    options (RECIPE_OPTIONS) default to None, so that `train_config` can tell which were given."""
     base = base or TrainConfig()
     p.add_argument("--recipe", choices=list(RECIPES), default=base.recipe,
                    help="%(choices)s (l1: the paper's recipe, unit-norm decoder and resampling; l1_decnorm: L1 x |W_dec|, "
-                        "their Gemma-2B SAE; topk: k active latents, AuxK) (default: %(default)s)")
+                        "their Gemma-2B SAE; topk: k active latents, AuxK; batchtopk: k on average over the batch; "
+                        "jumprelu: learned thresholds, L0 penalty; matryoshka_batchtopk: batchtopk whose nested prefixes "
+                        "each reconstruct) (default: %(default)s)")
     if sweep:
         p.add_argument("--l1", type=NONNEG, nargs="+", required=True, help="L1 coefficients, one SAE each")
     else:
-        p.add_argument("--l1", type=NONNEG, default=base.l1_coeff,
-                       help="L1 coefficient on unit-scaled inputs, E|x| = sqrt(d_in) (default: %(default)s)")
-    p.add_argument("--k", type=POSITIVE, default=base.k, help="active latents for --recipe topk (default: %(default)s)")
+        p.add_argument("--l1", type=NONNEG, default=None,
+                       help=f"l1, l1_decnorm: L1 coefficient on unit-scaled inputs, E|x| = sqrt(d_in) (default: {base.l1_coeff})")
+    p.add_argument("--k", type=POSITIVE, default=None, help="topk: active latents per input; batchtopk, "
+                   f"matryoshka_batchtopk: per input on average over a batch (default: {base.k})")
+    p.add_argument("--l0-coeff", type=NONNEG, default=None, help=f"jumprelu: weight of the L0 penalty (default: {base.l0_coeff})")
+    p.add_argument("--bandwidth", type=POSITIVE_FLOAT, default=None, help="jumprelu: kernel width of the threshold's "
+                   f"straight-through gradient, on unit-scaled inputs (default: {base.bandwidth})")
+    p.add_argument("--init-threshold", type=POSITIVE_FLOAT, default=None, help="jumprelu: every latent's threshold at "
+                   f"the start, on unit-scaled inputs (default: {base.init_threshold})")
+    p.add_argument("--prefixes", type=PART, nargs="+", default=None, help="matryoshka_batchtopk: nested prefix sizes as "
+                   f"rising fractions of d_sae; the whole dictionary is always the last (default: {list(base.prefixes)})")
     p.add_argument("--expansion", type=POSITIVE, default=base.expansion, help="d_sae = expansion * d_in (default: %(default)s)")
     p.add_argument("--steps", type=POSITIVE, default=base.steps, help="(default: %(default)s)")
     p.add_argument("--batch-size", type=POSITIVE, default=base.batch_size, help="(default: %(default)s)")
@@ -88,12 +106,25 @@ def add_train(p, base: TrainConfig | None = None, sweep: bool = False) -> None:
 
 
 def train_config(args, base: TrainConfig | None = None) -> TrainConfig:
-    """`base` (or TrainConfig()) with the recipe options given on the command line."""
+    """`base` (or TrainConfig()) with the recipe options given on the command line; an option the recipe does not
+    read (its Recipe.options) is an error."""
     from dataclasses import replace
 
-    l1 = {} if isinstance(args.l1, list) else {"l1_coeff": args.l1}
-    return replace(base or TrainConfig(), recipe=args.recipe, k=args.k, expansion=args.expansion, steps=args.steps,
-                   batch_size=args.batch_size, lr=args.lr, dtype=args.dtype, seed=args.seed, **l1)
+    recipe = RECIPES[args.recipe]
+    given = {}
+    for field, flag in RECIPE_OPTIONS.items():
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is None:
+            continue
+        if field not in recipe.options:
+            raise ValueError(f"{flag} does not apply to --recipe {args.recipe}")
+        given[field] = tuple(value) if isinstance(value, list) else value
+    if isinstance(args.l1, list):  # a sweep sets l1_coeff per SAE
+        del given["l1_coeff"]
+    cfg = replace(base or TrainConfig(), recipe=args.recipe, expansion=args.expansion, steps=args.steps,
+                  batch_size=args.batch_size, lr=args.lr, dtype=args.dtype, seed=args.seed, **given)
+    recipe.check(cfg)
+    return cfg
 
 
 def add_inputs(p, windows: int, multi_sae: bool = False, store_windows: str = "random", verify_store: bool = False,

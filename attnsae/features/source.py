@@ -20,16 +20,9 @@ STORE_ROWS_PER_READ = 65536
 
 
 def encode_features(sae, x: torch.Tensor, features) -> torch.Tensor:
-    """f(x) restricted to `features`: [..., F]. A ReLU SAE computes only those encoder columns;
-    TopK needs every pre-activation to know which latents survive, so it encodes all."""
-    idx = torch.as_tensor(features, dtype=torch.long)
-    x = x.float()
-    if sae.cfg.architecture == "topk":
-        return sae.encode(x)[..., idx]
-    if sae.cfg.apply_b_dec_to_input:
-        x = x - sae.b_dec.detach().float()
-    pre = x @ sae.W_enc.detach().float()[:, idx] + sae.b_enc.detach().float()[idx]
-    return torch.relu(pre)
+    """f(x) restricted to `features`: [..., F] (float32, no autograd)."""
+    with torch.no_grad():
+        return sae.encode_features(x.float(), features).float()
 
 
 class ActivationSource:

@@ -78,7 +78,8 @@ def load(out, sae: SAE, opt: torch.optim.Optimizer, train_config: dict) -> tuple
 
 
 def _check_same_config(saved: dict, current: dict, where: Path) -> None:
-    saved["betas"] = tuple(saved["betas"])  # JSON made the tuple a list
-    if saved != current | {"betas": tuple(current["betas"])}:
-        diff = {k: (saved.get(k), v) for k, v in current.items() if saved.get(k) != v and k != "betas"}
+    """Fields the checkpoint predates (added to TrainConfig since) are not compared."""
+    current = json.loads(json.dumps(current))  # tuples as lists, as saved
+    diff = {k: (saved[k], v) for k, v in current.items() if k in saved and saved[k] != v}
+    if diff:
         raise ValueError(f"checkpoint in {where} was made with a different training config {diff}; use a new out_dir")

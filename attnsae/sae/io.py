@@ -2,8 +2,11 @@
 
 Our folder = cfg.json + sae_weights.safetensors (+ sparsity.safetensors), the layout SAELens'
 `SAE.load_from_disk` reads (v6 keys under "metadata", flat keys for older versions); our own
-full config rides along under "attnsae". The reference code (ckkissane/attention-output-saes)
-released `{run}.pt` (a torch state dict) beside `{run}_cfg.json`.
+full config rides along under "attnsae". A JumpReLU SAE (ours, or BatchTopK / Matryoshka trained and
+saved as one, as SAELens saves them; or Gemma Scope's) is architecture "jumprelu" with a per-latent
+`threshold` tensor beside W_enc, b_enc, W_dec, b_dec (SAELens 6: saes/jumprelu_sae.py, JumpReLUSAE).
+The reference code (ckkissane/attention-output-saes) released `{run}.pt` (a torch state dict)
+beside `{run}_cfg.json`.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..models.hooks import act_name
-from .sae import SAE, SAEConfig
+from .sae import ARCHITECTURES, SAE, SAEConfig
 
 CFG, WEIGHTS, SPARSITY = "cfg.json", "sae_weights.safetensors", "sparsity.safetensors"
 
@@ -63,6 +66,8 @@ def save_sae(sae: SAE, path, feature_density: torch.Tensor | None = None) -> Pat
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in sae.state_dict().items()}
+    if "log_threshold" in tensors:  # SAELens stores the threshold itself (process_state_dict_for_saving)
+        tensors["threshold"] = tensors.pop("log_threshold").exp()
     save_file(tensors, str(tmp / WEIGHTS))
     (tmp / CFG).write_text(json.dumps(sae_lens_cfg(sae.cfg), indent=2))
     if feature_density is not None:
@@ -100,8 +105,9 @@ def _cfg_from_sae_lens(raw: dict) -> SAEConfig:
     k = raw.get("k") or (raw.get("activation_fn_kwargs") or {}).get("k")
     if raw.get("activation_fn_str", raw.get("activation_fn")) == "topk":
         arch = "topk"
-    if arch not in ("standard", "topk"):
-        raise NotImplementedError(f"SAELens architecture {arch!r} is not supported (standard, topk)")
+    if arch not in ARCHITECTURES:
+        hint = " (save it with SAELens' save_inference_model: a jumprelu SAE)" if "batchtopk" in arch else ""
+        raise NotImplementedError(f"SAELens architecture {arch!r} is not supported {ARCHITECTURES}{hint}")
     return SAEConfig(
         d_in=raw["d_in"], d_sae=raw["d_sae"], architecture=arch, k=k,
         model_name=meta.get("model_name"), hook_name=meta.get("hook_name") or meta.get("hook_point"),
@@ -134,6 +140,8 @@ def load_reference(pt_path, device: str = "cpu") -> SAE:
 
 def _build(cfg: SAEConfig, state: dict, where, device) -> SAE:
     want = {"W_enc": (cfg.d_in, cfg.d_sae), "b_enc": (cfg.d_sae,), "W_dec": (cfg.d_sae, cfg.d_in), "b_dec": (cfg.d_in,)}
+    if cfg.architecture == "jumprelu":
+        want["threshold"] = (cfg.d_sae,)
     missing = [k for k in want if k not in state]
     if missing:
         raise ValueError(f"{where}: weights lack {missing} (found {sorted(state)})")
@@ -141,5 +149,7 @@ def _build(cfg: SAEConfig, state: dict, where, device) -> SAE:
         if tuple(state[k].shape) != shape:
             raise ValueError(f"{where}: {k} has shape {tuple(state[k].shape)}, config says {shape}")
     sae = SAE(cfg)
-    sae.load_state_dict({k: state[k].float() for k in want})
+    sae.load_state_dict({k: state[k].float() for k in want if k != "threshold"}, strict=False)
+    if cfg.architecture == "jumprelu":
+        sae.set_threshold_(state["threshold"].float())
     return sae.to(device)

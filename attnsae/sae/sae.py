@@ -1,12 +1,17 @@
 """The sparse autoencoder: f = act((x - b_dec) W_enc + b_enc), x_hat = f W_dec + b_dec.
 
-`act` is ReLU ("standard", the paper's SAEs) or TopK ("topk"). Parameters are named and
-shaped as in SAELens: W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_in], b_dec [d_in].
+`act` is ReLU ("standard", the paper's SAEs), TopK ("topk"), or JumpReLU ("jumprelu",
+Rajamanoharan et al. 2024: relu(pre) * (pre > threshold), a threshold per latent; BatchTopK and
+Matryoshka SAEs are saved as this). Parameters are named and shaped as in SAELens: W_enc
+[d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_in], b_dec [d_in]; a JumpReLU SAE keeps its
+threshold as `log_threshold` (trained in log space, as SAELens' training SAE does) and saves it
+as SAELens' `threshold`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -17,7 +22,7 @@ from torch import nn
 from ..models import hooks
 from ..models.hooks import HookSpec
 
-ARCHITECTURES = ("standard", "topk")
+ARCHITECTURES = ("standard", "topk", "jumprelu")
 
 
 @dataclass
@@ -81,6 +86,8 @@ class SAE(nn.Module):
         self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
         self.W_dec = nn.Parameter(torch.empty(cfg.d_sae, cfg.d_in))
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
+        if cfg.architecture == "jumprelu":
+            self.log_threshold = nn.Parameter(torch.zeros(cfg.d_sae))  # threshold 1 until set
         self.reset_parameters()
 
     def reset_parameters(self, generator: torch.Generator | None = None):
@@ -95,6 +102,21 @@ class SAE(nn.Module):
     def d_sae(self) -> int:
         return self.cfg.d_sae
 
+    @property
+    def threshold(self) -> torch.Tensor:
+        """JumpReLU: the per-latent threshold, [d_sae]."""
+        return self.log_threshold.exp()
+
+    @torch.no_grad()
+    def set_threshold_(self, threshold) -> None:
+        """Make this a JumpReLU SAE with `threshold` (a number or [d_sae]). A threshold <= 0 acts as 0
+        (relu already zeroes pre <= 0), so it is stored as log(0) = -inf: the same function."""
+        if self.cfg.architecture != "jumprelu":
+            self.cfg = dataclasses.replace(self.cfg, architecture="jumprelu", k=None)
+            self.log_threshold = nn.Parameter(torch.zeros(self.d_sae, device=self.W_enc.device))
+        t = torch.as_tensor(threshold, dtype=torch.float32).clamp_min(0).log()
+        self.log_threshold.copy_(t.expand(self.d_sae))
+
     def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.W_enc.dtype)
         if self.cfg.apply_b_dec_to_input:
@@ -105,10 +127,26 @@ class SAE(nn.Module):
         if self.cfg.architecture == "topk":
             vals, idx = pre.topk(self.cfg.k, dim=-1)
             return torch.zeros_like(pre).scatter_(-1, idx, F.relu(vals))
+        if self.cfg.architecture == "jumprelu":  # as SAELens' JumpReLUSAE.encode
+            return F.relu(pre) * (pre > self.threshold)
         return F.relu(pre)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.activation(self.pre_acts(x))
+
+    def encode_features(self, x: torch.Tensor, features) -> torch.Tensor:
+        """f(x) of the chosen `features` only, [..., F]. An elementwise activation needs only those encoder
+        columns; TopK needs every pre-activation to know which latents survive, so it encodes all."""
+        idx = torch.as_tensor(features, dtype=torch.long, device=self.W_enc.device)
+        if self.cfg.architecture == "topk":
+            return self.encode(x)[..., idx]
+        x = x.to(self.W_enc.dtype)
+        if self.cfg.apply_b_dec_to_input:
+            x = x - self.b_dec
+        pre = x @ self.W_enc[:, idx] + self.b_enc[idx]
+        if self.cfg.architecture == "jumprelu":
+            return F.relu(pre) * (pre > self.threshold[idx])
+        return F.relu(pre)
 
     def decode(self, f: torch.Tensor) -> torch.Tensor:
         return f @ self.W_dec + self.b_dec
@@ -125,17 +163,24 @@ class SAE(nn.Module):
     @torch.no_grad()
     def fold_input_scale_(self, scale: float) -> None:
         """Trained on x*scale: make it act on raw x with the same decoder directions.
-        Feature activations become f/scale; the function x -> x_hat is exactly preserved."""
+        Feature activations become f/scale, and so do pre-activations, hence a JumpReLU threshold;
+        the function x -> x_hat is exactly preserved:
+        pre(x) = (x - b_dec/s) W_enc + b_enc/s = pre_s(s x)/s, f = f_s/s, f W_dec + b_dec/s = x_hat_s/s."""
         self.b_enc.div_(scale)
         self.b_dec.div_(scale)
+        if self.cfg.architecture == "jumprelu":
+            self.log_threshold.sub_(math.log(scale))
 
     @torch.no_grad()
     def fold_decoder_norm_(self) -> None:
         """Move decoder row norms into the encoder (f_i * |d_i|) so rows are unit-norm.
-        Exact for ReLU only: rescaling pre-activations would change which latents TopK keeps."""
-        if self.cfg.architecture != "standard":
-            raise ValueError("fold_decoder_norm_ is only exact for ReLU SAEs")
+        Exact for ReLU and JumpReLU (whose threshold scales too); rescaling pre-activations would
+        change which latents TopK keeps."""
+        if self.cfg.architecture == "topk":
+            raise ValueError("fold_decoder_norm_ is only exact for ReLU and JumpReLU SAEs")
         norms = self.W_dec.norm(dim=1).clamp_min(1e-8)
         self.W_enc.mul_(norms)
         self.b_enc.mul_(norms)
+        if self.cfg.architecture == "jumprelu":
+            self.log_threshold.add_(norms.log())
         self.W_dec.div_(norms[:, None])

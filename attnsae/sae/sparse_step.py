@@ -190,6 +190,8 @@ def sparse_sae_step(
 def sae_step(sae, x: torch.Tensor, dtype: torch.dtype | None = None, dense_density: float | None = None):
     """`sparse_sae_step` on an `attnsae.sae.SAE` (its architecture, k and b_dec convention);
     plain autograd off the CPU, where these kernels were not tuned."""
+    if sae.cfg.architecture not in ("standard", "topk"):
+        raise ValueError(f"sae_step runs ReLU and TopK SAEs, not {sae.cfg.architecture!r} (use plain autograd)")
     if x.device.type != "cpu":
         out = sae(x)
         return out.feature_acts, out.reconstruction

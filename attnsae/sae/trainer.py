@@ -1,8 +1,9 @@
 """The training loop shared by every recipe (recipes/: the loss, the decoder constraint, lr
 multiplier, resampling), and `train_sae`, which trains an SAE into a run folder unless it is there.
 
-Every recipe runs the SAE through `sparse_step.sae_step`: the same gradients as plain autograd, but
-the decoder and the backward touch only the active latents.
+The L1 and TopK recipes run the SAE through `sparse_step.sae_step`: the same gradients as plain
+autograd, but the decoder and the backward touch only the active latents; BatchTopK, JumpReLU and
+Matryoshka use plain autograd.
 
 The loop checkpoints atomically every `checkpoint_every` steps (checkpoint.py), so `kill -9` loses
 at most one interval, and `resume=True` continues the same run: batches come from a seeded
@@ -38,11 +39,17 @@ GEOMETRIC_MEDIAN_SAMPLES = 16384
 
 @dataclass
 class TrainConfig:
-    recipe: str = "l1"  # a name in RECIPES: l1 | l1_decnorm | topk
+    recipe: str = "l1"  # a name in RECIPES: l1 | l1_decnorm | topk | batchtopk | jumprelu | matryoshka_batchtopk
     d_sae: int | None = None  # default: expansion * d_in
     expansion: int = 8
-    k: int = 32  # topk
-    l1_coeff: float = 1.0
+    k: int = 32  # topk: latents per input; batchtopk, matryoshka_batchtopk: per input on average over the batch
+    l1_coeff: float = 1.0  # l1, l1_decnorm
+    # jumprelu (thresholds and bandwidth in units of the scaled inputs, E|x| = sqrt(d_in); defaults: SAELens')
+    l0_coeff: float = 1.0  # lambda, the weight of the L0 penalty
+    bandwidth: float = 0.05  # eps, the width of the rectangle kernel in the threshold's pseudo-derivative
+    init_threshold: float = 0.01  # every latent's threshold at the start
+    # matryoshka_batchtopk: the nested prefixes as fractions of d_sae (the whole dictionary is always the last)
+    prefixes: tuple[float, ...] = (1 / 64, 1 / 16, 1 / 4, 1.0)
     lr: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.99)
     batch_size: int = 4096
@@ -57,7 +64,8 @@ class TrainConfig:
     resample_inputs: int = 65536  # inputs scored to pick high-loss examples
     resample_warmup: int = 1000  # steps to cosine-warm lr back from 0.1x (the paper's training code: 1000)
     dead_threshold: float = DEAD_THRESHOLD  # dead: fires on fewer than this fraction of inputs since the last resample
-    dead_window: int = 10_000_000  # topk: tokens a latent must stay silent to count as dead for AuxK (Gao et al. 2024)
+    # topk, batchtopk, matryoshka: tokens a latent must stay silent to count as dead for AuxK (Gao et al. 2024)
+    dead_window: int = 10_000_000
     # bookkeeping
     checkpoint_every: int = 500
     hist_every: int = 1000

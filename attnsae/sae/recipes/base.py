@@ -29,16 +29,23 @@ class Recipe:
     """Base: Adam on all parameters, unit-norm decoder rows, no lr change, no state.
 
     A new recipe is a subclass in its own file that sets `name` (and `architecture` if not
-    "standard") and defines `loss`, plus its entry in `RECIPES` (recipes/__init__.py)."""
+    "standard", `options` if it reads recipe-specific TrainConfig fields) and defines `loss`, plus
+    its entry in `RECIPES` (recipes/__init__.py)."""
 
     name: str  # TrainConfig.recipe
     architecture = "standard"  # the SAEConfig.architecture it trains
+    options: tuple[str, ...] = ()  # the TrainConfig fields it reads that not every recipe does (the CLI refuses the rest)
     unit_norm_decoder = True
     state_keys: tuple[str, ...] = ()  # attributes saved in checkpoints (tensors or JSON values)
     resample_steps: frozenset[int] = frozenset()  # steps after which the trainer calls `resample`
 
     def __init__(self, sae: SAE, cfg: TrainConfig):
+        self.check(cfg)
         self.sae, self.cfg = sae, cfg
+
+    @classmethod
+    def check(cls, cfg: TrainConfig) -> None:
+        """Raise ValueError for option values this recipe cannot train with (before any work starts)."""
 
     def loss(self, x: torch.Tensor, step: int) -> StepOutput:
         raise NotImplementedError

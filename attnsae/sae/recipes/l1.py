@@ -22,6 +22,7 @@ WARM_BACK_START = 0.1
 
 class L1Recipe(Recipe):
     name = "l1"
+    options = ("l1_coeff", "resample_every", "n_resamples", "resample_inputs", "resample_warmup")
     state_keys = ("last_resample", "n_resampled")
 
     def __init__(self, sae, cfg):

@@ -15,6 +15,7 @@ L1_WARMUP_FRAC = 0.05  # l1 rises linearly from 0 over this fraction of the step
 
 class L1DecoderNormRecipe(Recipe):
     name = "l1_decnorm"
+    options = ("l1_coeff",)
     unit_norm_decoder = False
 
     def __init__(self, sae, cfg):

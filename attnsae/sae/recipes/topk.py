@@ -15,6 +15,7 @@ AUX_COEFF = 1 / 32  # weight of the AuxK loss (Gao et al. 2024)
 class TopKRecipe(Recipe):
     name = "topk"
     architecture = "topk"
+    options = ("k", "dead_window")
     state_keys = ("last_fired", "tokens_seen")
 
     def __init__(self, sae, cfg):
@@ -25,9 +26,13 @@ class TopKRecipe(Recipe):
         # or a tenth of the run when that is shorter (our choice, so short runs use AuxK at all)
         self.dead_after = min(cfg.dead_window, cfg.steps * cfg.batch_size // 10)
 
+    def activate(self, x):
+        """(f, x_hat) for the batch: TopK per row. The decoder touches only the k active latents."""
+        return sae_step(self.sae, x)
+
     def loss(self, x, step):
         sae = self.sae
-        f, recon = sae_step(sae, x)  # the decoder touches only the k active latents
+        f, recon = self.activate(x)
         err = x - recon
         loss = err.pow(2).sum(-1).mean()
         with torch.no_grad():
