@@ -38,6 +38,8 @@ OUT = ["--out", "/tmp/attnsae-never-written"]
     (["layers", "--layers", "-3", *OUT], "--layers: -3 is out of range"),
     (["layers", "--k", "0", *OUT], "--k: 0 is out of range"),
     (["hooks", "--layer", "-1"], "--layer: -1 is out of range"),
+    (["hooks", "--device", "tpu"], "device 'tpu': give auto"),
+    (["main", "--device", "cuda:7", *OUT], "device 'cuda:7' is not available"),
     (["harvest", "--windows", "0", *OUT], "--windows: 0 is out of range"),
     (["harvest", "--max-tokens", "many", *OUT], "'many' is not a whole number"),
     (["train", "--store", "/nonexistent/store", "--lr", "nan", *OUT], "--lr: nan is not a finite number"),

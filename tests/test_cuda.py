@@ -51,3 +51,24 @@ def test_harvest_from_a_gpu_model_stores_what_the_cpu_stores(tiny, windows, tmp_
     gpu = harvest(model.to("cuda"), windows, tmp_path / "gpu", ["blocks.1.attn.hook_z"], dtype="float32", progress=False)
     rows = np.arange(len(cpu))
     torch.testing.assert_close(gpu.rows(rows), cpu.rows(rows), atol=1e-5, rtol=1e-4)
+
+
+def test_training_on_the_gpu_follows_the_cpu_run(tmp_path):
+    """The same seed and batches on both devices: the same recipe state and close weights (fp32 matmuls)."""
+    from attnsae.sae import SAEConfig, TrainConfig, Trainer
+
+    x = torch.randn(4096, 16, generator=torch.Generator().manual_seed(0))
+
+    def batches(start):
+        for i in range(start, 10**9):
+            yield x[(i * 64) % 4096:(i * 64) % 4096 + 64]
+
+    saes = {}
+    for device in ("cpu", "cuda"):
+        cfg = TrainConfig(recipe="topk", k=4, expansion=2, steps=40, batch_size=64, dtype="float32", checkpoint_every=20)
+        t = Trainer(SAEConfig(d_in=16, d_sae=32, architecture="topk", k=4), cfg, tmp_path / device, batches, False, device)
+        t.train()
+        assert t.fire_counts.device.type == device
+        saes[device] = t.finished_sae()
+    for k, v in saes["cpu"].state_dict().items():
+        torch.testing.assert_close(saes["cuda"].state_dict()[k], v, atol=1e-3, rtol=1e-3)

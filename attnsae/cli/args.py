@@ -8,7 +8,8 @@ import math
 
 from ..data import DEFAULT_CORPUS, WindowSpec
 from ..jobs import JobConfig
-from ..models import DEFAULT_MODEL, MODEL_DTYPES
+from ..models import DEFAULT_MODEL, MODEL_DTYPES, resolve_device
+from ..models.device import DEVICE_HELP
 from ..sae import RECIPES, TrainConfig
 
 
@@ -37,6 +38,19 @@ PART = _number(float, 0.0, 1.0, lo_open=True, what="give a number > 0 and <= 1")
 CTX = _number(int, 2, 1 << 20, what="give at least 2 tokens per window (BOS and one more)")
 
 DTYPE_CHOICES = list(MODEL_DTYPES)
+
+
+def _device(text: str) -> str:
+    """An argparse type: a device that exists here (models.device.resolve_device says why not)."""
+    try:
+        resolve_device(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def add_device(p) -> None:
+    p.add_argument("--device", type=_device, default="auto", help=f"{DEVICE_HELP} (default: %(default)s)")
 
 
 def add_model(p, default: str | None = DEFAULT_MODEL, help: str | None = None) -> None:
@@ -143,6 +157,7 @@ def add_inputs(p, windows: int, multi_sae: bool = False, store_windows: str = "r
              "store's first", "all": "without --store: random windows of the corpus; with it, all its windows"}[store_windows]
     p.add_argument("--windows", type=POSITIVE, default=windows, help=which + " (default: %(default)s)")
     add_model_dtype(p)
+    add_device(p)
     add_seed(p)
     p.set_defaults(store_windows=store_windows, verify_store=verify_store)
 
@@ -152,7 +167,7 @@ def input_spec(args):
     from ..features.inputs import InputSpec
 
     return InputSpec(saes=list(args.sae), model=args.model, store=args.store, corpus=args.corpus, windows=args.windows,
-                     seed=args.seed, model_dtype=args.model_dtype, store_windows=args.store_windows,
+                     seed=args.seed, model_dtype=args.model_dtype, device=args.device, store_windows=args.store_windows,
                      verify_store=args.verify_store)
 
 

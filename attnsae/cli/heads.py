@@ -23,6 +23,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--n", type=a.POSITIVE, default=50, help="random tokens per half of each repeated sequence")
     p.add_argument("--batch", type=a.POSITIVE, default=32)
     a.add_seed(p)
+    a.add_device(p)
     p.add_argument("--out", required=True)
     p.set_defaults(fn=run_head_scores_cmd)
 
@@ -36,6 +37,7 @@ def add_parsers(sub) -> None:
                    '"slots": {"slot": [values] or "random:base64:8"}}; repeatable')
     p.add_argument("--n", type=a.POSITIVE, default=64, help="examples per task")
     a.add_seed(p)
+    a.add_device(p)
     p.add_argument("--out", required=True)
     p.set_defaults(fn=run_ablate_heads)
 
@@ -53,6 +55,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--threshold", type=a.FRACTION, default=0.3,
                    help="real text: count (dest, src) where a head attends above this")
     a.add_seed(p)
+    a.add_device(p)
     p.add_argument("--out", required=True)
     p.set_defaults(fn=run_induction)
 
@@ -98,20 +101,21 @@ Writes OUT/ioi.json and PNG figures; prints the headline numbers.""",
     p.add_argument("--threads", type=a.POSITIVE, default=None, help="torch CPU threads (1 is 2x faster on a 2-core machine "
                    "another job is using)")
     a.add_seed(p)
+    a.add_device(p)
     p.set_defaults(fn=run_ioi_cmd)
 
 
 def run_head_scores_cmd(args) -> None:
-    a.report(run_head_scores(load_model(args.model), n=args.n, batch=args.batch, seed=args.seed), args.out)
+    a.report(run_head_scores(load_model(args.model, device=args.device), n=args.n, batch=args.batch, seed=args.seed), args.out)
 
 
 def run_ablate_heads(args) -> None:
     tasks = tasks_from(args.task, args.template)
-    a.report(run_head_ablation(load_model(args.model), args.layer, tasks, n=args.n, seed=args.seed), args.out)
+    a.report(run_head_ablation(load_model(args.model, device=args.device), args.layer, tasks, n=args.n, seed=args.seed), args.out)
 
 
 def run_induction(args) -> None:
-    model = load_model(args.model)
+    model = load_model(args.model, device=args.device)
     heads = parse_heads(args.head, model) if args.head else strongest_induction_heads(model, args.top)
     a.report(run_prefix_curves(model, heads, n=args.n, seed=args.seed), args.out)
     if args.corpus_windows:
@@ -126,7 +130,7 @@ def run_ioi_cmd(args) -> None:
 
         torch.set_num_threads(args.threads)
     saes = [load_sae(p) for p in args.sae]
-    model = load_model(sae_model_name(saes, args.model, DEFAULT_MODEL), dtype=args.model_dtype)
+    model = load_model(sae_model_name(saes, args.model, DEFAULT_MODEL), dtype=args.model_dtype, device=args.device)
     a.report(run_ioi(model, saes, n=args.n, n_abc=args.n_abc, seed=args.seed, parts=args.parts,
                      s_inhibition=parse_heads(args.s_inhibition, model) if args.s_inhibition else None,
                      k_s_inhibition=args.k_s_inhibition, noise_layers=args.noise_layers,

@@ -17,6 +17,7 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("main", help="the whole job on the defaults: harvest, train, evaluate, report (resumable)")
     a.add_data(p)
     a.add_train(p, main_train_config())
+    a.add_device(p)
     p.add_argument("--out", default=job.out, help="run folder; re-running resumes (default: %(default)s)")
     p.add_argument("--train-windows", type=a.COUNT, default=job.train_windows,
                    help="windows to harvest for training, 0: all (default: %(default)s)")
@@ -28,6 +29,7 @@ def add_parsers(sub) -> None:
     a.add_model(p, None, "default: the store's model")
     p.add_argument("--eval-windows", type=a.POSITIVE, default=64, help="held-out windows for CE / KL (default: %(default)s)")
     a.add_train(p, main_train_config(), sweep=True)
+    a.add_device(p)
     p.set_defaults(fn=run_sweep_cmd)
 
     p = sub.add_parser("layers", help="an SAE on every layer's attn.hook_z: one harvest of all layers, then one SAE per "
@@ -60,11 +62,12 @@ def _add_layer_options(p, out: str, layers_help: str) -> None:
     p.add_argument("--layers", type=a.COUNT, nargs="+", default=None, help=layers_help)
     a.add_model_dtype(p, help="model precision while harvesting (default: %(default)s)")
     a.add_train(p, layers_train_config())
+    a.add_device(p)
 
 
 def _layers_config(args, only: bool = False) -> LayersConfig:
     return LayersConfig(model=args.model, out=args.out, windows=_windows(args), train_windows=args.train_windows or None,
-                        layers=args.layers, only=only, harvest_dtype=args.model_dtype,
+                        layers=args.layers, only=only, harvest_dtype=args.model_dtype, device=args.device,
                         train=a.train_config(args, layers_train_config()))
 
 
@@ -73,7 +76,7 @@ def _windows(args) -> WindowSpec:
 
 
 def run_main(args) -> None:
-    cfg = JobConfig(model=args.model, hook=args.hook, out=args.out, windows=_windows(args),
+    cfg = JobConfig(model=args.model, hook=args.hook, out=args.out, windows=_windows(args), device=args.device,
                     train_windows=args.train_windows or None, train=a.train_config(args, main_train_config()))
     report = run_job(cfg)
     print(f"\nreport: {report / 'report.md'}\n        {report / 'report.json'}")
@@ -81,7 +84,7 @@ def run_main(args) -> None:
 
 def run_sweep_cmd(args) -> None:
     print(run_sweep(args.store, args.out, args.l1, a.train_config(args, main_train_config()), model_name=args.model,
-                    eval_windows=args.eval_windows))
+                    eval_windows=args.eval_windows, device=args.device))
 
 
 def run_layers_cmd(args) -> None:

@@ -18,6 +18,7 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("hooks", help="list a model's hook names and shapes")
     a.add_model(p)
     p.add_argument("--layer", type=a.COUNT, default=0, help="only this layer's hooks (default: %(default)s)")
+    a.add_device(p)
     p.set_defaults(fn=run_hooks)
 
     p = sub.add_parser("harvest", help="stream hook activations into an on-disk store (resumable)")
@@ -27,6 +28,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--dtype", choices=list(STORE_DTYPES), default="bfloat16", help="store dtype (default: %(default)s)")
     a.add_model_dtype(p)
     p.add_argument("--keep-bos", action="store_true", help="also store position 0 (BOS)")
+    a.add_device(p)
     p.set_defaults(fn=run_harvest)
 
     p = sub.add_parser("train", help="train an SAE from a store, or streamed from a model (resumes from the last checkpoint)")
@@ -39,6 +41,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint or SAE and train again")
     a.add_train(p)
+    a.add_device(p)
     p.set_defaults(fn=run_train)
 
     job = JobConfig()
@@ -50,11 +53,12 @@ def add_parsers(sub) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--eval-windows", type=a.POSITIVE, default=job.eval_windows, help="(default: %(default)s)")
     p.add_argument("--zero-ablation-windows", type=a.COUNT, default=0, help="also tabulate zero-ablating every layer")
+    a.add_device(p)
     p.set_defaults(fn=run_eval)
 
 
 def run_hooks(args) -> None:
-    model = load_model(args.model)
+    model = load_model(args.model, device=args.device)
     c = model.cfg
     if args.layer >= c.n_layers:
         raise ValueError(f"--layer {args.layer} out of range: {c.name} has {c.n_layers} layers")
@@ -65,7 +69,7 @@ def run_hooks(args) -> None:
 
 
 def run_harvest(args) -> None:
-    model = load_model(args.model, dtype=args.model_dtype)
+    model = load_model(args.model, dtype=args.model_dtype, device=args.device)
     train_w, _ = load_windows(model, WindowSpec(corpus=args.corpus, ctx=args.ctx, max_tokens=args.max_tokens))
     store = harvest(model, train_w[: args.windows], args.out, args.hook or [JobConfig.hook], dtype=args.dtype,
                     skip_bos=not args.keep_bos, extra_meta={"corpus": args.corpus})
@@ -74,13 +78,14 @@ def run_harvest(args) -> None:
 
 def run_train(args) -> None:
     path = train_one(a.train_config(args), args.out, store=args.store, hook=args.hook, model=args.model,
-                     windows=WindowSpec(corpus=args.corpus, ctx=args.ctx), model_dtype=args.model_dtype, restart=args.restart)
+                     windows=WindowSpec(corpus=args.corpus, ctx=args.ctx), model_dtype=args.model_dtype, restart=args.restart,
+                     device=args.device)
     print(f"SAE saved to {path}")
 
 
 def run_eval(args) -> None:
     sae = load_sae(args.sae)
-    model = load_model(args.model or sae.cfg.model_name)
+    model = load_model(args.model or sae.cfg.model_name, device=args.device)
     _, held = load_windows(model, WindowSpec(corpus=args.corpus, ctx=sae.cfg.context_size, max_tokens=args.max_tokens))
     cfg = JobConfig(eval_windows=args.eval_windows, zero_ablation_windows=args.zero_ablation_windows)
     report = evaluate(model, sae, held, cfg, Path(args.out))

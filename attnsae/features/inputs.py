@@ -30,6 +30,7 @@ class InputSpec:
     windows: int = 2000
     seed: int = 0
     model_dtype: str = "bfloat16"
+    device: str = "auto"  # the model's (models.device.resolve_device); statistics and SAEs stay on the CPU
     store_windows: str = "random"  # which of a store's windows (STORE_WINDOWS); a corpus's are always random
     verify_store: bool = True  # sha256 of every shard: worth it when every row is read, not for a sample
 
@@ -73,7 +74,7 @@ def load_inputs(spec: InputSpec, check: Callable | None = None) -> Inputs:
         require_hook_z(sae)
     name = sae_model_name(saes, spec.model)
     store = ActivationStore(spec.store, verify=spec.verify_store) if spec.store else None
-    model = load_model(name, dtype=spec.model_dtype)
+    model = load_model(name, dtype=spec.model_dtype, device=spec.device)
     for sae in saes:
         check_compatible(model, sae)
     if check is not None:

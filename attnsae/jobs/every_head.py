@@ -68,7 +68,7 @@ def table1_markdown(rows: list[dict]) -> str:
 def run_every_head(cfg: EveryHeadConfig, progress: bool = True) -> Path:
     out = Path(cfg.layers.out)
     sae_dirs = run_layers(cfg.layers, progress)
-    model = load_model(cfg.layers.model, dtype="float32")
+    model = load_model(cfg.layers.model, dtype="float32", device=cfg.layers.device)
     saes = [load_sae(sae_dirs[l]) for l in sorted(sae_dirs)]
     _, held = load_windows(model, cfg.layers.windows)
 

@@ -33,13 +33,14 @@ class LayersConfig:
     only: bool = False  # harvest and train only `layers`
     harvest_dtype: str = "bfloat16"
     store_dtype: str = "bfloat16"
+    device: str = "auto"  # model and training (models.device.resolve_device)
     train: TrainConfig = field(default_factory=layers_train_config)
 
 
 def run_layers(cfg: LayersConfig, progress: bool = True) -> dict[int, Path]:
     """{layer: SAE folder} for every layer of the model (or only cfg.layers)."""
     out = Path(cfg.out)
-    model = load_model(cfg.model, dtype=cfg.harvest_dtype)
+    model = load_model(cfg.model, dtype=cfg.harvest_dtype, device=cfg.device)
     n_layers = model.cfg.n_layers
     bad = [l for l in cfg.layers or [] if not 0 <= l < n_layers]
     if bad:
@@ -56,5 +57,6 @@ def run_layers(cfg: LayersConfig, progress: bool = True) -> dict[int, Path]:
     for l in order:
         hook = hooks[l]
         saes[l] = train_sae(sae_config_for(t, store.d(hook), hook, store.meta), t, out / f"L{l}",
-                            lambda s, h=hook: store.batches(t.batch_size, seed=t.seed, hook=h, start=s), progress=progress)
+                            lambda s, h=hook: store.batches(t.batch_size, seed=t.seed, hook=h, start=s), progress=progress,
+                            device=cfg.device)
     return saes

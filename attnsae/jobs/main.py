@@ -43,6 +43,7 @@ class JobConfig:
     harvest_dtype: str = "bfloat16"  # model precision while harvesting (2.2x faster here)
     store_dtype: str = "bfloat16"
     eval_dtype: str = "float32"  # model precision for CE / KL
+    device: str = "auto"  # model and training (models.device.resolve_device)
     eval_windows: int = 128  # held-out windows for CE / KL (3 forwards each)
     sparsity_windows: int | None = None  # held-out windows for L0 / dead counts (None: all)
     zero_ablation_windows: int = 16  # per-layer zero-ablation table; 0 skips it
@@ -57,7 +58,7 @@ def run_job(cfg: JobConfig, progress: bool = True) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     t = time.time()
-    model = load_model(cfg.model, dtype=cfg.harvest_dtype)
+    model = load_model(cfg.model, dtype=cfg.harvest_dtype, device=cfg.device)
     hook_width(model, cfg.hook)  # fail fast on a bad hook name
     train_w, held_w = load_windows(model, cfg.windows)
     if cfg.train_windows:
@@ -72,7 +73,7 @@ def run_job(cfg: JobConfig, progress: bool = True) -> Path:
     t = time.time()
     bs, seed = cfg.train.batch_size, cfg.train.seed
     sae_dir = train_sae(sae_config_for(cfg.train, store.d(), cfg.hook, store.meta), cfg.train, out,
-                        lambda start: store.batches(bs, seed=seed, start=start), progress=progress)
+                        lambda start: store.batches(bs, seed=seed, start=start), progress=progress, device=cfg.device)
     timings["train_s"] = time.time() - t
 
     t = time.time()

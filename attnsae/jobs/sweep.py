@@ -14,17 +14,17 @@ from ..sae import TrainConfig, load_sae, sae_config_for, train_sae
 
 
 def run_sweep(store_dir, out, l1_coeffs: list[float], base: TrainConfig, model_name: str | None = None,
-              eval_windows: int = 64, sparsity_windows: int | None = None) -> str:
+              eval_windows: int = 64, sparsity_windows: int | None = None, device: str = "auto") -> str:
     store = ActivationStore(store_dir)
     meta, out = store.meta, Path(out)
-    model = load_model(model_name or meta["model"])
+    model = load_model(model_name or meta["model"], device=device)
     _, held = load_windows(model, WindowSpec(corpus=meta.get("corpus", "default"), ctx=meta["context_size"]))
     rows = []
     for l1 in l1_coeffs:
         cfg = dataclasses.replace(base, l1_coeff=l1)
         sae_dir = train_sae(sae_config_for(cfg, store.d(), store.hooks[0], meta), cfg, out / f"l1_{l1:g}",
-                            lambda s, c=cfg: store.batches(c.batch_size, seed=c.seed, start=s))
-        sae = load_sae(sae_dir)
+                            lambda s, c=cfg: store.batches(c.batch_size, seed=c.seed, start=s), device=device)
+        sae = load_sae(sae_dir, device=model.device)
         sp, _ = sparsity(sae, activation_batches(model, sae, held[:sparsity_windows or len(held)]))
         fid = fidelity(model, sae, held[:eval_windows])
         rows.append({"l1_coeff": l1, "l0": sp.l0, "explained_variance": sp.explained_variance, "n_dead": sp.n_dead,

@@ -10,7 +10,8 @@ from ..sae import TrainConfig, sae_config_for, train_sae
 
 
 def train_one(cfg: TrainConfig, out, store: str | None = None, hook: str | None = None, model: str | None = None,
-              windows: WindowSpec | None = None, model_dtype: str = "bfloat16", restart: bool = False) -> Path:
+              windows: WindowSpec | None = None, model_dtype: str = "bfloat16", restart: bool = False,
+              device: str = "auto") -> Path:
     """Train (or resume, or reuse) an SAE into out/sae. With `store`: on its `hook` (default its first). Without:
     streamed from `model` at `hook` over `windows` of the corpus, harvested chunk by chunk."""
     if store:
@@ -24,11 +25,11 @@ def train_one(cfg: TrainConfig, out, store: str | None = None, hook: str | None 
         if not (model and hook):
             raise ValueError("train needs --store, or --model and --hook to stream activations from the model")
         windows = windows or WindowSpec()
-        lm = load_model(model, dtype=model_dtype)
+        lm = load_model(model, dtype=model_dtype, device=device)
         train_w, _ = load_windows(lm, windows)
         stream = StreamedActivations(lm, train_w, hook)
         d_in, meta = hook_width(lm, hook), stream.meta(windows.corpus)
 
         def batches(step):
             return stream.batches(cfg.batch_size, seed=cfg.seed, start=step)
-    return train_sae(sae_config_for(cfg, d_in, hook, meta), cfg, out, batches, resume=not restart)
+    return train_sae(sae_config_for(cfg, d_in, hook, meta), cfg, out, batches, resume=not restart, device=device)

@@ -36,14 +36,14 @@ def save(out, sae: SAE, opt: torch.optim.Optimizer, train_config: dict, counters
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    tensors = {f"sae.{k}": v.detach().clone() for k, v in sae.state_dict().items()}
+    tensors = {f"sae.{k}": v.detach().cpu().clone() for k, v in sae.state_dict().items()}
     for i, p in enumerate(sae.parameters()):
         st = opt.state.get(p, {})
-        tensors |= {f"adam.{i}.{key}": st[key].clone() for key in ADAM_MOMENTS if key in st}
+        tensors |= {f"adam.{i}.{key}": st[key].cpu().clone() for key in ADAM_MOMENTS if key in st}
         if "step" in st:
-            tensors[f"adam.{i}.step"] = torch.as_tensor(st["step"], dtype=torch.float32).reshape(1)
-    tensors |= {k: v.clone() for k, v in counters.items() if torch.is_tensor(v)}
-    tensors |= {f"recipe.{k}": v.clone() for k, v in recipe_state.items() if torch.is_tensor(v)}
+            tensors[f"adam.{i}.step"] = torch.as_tensor(st["step"], dtype=torch.float32).cpu().reshape(1)
+    tensors |= {k: v.cpu().clone() for k, v in counters.items() if torch.is_tensor(v)}
+    tensors |= {f"recipe.{k}": v.cpu().clone() for k, v in recipe_state.items() if torch.is_tensor(v)}
     save_file(tensors, str(tmp / "state.safetensors"))
     meta = {k: v for k, v in counters.items() if not torch.is_tensor(v)}
     meta["recipe"] = {k: v for k, v in recipe_state.items() if not torch.is_tensor(v)}
@@ -57,8 +57,9 @@ def save(out, sae: SAE, opt: torch.optim.Optimizer, train_config: dict, counters
 
 
 def load(out, sae: SAE, opt: torch.optim.Optimizer, train_config: dict) -> tuple[dict, dict] | None:
-    """Load the SAE and Adam's state in place; returns (counters, recipe_state), or None without a
-    checkpoint. Refuses a checkpoint made with a different training config."""
+    """Load the SAE and Adam's state in place, on the SAE's device (a run may resume on another device);
+    returns (counters, recipe_state) with their tensors there too, or None without a checkpoint. Refuses
+    a checkpoint made with a different training config."""
     d = folder(out)
     if not d.exists() and (Path(out) / f"{NAME}.old").exists():
         d = Path(out) / f"{NAME}.old"  # killed between the two renames
@@ -66,7 +67,7 @@ def load(out, sae: SAE, opt: torch.optim.Optimizer, train_config: dict) -> tuple
         return None
     meta = json.loads((d / "state.json").read_text())
     _check_same_config(meta.pop("train_config"), train_config, d)
-    t = load_file(str(d / "state.safetensors"))
+    t = load_file(str(d / "state.safetensors"), device=str(sae.W_enc.device))
     sae.load_state_dict({k[4:]: v for k, v in t.items() if k.startswith("sae.")})
     for i, p in enumerate(sae.parameters()):
         if f"adam.{i}.exp_avg" in t:

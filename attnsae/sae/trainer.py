@@ -24,6 +24,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..evals.metrics import DEAD_THRESHOLD
+from ..models.device import autocast as device_autocast
+from ..models.device import resolve_device
 from ..models.hooks import parse
 from . import checkpoint
 from .io import save_sae
@@ -110,23 +112,27 @@ class Trainer:
     # what a checkpoint keeps of the trainer besides the SAE, Adam and the recipe
     COUNTERS = ("step", "tokens", "scale", "history", "fire_counts", "fire_tokens", "recent_counts", "recent_tokens")
 
-    def __init__(self, sae_cfg: SAEConfig, cfg: TrainConfig, out_dir, batches_from, progress: bool = True):
+    def __init__(self, sae_cfg: SAEConfig, cfg: TrainConfig, out_dir, batches_from, progress: bool = True,
+                 device: str | torch.device = "cpu"):
         self.cfg, self.out = cfg, Path(out_dir)
+        self.device = resolve_device(device)  # not part of cfg: a run may resume on another device
         self.out.mkdir(parents=True, exist_ok=True)
         self.batches_from = batches_from
         self.progress = progress
         torch.manual_seed(cfg.seed)
         self.sae = SAE(sae_cfg)
         self.sae.reset_parameters(torch.Generator().manual_seed(cfg.seed))
+        self.sae.to(self.device)
         self.recipe = RECIPES[cfg.recipe](self.sae, cfg)
         self.opt = torch.optim.Adam(self.sae.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
         self.step = 0
         self.tokens = 0
         self.scale = 1.0  # inputs are multiplied by this while training
         self.history: list[dict] = []
-        self.fire_counts = torch.zeros(sae_cfg.d_sae, dtype=torch.long)  # since the last resample
+        # firing counts stay on the device: no host round trip per step
+        self.fire_counts = torch.zeros(sae_cfg.d_sae, dtype=torch.long, device=self.device)  # since the last resample
         self.fire_tokens = 0
-        self.recent_counts = torch.zeros(sae_cfg.d_sae, dtype=torch.long)  # since the last histogram
+        self.recent_counts = torch.zeros(sae_cfg.d_sae, dtype=torch.long, device=self.device)  # since the last histogram
         self.recent_tokens = 0
 
     def lr_at(self, step: int) -> float:
@@ -138,7 +144,7 @@ class Trainer:
 
     def resample(self, dead: torch.Tensor) -> int:
         """Let the recipe re-initialise the `dead` latents from fresh inputs (same deterministic order)."""
-        inputs = (b.float() * self.scale for b in self.batches_from(self.step))
+        inputs = (self.to_device(b) * self.scale for b in self.batches_from(self.step))
         return self.recipe.resample(dead, self.step, inputs, self.opt)
 
     def save_checkpoint(self):
@@ -156,7 +162,7 @@ class Trainer:
         return True
 
     def _init_from_data(self):
-        it = self.batches_from(0)
+        it = (self.to_device(b) for b in self.batches_from(0))
         if self.cfg.normalize_input:
             self.scale = estimate_norm_scale(it, self.sae.cfg.d_in)
         if self.cfg.init_b_dec_median:
@@ -170,14 +176,12 @@ class Trainer:
         resumed = resume and self.load_checkpoint()
         if not resumed:
             self._init_from_data()
-        autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.dtype == "bfloat16")
-        if torch.cuda.is_available() and next(self.sae.parameters()).is_cuda:
-            autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.dtype == "bfloat16")
+        autocast = device_autocast(self.device, enabled=cfg.dtype == "bfloat16")
         bar = tqdm(total=cfg.steps, initial=self.step, desc=f"train {cfg.recipe}", unit="step", disable=not self.progress)
         it = self.batches_from(self.step)
         t0 = time.time()
         while self.step < cfg.steps:
-            x = next(it).float() * self.scale
+            x = self.to_device(next(it)) * self.scale
             for g in self.opt.param_groups:
                 g["lr"] = self.lr_at(self.step)
             with autocast:
@@ -194,7 +198,7 @@ class Trainer:
             self.recipe.after_optimizer_step()
             with torch.no_grad():
                 active = f > 0
-                fired = active.sum(0).cpu()
+                fired = active.sum(0)
                 self.fire_counts += fired
                 self.recent_counts += fired
                 self.fire_tokens += x.shape[0]
@@ -233,6 +237,12 @@ class Trainer:
             training_curves(self.history, self.out / "curves.png")
         return self.finished_sae()
 
+    def to_device(self, batch: torch.Tensor) -> torch.Tensor:
+        """A batch from the store or stream, as float32 on the training device (through pinned memory to a GPU)."""
+        if self.device.type == "cuda" and batch.device.type == "cpu":
+            batch = batch.pin_memory()
+        return batch.to(self.device, non_blocking=True).float()
+
     def dead_mask(self) -> torch.Tensor:
         """Features firing on fewer than `dead_threshold` of the inputs since the last resample (the
         paper's definition; the reference code's dead_direction_cutoff)."""
@@ -241,12 +251,12 @@ class Trainer:
     def feature_density(self) -> torch.Tensor:
         """Firing frequency over the steps since the last histogram (the SAE as it is now,
         not averaged with the dense start of training)."""
-        return self.recent_counts.double() / max(1, self.recent_tokens)
+        return self.recent_counts.double().cpu() / max(1, self.recent_tokens)
 
     def finished_sae(self) -> SAE:
         """A copy of the SAE that acts on raw (unscaled) activations with unit-norm decoder rows."""
         sae = SAE(self.sae.cfg)
-        sae.load_state_dict(self.sae.state_dict())
+        sae.load_state_dict({k: v.cpu() for k, v in self.sae.state_dict().items()})
         self.recipe.finalize(sae)
         sae.fold_input_scale_(self.scale)
         sae.cfg.training = self.cfg.to_dict() | {"input_scale": self.scale, "tokens_trained": self.tokens}
@@ -274,7 +284,7 @@ def check_same_training(sae_dir: Path, train_cfg: TrainConfig) -> None:
 
 
 def train_sae(sae_cfg: SAEConfig, train_cfg: TrainConfig, out_dir, batches_from, progress: bool = True,
-              resume: bool = True) -> Path:
+              resume: bool = True, device: str | torch.device = "cpu") -> Path:
     """Returns out_dir/sae, training it first unless out_dir/sae/cfg.json exists (checkpoints, curves
     and density histograms go to out_dir/train). resume=False starts over: it ignores the checkpoint
     and retrains a finished SAE."""
@@ -282,6 +292,6 @@ def train_sae(sae_cfg: SAEConfig, train_cfg: TrainConfig, out_dir, batches_from,
     if resume and (out / "sae" / "cfg.json").exists():
         check_same_training(out / "sae", train_cfg)
         return out / "sae"
-    trainer = Trainer(sae_cfg, train_cfg, out / "train", batches_from, progress=progress)
+    trainer = Trainer(sae_cfg, train_cfg, out / "train", batches_from, progress=progress, device=device)
     trainer.train(resume=resume)
     return trainer.save(out / "sae")

@@ -65,7 +65,7 @@ class L1Recipe(Recipe):
         v = x[pick] - sae.b_dec
         v = v / v.norm(dim=1, keepdim=True).clamp_min(1e-8)
         alive = ~dead
-        enc_norm = sae.W_enc[:, alive].norm(dim=0).mean() if alive.any() else torch.tensor(1.0)
+        enc_norm = sae.W_enc[:, alive].norm(dim=0).mean() if alive.any() else torch.tensor(1.0, device=sae.W_enc.device)
         sae.W_dec[idx] = v
         sae.W_enc[:, idx] = v.T * enc_norm * RESAMPLE_ENCODER_SCALE
         sae.b_enc[idx] = 0.0

@@ -20,7 +20,8 @@ class TopKRecipe(Recipe):
 
     def __init__(self, sae, cfg):
         super().__init__(sae, cfg)
-        self.last_fired = torch.zeros(sae.d_sae, dtype=torch.long)  # tokens_seen when each latent last fired
+        # tokens_seen when each latent last fired, on the SAE's device
+        self.last_fired = torch.zeros(sae.d_sae, dtype=torch.long, device=sae.W_enc.device)
         self.tokens_seen = 0
         # a latent silent this long is dead for AuxK: cfg.dead_window (Gao et al.: 10M tokens),
         # or a tenth of the run when that is shorter (our choice, so short runs use AuxK at all)
