@@ -38,7 +38,9 @@ from .layers import LayersConfig, run_layers
 class EveryHeadConfig:
     layers: LayersConfig = field(default_factory=lambda: LayersConfig(out="runs/every_head"))
     eval_windows: int = 16  # held-out windows for CE / KL per layer (the per-layer ΔCE table uses 16)
-    sparsity_windows: int = 200  # held-out windows for L0, EV and dead counts (25,400 inputs at ctx 128)
+    # held-out windows for L0, EV and dead counts: dead = fires on < 1e-5 of them, so at least 100,000 inputs
+    # (800 windows of ctx 128 = 101,600) for "dead" to mean more than "never seen firing"
+    sparsity_windows: int = 800
     report_windows: int | None = 400  # store windows for the per-head report's statistics (None: all)
     k: int = 10  # top features per head
     rank_by: str = "dfa"  # the every-head study ranks a head's features by DFA variance share
