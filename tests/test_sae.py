@@ -181,8 +181,9 @@ def test_nan_loss_stops_with_a_clear_error(tmp_path):
     data[100:] = float("nan")
     cfg = TrainConfig(steps=50, batch_size=64, dtype="float32", hist_every=0, checkpoint_every=10, normalize_input=False,
                       init_b_dec_median=False)
-    with pytest.raises(FloatingPointError, match="checkpoint"):
-        Trainer(SAEConfig(d_in=32, d_sae=64), cfg, tmp_path, batches_of(data, 64), progress=False).train()
+    sae_cfg = SAEConfig(d_in=32, d_sae=64, hook_name="blocks.3.attn.hook_z")
+    with pytest.raises(FloatingPointError, match=r"at step \d+ \(hook blocks.3.attn.hook_z\); the last checkpoint"):
+        Trainer(sae_cfg, cfg, tmp_path, batches_of(data, 64), progress=False).train()
 
 
 def test_bf16_training_matches_fp32_closely(tmp_path):

@@ -188,7 +188,8 @@ class Trainer:
                 loss, f, recon = self.recipe.loss(x, self.step)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
-                    f"loss became {loss.item()} at step {self.step}; the last checkpoint in {checkpoint.folder(self.out)} "
+                    f"loss became {loss.item()} at step {self.step} (hook {self.sae.cfg.hook_spec}); the last checkpoint in "
+                    f"{checkpoint.folder(self.out)} "
                     "is intact. Lower lr or l1_coeff, or check the activations for NaN."
                 )
             self.opt.zero_grad(set_to_none=True)
