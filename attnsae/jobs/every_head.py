@@ -78,6 +78,8 @@ def run_every_head(cfg: EveryHeadConfig, progress: bool = True) -> Path:
     (out / "table1.json").write_text(json.dumps(rows, indent=1))
     (out / "table1.md").write_text(table1_markdown(rows))
 
+    for sae in saes:
+        sae.cpu()  # statistics read the store on the CPU
     store = ActivationStore(out / "store", verify=False)
     n = store.n_windows if cfg.report_windows is None else min(store.n_windows, cfg.report_windows)
     model.to(torch.bfloat16)  # statistics and dashboards: bf16 is 2x faster here; CE / KL above were fp32
