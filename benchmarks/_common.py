@@ -96,3 +96,14 @@ def bias_for_l0(x: torch.Tensor, W_enc: torch.Tensor, b_dec: torch.Tensor, l0: f
     n = max(1, min(pre_t.shape[1] - 1, round(pre_t.shape[1] * l0 / W_enc.shape[1])))
     top = pre_t.topk(n + 1, dim=1).values
     return -(top[:, n - 1] + top[:, n]) / 2
+
+
+def measured_peak(peak_n: int | None, device: torch.device, reps: int, warmup: int, what: str) -> tuple[float, str]:
+    """(the bf16 peak measured now, the line that says how it and the runs were timed): one wording for every
+    benchmark. `peak_n` None takes 8192 on CUDA and 4096 on the CPU; `what` names the timed calls."""
+    cuda = device.type == "cuda"
+    n = peak_n or (8192 if cuda else 4096)
+    peak = bf16_peak(n, reps=10 if cuda else 3, device=device, warmup=3 if cuda else 1)
+    timing = (f"median of {CUDA_ROUNDS} rounds of {reps} {what} between synchronizations" if cuda
+              else f"median of {reps} {what}")
+    return peak, f"bf16 matmul peak (measured now, {n}^2): {peak / 1e12:.3f} TFLOP/s; {timing}, after {warmup} warm-up"

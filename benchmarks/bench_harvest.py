@@ -26,7 +26,7 @@ import argparse
 import warnings
 
 import torch
-from _common import CUDA_ROUNDS, bf16_peak, describe, device_from_args, sync, timeit
+from _common import describe, device_from_args, measured_peak, sync, timeit
 
 warnings.filterwarnings("ignore")
 
@@ -170,16 +170,12 @@ def main(argv=None):
         peers, with_tl = f"transformer_lens {tl_version}", True
     except ImportError:
         peers, with_tl = "transformer_lens not installed: TL columns skipped (run benchmarks/run.sh)", False
-    peak_n = a.peak_n or (8192 if cuda else 4096)
-    peak = bf16_peak(peak_n, reps=10 if cuda else 3, device=device, warmup=3 if cuda else 1)
+    peak, peak_line = measured_peak(a.peak_n, device, a.reps, a.warmup, "runs")
     n_tok = a.batch * a.ctx
     print(f"harvest hook_z: GPT-2-shaped random model, {a.layers} layers, d_model {a.d_model}, {a.heads} heads, "
           f"batch {a.batch}x{a.ctx} = {n_tok} tokens")
     print(f"{describe(device)}; {peers}")
-    timing = (f"median of {CUDA_ROUNDS} rounds of {a.reps} runs between synchronizations" if cuda
-              else f"median of {a.reps} runs")
-    print(f"bf16 matmul peak (measured now, {peak_n}^2): {peak / 1e12:.3f} TFLOP/s; {timing} after {a.warmup} warm-up; "
-          "tokens/s (higher is better)")
+    print(f"{peak_line}; tokens/s (higher is better)")
     header = (f"{'dtype':<10}{'hook':<24}{'ours':>11}{'TL':>11}{'TL stop':>11}{'ours/TL':>9}{'ours/TL stop':>14}"
               f"{'GFLOP':>9}{'TFLOP/s':>9}{'%peak':>7}{'z->host':>9}")
     print(header)

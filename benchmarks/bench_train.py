@@ -37,7 +37,7 @@ import traceback
 import warnings
 
 import torch
-from _common import CUDA_ROUNDS, bf16_peak, bias_for_l0, describe, device_from_args, timeit, to_device
+from _common import bias_for_l0, describe, device_from_args, measured_peak, timeit, to_device
 
 warnings.filterwarnings("ignore", message=".*[Ss]parse.*")
 
@@ -254,14 +254,11 @@ def main(argv=None):
     except ImportError:
         a.impls = [i for i in a.impls if not i.startswith("saelens")]
         peers = "sae_lens not installed: SAELens rows skipped (run benchmarks/run.sh)"
-    peak = bf16_peak(a.peak_n or (8192 if cuda else 4096), reps=10 if cuda else 3, device=device, warmup=3 if cuda else 1)
+    peak, peak_line = measured_peak(a.peak_n, device, a.reps, a.warmup, "steps")
     print(f"SAE training step: B={a.B} d_in={a.d_in} d_sae={a.d_sae} k={a.k} warm L0~{a.l0:g}; batch from {a.batch_from}"
           f"{'; with Trainer.train host syncs' if a.trainer_syncs else ''}")
     print(f"{describe(device)}; {peers}")
-    timing = (f"median of {CUDA_ROUNDS} rounds of {a.reps} steps between synchronizations" if cuda
-              else f"median of {a.reps} steps")
-    print(f"bf16 matmul peak (measured now, {a.peak_n or (8192 if cuda else 4096)}^2): {peak / 1e12:.3f} TFLOP/s; "
-          f"{timing}, after {a.warmup} warm-up")
+    print(peak_line)
     torch.manual_seed(0)
     x = to_device(torch.randn(a.B, a.d_in), device)
     weights = shared_weights(a.d_in, a.d_sae, device)
