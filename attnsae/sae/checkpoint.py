@@ -78,9 +78,14 @@ def load(out, sae: SAE, opt: torch.optim.Optimizer, train_config: dict) -> tuple
     return counters, recipe_state
 
 
+def config_diff(saved: dict, current: dict) -> dict:
+    """{field: (saved, current)} where a saved training config differs from the current one. Fields the saved
+    one predates (added to TrainConfig since) are not compared; tuples compare as the lists JSON saved."""
+    current = json.loads(json.dumps(current))
+    return {k: (saved[k], v) for k, v in current.items() if k in saved and saved[k] != v}
+
+
 def _check_same_config(saved: dict, current: dict, where: Path) -> None:
-    """Fields the checkpoint predates (added to TrainConfig since) are not compared."""
-    current = json.loads(json.dumps(current))  # tuples as lists, as saved
-    diff = {k: (saved[k], v) for k, v in current.items() if k in saved and saved[k] != v}
+    diff = config_diff(saved, current)
     if diff:
         raise ValueError(f"checkpoint in {where} was made with a different training config {diff}; use a new out_dir")

@@ -276,8 +276,7 @@ class Trainer:
 def check_same_training(sae_dir: Path, train_cfg: TrainConfig) -> None:
     """Refuse to reuse a finished SAE trained with another config: its numbers would silently stand for this one."""
     saved = json.loads((sae_dir / "cfg.json").read_text()).get("attnsae", {}).get("training", {})
-    want = json.loads(json.dumps(train_cfg.to_dict()))  # tuples as lists, as saved
-    diff = {k: (saved[k], v) for k, v in want.items() if k in saved and saved[k] != v}
+    diff = checkpoint.config_diff(saved, train_cfg.to_dict())
     if diff:
         detail = ", ".join(f"{k}: saved {a!r}, asked {b!r}" for k, (a, b) in diff.items())
         raise ValueError(f"{sae_dir} was trained with a different config ({detail}); use a new output folder, or "
