@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from ..attribution.variance import variance_explained
-from ..models.text import TokenText
+from ..models.text import TokenText, single_token
 from ..results import Result
 
 
@@ -44,12 +44,11 @@ class VarianceShares(Result):
 
 def single_token_ids(tokenizer, texts: list[str]) -> list[int]:
     """The id of each text, which must be exactly one token."""
-    ids = []
-    for s in texts:
-        enc = tokenizer.encode(s, add_special_tokens=False)
-        if len(enc) != 1:
-            raise ValueError(f"--source-token {s!r} is {len(enc)} tokens in this tokenizer; give single tokens")
-        ids.append(enc[0])
+    ids = [single_token(tokenizer, s) for s in texts]
+    for s, i in zip(texts, ids):
+        if i is None:
+            n = len(tokenizer.encode(s, add_special_tokens=False))
+            raise ValueError(f"--source-token {s!r} is {n} tokens in this tokenizer; give single tokens")
     return ids
 
 

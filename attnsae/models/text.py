@@ -18,3 +18,9 @@ class TokenText:
                 self.cache[i] = self.tok.decode([i]) if self.tok is not None else f"<{i}>"
             out.append(self.cache[i])
         return out
+
+
+def single_token(tokenizer, text: str) -> int | None:
+    """The id of `text` if the tokenizer makes exactly one token of it (no special tokens added), else None."""
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    return ids[0] if len(ids) == 1 else None

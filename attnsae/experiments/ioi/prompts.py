@@ -23,6 +23,8 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from ...models.text import single_token
+
 NAMES = (
     "Mary John Alice Bob Tom James Michael David Sarah Emma Anna Paul Mark Kevin Laura Lisa Daniel Rachel Steven "
     "Jessica Robert William Richard Joseph Thomas Charles Christopher Matthew Anthony Andrew Joshua Brian George Edward "
@@ -125,11 +127,6 @@ class IOIBatch:
         rows = idx.tolist()
         return IOIBatch(self.tokens[idx, :L], *(getattr(self, k)[idx] for k in _PER_PROMPT),
                         [self.order[i] for i in rows], [self.text[i] for i in rows], [self.prompts[i] for i in rows])
-
-
-def single_token(tokenizer, text: str) -> int | None:
-    ids = tokenizer.encode(text, add_special_tokens=False)
-    return ids[0] if len(ids) == 1 else None
 
 
 @dataclass
