@@ -239,24 +239,32 @@ def test_head_role_experiments_from_the_command_line(gpt2_run):
     assert r.returncode == 2 and "has 2 layers x 4 heads" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_layers_trains_every_layer_from_one_harvest_and_refuses_a_changed_recipe(gpt2_run):
+def test_layers_trains_chosen_layers_from_one_stream_reuses_them_and_refuses_a_changed_recipe(gpt2_run):
     tmp_path, common, env = gpt2_run
     out = tmp_path / "layers"
     small = ["--ctx", "32", "--train-windows", "20", "--steps", "6", "--batch-size", "64", "--expansion", "2",
-             "--model-dtype", "float32", "--out", str(out)]
+             "--chunk-windows", "8", "--model-dtype", "float32", "--out", str(out)]
     r = attnsae("layers", *common, *small, "--layers", "1", env=env)
     assert r.returncode == 0, r.stderr
-    store = json.loads((out / "store" / "manifest.json").read_text())
-    assert sorted(store["hooks"]) == ["blocks.0.attn.hook_z", "blocks.1.attn.hook_z"]  # one harvest, every layer
-    for layer in (0, 1):
-        cfg = json.loads((out / f"L{layer}" / "sae" / "cfg.json").read_text())
-        assert cfg["hook_name"] == f"blocks.{layer}.attn.hook_z" and cfg["architecture"] == "topk"
-    stamp = (out / "L0" / "sae" / "sae_weights.safetensors").stat().st_mtime_ns
-    r = attnsae("layers", *common, *small, env=env)  # finished layers are reused
+    assert not (out / "L0").exists() and not (out / "store").exists()  # only layer 1; streamed, nothing on disk
+    cfg = json.loads((out / "L1" / "sae" / "cfg.json").read_text())
+    assert cfg["hook_name"] == "blocks.1.attn.hook_z" and cfg["architecture"] == "jumprelu"  # batchtopk, saved for SAELens
+    stamp = (out / "L1" / "sae" / "sae_weights.safetensors").stat().st_mtime_ns
+    r = attnsae("layers", *common, *small, env=env)  # every layer: layer 1 is reused, layer 0 trained
     assert r.returncode == 0, r.stderr
-    assert (out / "L0" / "sae" / "sae_weights.safetensors").stat().st_mtime_ns == stamp
+    assert (out / "L1" / "sae" / "sae_weights.safetensors").stat().st_mtime_ns == stamp
+    assert json.loads((out / "L0" / "sae" / "cfg.json").read_text())["hook_name"] == "blocks.0.attn.hook_z"
     r = attnsae("layers", *common, *small[:-2], "--steps", "7", "--out", str(out), env=env)
     assert r.returncode == 2 and "trained with a different config" in r.stderr and "steps" in r.stderr
+    r = attnsae("layers", *common, *small[:-2], "--store", "--out", str(tmp_path / "from_store"), env=env)
+    assert r.returncode == 0, r.stderr
+    store = json.loads((tmp_path / "from_store" / "store" / "manifest.json").read_text())
+    assert sorted(store["hooks"]) == ["blocks.0.attn.hook_z", "blocks.1.attn.hook_z"]  # one harvest, every layer
+    huge = tmp_path / "huge"
+    r = attnsae("layers", *common, *small[:-2], "--expansion", "2000000", "--out", str(huge), env=env)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "needs about" in r.stderr and "SAEs in training" in r.stderr and "--layers" in r.stderr
+    assert not (huge / "L0").exists()  # refused before any work
 
 
 def test_every_head_study_writes_table1_rankings_and_one_index(gpt2_run):

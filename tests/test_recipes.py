@@ -58,7 +58,7 @@ def test_planted_features_are_found(recipe, extra, noisy_planted, tmp_path):
     if recipe == "jumprelu":  # the saved SAE on raw inputs is the trained one on scaled inputs
         torch.testing.assert_close(out.reconstruction, tr.sae(x * tr.scale).reconstruction / tr.scale, atol=1e-5, rtol=1e-4)
     else:  # its threshold is the running estimate of the smallest kept activation, unscaled
-        assert sae.threshold.unique().tolist() == pytest.approx([tr.recipe.threshold / tr.scale], rel=1e-5)
+        assert sae.threshold.unique().tolist() == pytest.approx([float(tr.recipe.threshold) / tr.scale], rel=1e-5)
     back = load_sae(save_sae(sae, tmp_path / "sae"))
     assert back.cfg.to_dict() == json.loads(json.dumps(sae.cfg.to_dict()))  # the training record's tuples as lists
     torch.testing.assert_close(back(x).reconstruction, out.reconstruction)
@@ -120,7 +120,7 @@ def test_batchtopk_selects_over_the_batch_and_tracks_its_threshold():
     recipe.loss(torch.tensor([[0.5, 4.0, 1.0], [3.0, 0.0, 0.0]]), 1)
     assert recipe.threshold == pytest.approx(2.0 + THRESHOLD_EMA * (3.0 - 2.0))
     recipe.finalize(sae)
-    assert sae.cfg.architecture == "jumprelu" and sae.threshold.tolist() == pytest.approx([recipe.threshold] * 3)
+    assert sae.cfg.architecture == "jumprelu" and sae.threshold.tolist() == pytest.approx([float(recipe.threshold)] * 3)
     torch.testing.assert_close(sae.encode(x), x * torch.tensor([[1.0, 0, 0], [0, 0, 0]]))  # only 3 > 2.01
 
 

@@ -198,3 +198,42 @@ def test_wide_sae_beyond_uint16_columns():
     assert 0 < (f0 > 0).sum() < f0.numel() // 10
     for a, b in zip(g1, g0):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def flat_batch_topk(pre, k):
+    """The definition: the B*k largest entries of relu(pre) over the whole batch."""
+    acts = F.relu(pre).flatten()
+    vals, idx = acts.topk(pre.shape[0] * k)
+    return torch.zeros_like(acts).scatter(0, idx, vals).view_as(pre)
+
+
+@pytest.mark.parametrize("skew", [False, True])
+def test_batch_topk_equals_the_flat_top_b_times_k(skew):
+    """The candidate shortcut is exact, also when one row holds more winners than its 4k candidates (skew)."""
+    from attnsae.sae.sparse_step import batch_topk
+
+    pre = torch.randn(B, S, generator=torch.Generator().manual_seed(3))
+    if skew:
+        pre[0] += 10.0  # row 0 wins everything: B*k = 64 winners there, more than 4k = 8 candidates
+    k = 2
+    f = batch_topk(pre, k)
+    torch.testing.assert_close(f, flat_batch_topk(pre, k))
+    assert (f[0] > 0).sum() == (B * k if skew else (f[0] > 0).sum())
+
+
+@pytest.mark.parametrize("shift", [-2.0, 0.0, 1.0])
+@pytest.mark.parametrize("dense_density", [1.0, 0.0])
+def test_batch_topk_grads_equal_autograd(shift, dense_density):
+    x, params = make(shift, seed=11)
+    k = 3
+
+    def reference_batch(x, W_enc, b_enc, W_dec, b_dec):
+        f = flat_batch_topk((x - b_dec) @ W_enc + b_enc, k)
+        return f, f @ W_dec + b_dec
+
+    f0, xh0, g0 = grads(reference_batch, "mse", x, params)
+    f1, xh1, g1 = grads(sparse_sae_step, "mse", x, params, k=k, batch=True, dense_density=dense_density)
+    torch.testing.assert_close(f1, f0)
+    torch.testing.assert_close(xh1, xh0)
+    for a, b in zip(g1, g0):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

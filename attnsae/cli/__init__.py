@@ -27,7 +27,7 @@ State of the Union + Moby-Dick), a .txt/.jsonl file or folder, or a hub dataset 
 """
 
 # what a library call raises for bad input: shown as one line, exit 2 (anything else is a bug: traceback)
-BAD_INPUT = (OSError, KeyError, ValueError, RuntimeError)
+BAD_INPUT = (OSError, KeyError, ValueError, RuntimeError, MemoryError, FloatingPointError)
 
 
 class Parser(argparse.ArgumentParser):

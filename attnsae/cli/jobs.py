@@ -32,15 +32,15 @@ def add_parsers(sub) -> None:
     a.add_device(p)
     p.set_defaults(fn=run_sweep_cmd)
 
-    p = sub.add_parser("layers", help="an SAE on every layer's attn.hook_z: one harvest of all layers, then one SAE per "
-                       "layer (resumable; finished layers are reused)")
-    _add_layer_options(p, LayersConfig().out, "train these layers first (the rest follow)")
+    p = sub.add_parser("layers", help="an SAE on every layer's attn.hook_z, all trained side by side from one model forward "
+                       "per batch (resumable; finished layers are reused)")
+    _add_layer_options(p, LayersConfig().out, "train only these layers (default: all)")
     p.set_defaults(fn=run_layers_cmd)
 
     study = EveryHeadConfig()
     p = sub.add_parser("every-head", help="the every-head study: an SAE on every layer, Table 1 for the model, every "
                        "head's top features (two rankings and their agreement), polysemanticity; one index page (resumable)")
-    _add_layer_options(p, study.layers.out, "train and study only these layers")
+    _add_layer_options(p, study.layers.out, "train and study only these layers (default: all)")
     p.add_argument("--eval-windows", type=a.POSITIVE, default=study.eval_windows,
                    help="held-out windows for CE / KL per layer (default: %(default)s)")
     p.add_argument("--sparsity-windows", type=a.POSITIVE, default=study.sparsity_windows,
@@ -56,19 +56,25 @@ def add_parsers(sub) -> None:
 def _add_layer_options(p, out: str, layers_help: str) -> None:
     a.add_data(p)
     p.set_defaults(hook=None)
-    p.add_argument("--out", default=out, help="run folder: store/ and L<layer>/sae (default: %(default)s)")
-    p.add_argument("--train-windows", type=a.COUNT, default=LayersConfig.train_windows,
-                   help="windows to harvest, 0: all (default: %(default)s)")
+    p.add_argument("--out", default=out, help="run folder: L<layer>/sae, and store/ with --store (default: %(default)s)")
+    p.add_argument("--train-windows", type=a.COUNT, default=0,
+                   help="use the first this many training windows, 0: all (default: %(default)s)")
     p.add_argument("--layers", type=a.COUNT, nargs="+", default=None, help=layers_help)
+    p.add_argument("--store", action="store_true",
+                   help="harvest every layer into <out>/store first and train from it (default: stream from the model "
+                        "through a shuffled in-memory buffer; no disk)")
+    p.add_argument("--chunk-windows", type=a.POSITIVE, default=LayersConfig.chunk_windows,
+                   help="streaming: windows run through the model per buffer chunk; its rows are shuffled together, "
+                        "and the buffer holds 3 chunks of every layer (default: %(default)s)")
     a.add_model_dtype(p, help="model precision while harvesting (default: %(default)s)")
     a.add_train(p, layers_train_config())
     a.add_device(p)
 
 
-def _layers_config(args, only: bool = False) -> LayersConfig:
+def _layers_config(args) -> LayersConfig:
     return LayersConfig(model=args.model, out=args.out, windows=_windows(args), train_windows=args.train_windows or None,
-                        layers=args.layers, only=only, harvest_dtype=args.model_dtype, device=args.device,
-                        train=a.train_config(args, layers_train_config()))
+                        layers=args.layers, store=args.store, chunk_windows=args.chunk_windows,
+                        harvest_dtype=args.model_dtype, device=args.device, train=a.train_config(args, layers_train_config()))
 
 
 def _windows(args) -> WindowSpec:
@@ -93,7 +99,7 @@ def run_layers_cmd(args) -> None:
 
 
 def run_every_head_cmd(args) -> None:
-    cfg = EveryHeadConfig(layers=_layers_config(args, only=True), eval_windows=args.eval_windows,
+    cfg = EveryHeadConfig(layers=_layers_config(args), eval_windows=args.eval_windows,
                           sparsity_windows=args.sparsity_windows, report_windows=args.report_windows, k=args.top,
                           rank_by=args.rank_by)
     index = run_every_head(cfg)

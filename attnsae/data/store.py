@@ -191,9 +191,12 @@ class ActivationStore:
     def permutation(self, seed: int, epoch: int) -> np.ndarray:
         return np.random.default_rng([seed, epoch]).permutation(len(self))
 
-    def batches(self, batch_size: int, seed: int = 0, hook: str | None = None, start: int = 0) -> Iterator[torch.Tensor]:
-        """Shuffled batches forever; batch number `start` onward (so a resumed run sees the same order).
-        Each epoch is a fresh permutation; the ragged tail of an epoch is dropped."""
+    def multi_batches(self, batch_size: int, seed: int = 0, hooks: list[str] | None = None,
+                      start: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+        """{hook: rows} of the same shuffled rows for each of `hooks` (default all), forever; batch number
+        `start` onward (so a resumed run sees the same order). Each epoch is a fresh permutation; the
+        ragged tail of an epoch is dropped."""
+        hooks = hooks or self.hooks
         per_epoch = len(self) // batch_size
         if per_epoch == 0:
             raise StoreError(f"store has {len(self)} rows, fewer than one batch of {batch_size}")
@@ -202,9 +205,15 @@ class ActivationStore:
             epoch, i = divmod(step, per_epoch)
             perm = self.permutation(seed, epoch)
             while i < per_epoch:
-                yield self.rows(perm[i * batch_size:(i + 1) * batch_size], hook)
+                idx = perm[i * batch_size:(i + 1) * batch_size]
+                yield {h: self.rows(idx, h) for h in hooks}
                 i += 1
                 step += 1
+
+    def batches(self, batch_size: int, seed: int = 0, hook: str | None = None, start: int = 0) -> Iterator[torch.Tensor]:
+        """Rows of one hook (default the first), as `multi_batches`."""
+        hook = hook or self.hooks[0]
+        return (b[hook] for b in self.multi_batches(batch_size, seed, [hook], start))
 
     def windows(self) -> np.ndarray:
         return np.load(self.root / "windows.npy", mmap_mode="r")

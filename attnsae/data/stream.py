@@ -1,27 +1,37 @@
-"""Training straight from the model, without a store: activations harvested chunk by chunk.
+"""Training straight from the model, without a store: a shuffled in-memory buffer of activations.
 
 Steps are grouped into chunks; chunk c is a fixed set of windows (a seeded permutation), run
-through the model, shuffled with a seed of its own and cut into batches. Batch number s is
-therefore a pure function of (seed, s), so a resumed run sees exactly the batches it would
-have seen, at the cost of re-harvesting the chunk it stopped in.
+through the model once for every hook (one forward that stops after the last hook), shuffled with
+a seed of its own and cut into batches. Batch number s is therefore a pure function of (seed, s),
+so a resumed run sees exactly the batches it would have seen, at the cost of re-harvesting the
+chunk it stopped in.
+
+The buffer is the last `cache_chunks` chunks, kept in the model's dtype on its device: enough that the SAEs
+trained side by side (each reading the first batches to initialise, an L1 resample reading ahead)
+share one forward instead of repeating it. `buffer_bytes` says what it costs.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterator
 
 import numpy as np
 import torch
 
-from .harvest import collect
+from .harvest import collect, hook_width
 
 
 class StreamedActivations:
-    def __init__(self, model, windows: np.ndarray, hook: str, chunk_windows: int = 256, first_pos: int = 1,
-                 batch_size_model: int = 32):
-        self.model, self.windows, self.hook = model, windows, hook
+    def __init__(self, model, windows: np.ndarray, hooks: str | list[str], chunk_windows: int = 256, first_pos: int = 1,
+                 batch_size_model: int = 32, cache_chunks: int = 3):
+        self.model, self.windows = model, windows
+        self.hooks = [hooks] if isinstance(hooks, str) else list(hooks)
+        self.widths = {h: hook_width(model, h) for h in self.hooks}
         self.chunk_windows = min(chunk_windows, len(windows))
         self.first_pos, self.batch_size_model = first_pos, batch_size_model
+        self.cache_chunks = cache_chunks
+        self._cache: OrderedDict[tuple[int, int], dict[str, torch.Tensor]] = OrderedDict()
 
     def meta(self, corpus: str) -> dict:
         """What a store's meta would say about these activations (the SAE config records it)."""
@@ -29,29 +39,53 @@ class StreamedActivations:
         return {"model": m.cfg.name, "processing": m.processing.to_dict(), "context_size": self.windows.shape[1],
                 "first_pos": self.first_pos, "corpus": corpus}
 
-    def _chunk(self, seed: int, c: int) -> torch.Tensor:
+    @property
+    def rows_per_chunk(self) -> int:
+        return self.chunk_windows * (self.windows.shape[1] - self.first_pos)
+
+    def buffer_bytes(self) -> int:
+        """The most memory the buffer holds: `cache_chunks` chunks of every hook, plus the one being built."""
+        item = torch.finfo(self.model.dtype).bits // 8
+        return (self.cache_chunks + 1) * self.rows_per_chunk * sum(self.widths.values()) * item
+
+    def _chunk(self, seed: int, c: int) -> dict[str, torch.Tensor]:
+        if (seed, c) in self._cache:
+            self._cache.move_to_end((seed, c))
+            return self._cache[(seed, c)]
         n_chunks = len(self.windows) // self.chunk_windows
         epoch, i = divmod(c, n_chunks)
         order = np.random.default_rng([seed, epoch]).permutation(len(self.windows))
         idx = np.sort(order[i * self.chunk_windows:(i + 1) * self.chunk_windows])
-        acts = []
+        parts = {h: [] for h in self.hooks}
         with torch.inference_mode():
             for b in range(0, len(idx), self.batch_size_model):
                 tokens = torch.from_numpy(np.asarray(self.windows[idx[b:b + self.batch_size_model]], dtype=np.int64))
-                acts.append(collect(self.model, tokens, [self.hook], self.first_pos)[self.hook].float())
-        x = torch.cat(acts)
-        return x[torch.from_numpy(np.random.default_rng([seed, c, 1]).permutation(len(x)))]
+                for h, a in collect(self.model, tokens, self.hooks, self.first_pos).items():
+                    parts[h].append(a)
+        perm = np.random.default_rng([seed, c, 1]).permutation(self.rows_per_chunk)
+        chunk = {h: (x := torch.cat(a))[torch.from_numpy(perm).to(x.device)] for h, a in parts.items()}
+        self._cache[(seed, c)] = chunk
+        while len(self._cache) > self.cache_chunks:
+            self._cache.popitem(last=False)
+        return chunk
 
-    def batches(self, batch_size: int, seed: int = 0, start: int = 0) -> Iterator[torch.Tensor]:
-        rows_per_chunk = self.chunk_windows * (self.windows.shape[1] - self.first_pos)
-        per_chunk = rows_per_chunk // batch_size
+    def multi_batches(self, batch_size: int, seed: int = 0, hooks: list[str] | None = None,
+                      start: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+        """{hook: [batch_size, d] float32} for `hooks` (default all), batch number `start` onward, forever."""
+        hooks = hooks or self.hooks
+        per_chunk = self.rows_per_chunk // batch_size
         if per_chunk == 0:
-            raise ValueError(f"a chunk of {self.chunk_windows} windows holds {rows_per_chunk} rows, "
+            raise ValueError(f"a chunk of {self.chunk_windows} windows holds {self.rows_per_chunk} rows, "
                              f"fewer than a batch of {batch_size}")
         c, i = divmod(start, per_chunk)
         while True:
-            x = self._chunk(seed, c)
+            chunk = self._chunk(seed, c)
             while i < per_chunk:
-                yield x[i * batch_size:(i + 1) * batch_size]
+                yield {h: chunk[h][i * batch_size:(i + 1) * batch_size].float() for h in hooks}
                 i += 1
             c, i = c + 1, 0
+
+    def batches(self, batch_size: int, seed: int = 0, hook: str | None = None, start: int = 0) -> Iterator[torch.Tensor]:
+        """[batch_size, d] batches of one hook (default the first), as `multi_batches`."""
+        hook = hook or self.hooks[0]
+        return (b[hook] for b in self.multi_batches(batch_size, seed, [hook], start))

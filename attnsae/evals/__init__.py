@@ -8,11 +8,12 @@ from .metrics import (
     ce_recovered,
     fidelity,
     sparsity,
+    sparsity_many,
     zero_ablation_by_layer,
 )
 from .splice import IncompatibleSAE, check_compatible, sae_hook, zero_hook
 
 __all__ = [
     "DEAD_THRESHOLD", "FidelityResult", "SparsityResult", "activation_batches", "ce_recovered", "fidelity",
-    "sparsity", "zero_ablation_by_layer", "IncompatibleSAE", "check_compatible", "sae_hook", "zero_hook",
+    "sparsity", "sparsity_many", "zero_ablation_by_layer", "IncompatibleSAE", "check_compatible", "sae_hook", "zero_hook",
 ]

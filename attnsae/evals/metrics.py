@@ -113,34 +113,66 @@ def _mean_activation(model, hook: str, windows: np.ndarray, first: int, batch_si
     return total / count
 
 
-@torch.no_grad()
+class SparsityMeter:
+    """L0, explained variance and firing counts of one SAE, accumulated batch by batch on its device."""
+
+    def __init__(self, sae):
+        self.sae, device = sae, sae.W_enc.device
+        self.fires = torch.zeros(sae.d_sae, dtype=torch.float64, device=device)
+        self.n, self.l0_sum, self.err_sum, self.sq_sum = 0, 0.0, 0.0, 0.0
+        self.xs_sum = torch.zeros(sae.cfg.d_in, dtype=torch.float64, device=device)
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor) -> None:
+        x = x.to(self.sae.W_enc.device, non_blocking=True).float()
+        out = self.sae(x)
+        active = out.feature_acts > 0
+        self.fires += active.sum(0).double()
+        self.l0_sum += active.sum().item()
+        self.err_sum += (out.reconstruction - x).pow(2).sum().item()
+        self.sq_sum += x.pow(2).sum().item()
+        self.xs_sum += x.sum(0).double()
+        self.n += len(x)
+
+    def result(self) -> tuple[SparsityResult, torch.Tensor]:
+        """(result, per-feature firing density)."""
+        n = self.n
+        if n == 0:
+            raise ValueError("no activations to evaluate")
+        total_var = self.sq_sum - (self.xs_sum.pow(2).sum().item() / n)  # sum |x - mean|^2
+        density = (self.fires / n).cpu()
+        res = SparsityResult(
+            l0=self.l0_sum / n, explained_variance=1 - self.err_sum / total_var, mse=self.err_sum / n, n_inputs=n,
+            n_dead=int((density < DEAD_THRESHOLD).sum()), n_dense=int((density > DENSE_THRESHOLD).sum()),
+            dead_threshold=DEAD_THRESHOLD, dense_threshold=DENSE_THRESHOLD,
+        )
+        return res, density
+
+
 def sparsity(sae, batches, progress: bool = True) -> tuple[SparsityResult, torch.Tensor]:
     """L0, explained variance, dead / dense counts over an iterable of [B, d_in] activations.
     Returns (result, per-feature firing density). Runs on the SAE's device."""
-    device = sae.W_enc.device
-    fires = torch.zeros(sae.d_sae, dtype=torch.float64, device=device)
-    n, l0_sum, err_sum, sq_sum = 0, 0.0, 0.0, 0.0
-    xs_sum = None
+    meter = SparsityMeter(sae)
     for x in tqdm(batches, desc="sparsity", disable=not progress, leave=False):
-        x = x.to(device, non_blocking=True).float()
-        out = sae(x)
-        active = out.feature_acts > 0
-        fires += active.sum(0).double()
-        l0_sum += active.sum().item()
-        err_sum += (out.reconstruction - x).pow(2).sum().item()
-        sq_sum += x.pow(2).sum().item()
-        xs_sum = x.sum(0).double() if xs_sum is None else xs_sum + x.sum(0).double()
-        n += len(x)
-    if n == 0:
-        raise ValueError("no activations to evaluate")
-    total_var = sq_sum - (xs_sum.pow(2).sum().item() / n)  # sum |x - mean|^2
-    density = (fires / n).cpu()
-    res = SparsityResult(
-        l0=l0_sum / n, explained_variance=1 - err_sum / total_var, mse=err_sum / n, n_inputs=n,
-        n_dead=int((density < DEAD_THRESHOLD).sum()), n_dense=int((density > DENSE_THRESHOLD).sum()),
-        dead_threshold=DEAD_THRESHOLD, dense_threshold=DENSE_THRESHOLD,
-    )
-    return res, density
+        meter.update(x)
+    return meter.result()
+
+
+def sparsity_many(model, saes, windows: np.ndarray, batch_size: int = 32,
+                  progress: bool = True) -> list[tuple[SparsityResult, torch.Tensor]]:
+    """`sparsity` of every SAE on held-out `windows`, all hooks from one forward per batch."""
+    first = {s.cfg.first_pos for s in saes}
+    if len(first) != 1:
+        raise ValueError(f"these SAEs skip different leading positions ({sorted(first)}); evaluate them separately")
+    first_pos = first.pop()
+    meters = [SparsityMeter(s) for s in saes]
+    specs = [str(s.cfg.hook_spec) for s in saes]
+    for tokens in tqdm(token_batches(windows, batch_size), total=-(-len(windows) // batch_size), desc="sparsity",
+                       disable=not progress, leave=False):
+        acts = collect(model, tokens.to(model.device), specs, first_pos)
+        for meter, spec in zip(meters, specs):
+            meter.update(acts[spec])
+    return [m.result() for m in meters]
 
 
 def activation_batches(model, sae, windows: np.ndarray, batch_size: int = 32):

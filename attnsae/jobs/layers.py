@@ -1,8 +1,10 @@
-"""An SAE on every layer's attn.hook_z: one harvest pass stores all layers, then each layer trains from it.
+"""An SAE on every layer's attn.hook_z, all trained side by side from one model forward per batch
+(sae.many): streamed through a shuffled in-memory buffer (data.stream, the paper's approach), or,
+with `store=True`, harvested once into out/store and read from there.
 
-Re-running resumes: the harvest continues after its last complete shard, finished layers are reused
-(refused if trained with another config), and a killed layer resumes from its checkpoint.
-    out/store/      every layer's hook_z, one store
+Re-running resumes: finished layers are reused (refused if trained with another config), killed ones
+resume from their checkpoints, a killed harvest continues after its last complete shard.
+    out/store/      every layer's hook_z, one store (store=True only)
     out/L{l}/       train/ (checkpoints) and sae/, per layer
 """
 
@@ -11,16 +13,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..data import WindowSpec, harvest, load_windows
+from ..data import StreamedActivations, WindowSpec, harvest, hook_width, load_windows
 from ..models import DEFAULT_MODEL, load_model
+from ..models.device import check_fits
 from ..models.hooks import act_name
-from ..sae import TrainConfig, sae_config_for, train_sae
+from ..sae import TrainConfig, sae_config_for
+from ..sae.many import train_saes
 
 
 def layers_train_config() -> TrainConfig:
-    """Small TopK SAEs (4x, k = 32; 800 steps x 2048 = 1.6M activations): about a minute per SmolLM2 layer on
-    2 CPU cores, enough for IOI splicing and feature families across layers."""
-    return TrainConfig(recipe="topk", k=32, expansion=4, batch_size=2048, steps=800)
+    """BatchTopK SAEs at 16x (9,216 latents on SmolLM2's 576-wide hook_z), k = 16 latents per input on average."""
+    return TrainConfig(recipe="batchtopk", k=16, expansion=16, batch_size=2048, steps=800, lr=3e-3)
 
 
 @dataclass
@@ -28,17 +31,26 @@ class LayersConfig:
     model: str = DEFAULT_MODEL
     out: str = "runs/layers"
     windows: WindowSpec = field(default_factory=WindowSpec)
-    train_windows: int | None = 3200  # windows harvested (None: all the corpus's training windows)
-    layers: list[int] | None = None  # trained first, in this order; the rest follow (None: all, in order)
-    only: bool = False  # harvest and train only `layers`
+    train_windows: int | None = None  # the first this many of the corpus's training windows (None: all)
+    layers: list[int] | None = None  # None: every layer
+    store: bool = False  # harvest into out/store and train from it, instead of streaming
+    chunk_windows: int = 256  # streaming: windows per buffer chunk (rows shuffled within it)
     harvest_dtype: str = "bfloat16"
     store_dtype: str = "bfloat16"
     device: str = "auto"  # model and training (models.device.resolve_device)
     train: TrainConfig = field(default_factory=layers_train_config)
 
 
+def training_bytes(sae_cfgs, batch_size: int) -> dict[str, int]:
+    """What training the SAEs side by side holds: every SAE's parameters, gradients and Adam moments (fp32),
+    and one step's [batch, d_sae] temporaries at a time (about six of them)."""
+    params = sum(2 * c.d_in * c.d_sae + c.d_in + c.d_sae for c in sae_cfgs)
+    return {f"{len(sae_cfgs)} SAEs in training": 16 * params,
+            "one step's temporaries": 6 * 4 * batch_size * max(c.d_sae for c in sae_cfgs)}
+
+
 def run_layers(cfg: LayersConfig, progress: bool = True) -> dict[int, Path]:
-    """{layer: SAE folder} for every layer of the model (or only cfg.layers)."""
+    """{layer: SAE folder} for every layer of the model (or cfg.layers)."""
     out = Path(cfg.out)
     model = load_model(cfg.model, dtype=cfg.harvest_dtype, device=cfg.device)
     n_layers = model.cfg.n_layers
@@ -48,15 +60,18 @@ def run_layers(cfg: LayersConfig, progress: bool = True) -> dict[int, Path]:
     train_w, _ = load_windows(model, cfg.windows)
     if cfg.train_windows:
         train_w = train_w[: cfg.train_windows]
-    order = list(dict.fromkeys([*(cfg.layers or []), *([] if cfg.only and cfg.layers else range(n_layers))]))
-    hooks = {l: act_name("z", l) for l in sorted(order)}
-    store = harvest(model, train_w, out / "store", list(hooks.values()), dtype=cfg.store_dtype, progress=progress,
-                    extra_meta={"corpus": cfg.windows.corpus})
+    hooks = {l: act_name("z", l) for l in sorted(cfg.layers or range(n_layers))}
     t = cfg.train
-    saes = {}
-    for l in order:
-        hook = hooks[l]
-        saes[l] = train_sae(sae_config_for(t, store.d(hook), hook, store.meta), t, out / f"L{l}",
-                            lambda s, h=hook: store.batches(t.batch_size, seed=t.seed, hook=h, start=s), progress=progress,
-                            device=cfg.device)
-    return saes
+    if cfg.store:
+        source = harvest(model, train_w, out / "store", list(hooks.values()), dtype=cfg.store_dtype, progress=progress,
+                         extra_meta={"corpus": cfg.windows.corpus})
+        meta, buffer = source.meta, {}
+    else:
+        source = StreamedActivations(model, train_w, list(hooks.values()), chunk_windows=cfg.chunk_windows)
+        meta, buffer = source.meta(cfg.windows.corpus), {"activation buffer": source.buffer_bytes()}
+    sae_cfgs = {h: sae_config_for(t, hook_width(model, h), h, meta) for h in hooks.values()}
+    check_fits(buffer | training_bytes(sae_cfgs.values(), t.batch_size), model.device,
+               "train fewer layers at once (--layers), or lower --expansion, --batch-size or --chunk-windows")
+    dirs = train_saes(sae_cfgs, t, {h: out / f"L{l}" for l, h in hooks.items()}, source, progress=progress,
+                      device=cfg.device)
+    return {l: dirs[h] for l, h in hooks.items()}

@@ -31,3 +31,21 @@ def resolve_device(spec: str | torch.device = "auto") -> torch.device:
 def autocast(device: torch.device, enabled: bool = True):
     """bf16 autocast on this device (matmuls in bf16, parameters and reductions as they are)."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes free for new tensors on `device`: the GPU's free memory, or the host's available RAM."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    import psutil
+
+    return psutil.virtual_memory().available
+
+
+def check_fits(need: dict[str, int], device: torch.device, advice: str) -> None:
+    """Refuse work whose parts `need` ({what: bytes}) exceed what `device` has free, before it starts."""
+    total, free = sum(need.values()), available_memory(device)
+    if total > free:
+        parts = ", ".join(f"{what} {n / 2**30:.1f} GiB" for what, n in need.items())
+        raise MemoryError(f"this needs about {total / 2**30:.1f} GiB on {device} ({parts}) but {free / 2**30:.1f} GiB is "
+                          f"free; {advice}")

@@ -171,66 +171,81 @@ class Trainer:
             with torch.no_grad():
                 self.sae.b_dec.copy_(geometric_median(sample * self.scale))
 
-    def train(self, resume: bool = True) -> SAE:
-        cfg = self.cfg
-        resumed = resume and self.load_checkpoint()
-        if not resumed:
+    def start(self, resume: bool = True) -> None:
+        """Continue from the checkpoint (resume=True and there is one), else initialise from the data."""
+        if not (resume and self.load_checkpoint()):
             self._init_from_data()
-        autocast = device_autocast(self.device, enabled=cfg.dtype == "bfloat16")
-        bar = tqdm(total=cfg.steps, initial=self.step, desc=f"train {cfg.recipe}", unit="step", disable=not self.progress)
+        self._autocast = device_autocast(self.device, enabled=self.cfg.dtype == "bfloat16")
+        self._t0 = time.time() - (self.history[-1]["sec"] if self.history else 0.0)
+
+    def train(self, resume: bool = True) -> SAE:
+        self.start(resume)
+        bar = tqdm(total=self.cfg.steps, initial=self.step, desc=f"train {self.cfg.recipe}", unit="step",
+                   disable=not self.progress)
         it = self.batches_from(self.step)
-        t0 = time.time()
-        while self.step < cfg.steps:
-            x = self.to_device(next(it)) * self.scale
-            for g in self.opt.param_groups:
-                g["lr"] = self.lr_at(self.step)
-            with autocast:
-                loss, f, recon = self.recipe.loss(x, self.step)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"loss became {loss.item()} at step {self.step} (hook {self.sae.cfg.hook_spec}); the last checkpoint in "
-                    f"{checkpoint.folder(self.out)} "
-                    "is intact. Lower lr or l1_coeff, or check the activations for NaN."
-                )
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self.recipe.before_optimizer_step()
-            self.opt.step()
-            self.recipe.after_optimizer_step()
-            with torch.no_grad():
-                active = f > 0
-                fired = active.sum(0)
-                self.fire_counts += fired
-                self.recent_counts += fired
-                self.fire_tokens += x.shape[0]
-                self.tokens += x.shape[0]
-                self.recent_tokens += x.shape[0]
-            self.step += 1
-            if self.step in self.recipe.resample_steps:
-                n = self.resample(self.dead_mask())
-                self.fire_counts.zero_()
-                self.fire_tokens = 0
-                if self.progress:
-                    bar.write(f"step {self.step}: resampled {n} dead features")
-            if self.step % 50 == 0 or self.step == cfg.steps:
-                with torch.no_grad():
-                    l0 = active.sum(-1).float().mean().item()
-                    mse = (recon.float() - x).pow(2).sum(-1).mean().item() / self.scale**2
-                    ev = 1 - (recon.float() - x).pow(2).sum().item() / (x - x.mean(0)).pow(2).sum().item()
-                    dead = int(self.dead_mask().sum())
-                rec = {"step": self.step, "loss": loss.item(), "l0": l0, "mse": mse, "explained_var": ev,
-                       "dead": dead, "lr": self.lr_at(self.step), "sec": time.time() - t0}
-                self.history.append(rec)
-                bar.set_postfix(L0=f"{l0:.1f}", MSE=f"{mse:.4g}", EV=f"{ev:.3f}", dead=dead)
-            if cfg.hist_every and self.step % cfg.hist_every == 0:
-                self.plot_density(self.out / f"density_step{self.step}.png")
-                if self.step < cfg.steps:
-                    self.recent_counts.zero_()
-                    self.recent_tokens = 0
-            if self.step % cfg.checkpoint_every == 0:
-                self.save_checkpoint()
+        while self.step < self.cfg.steps:
+            rec = self.train_step(next(it))
+            if rec:
+                bar.set_postfix(L0=f"{rec['l0']:.1f}", MSE=f"{rec['mse']:.4g}", EV=f"{rec['explained_var']:.3f}",
+                                dead=rec["dead"])
             bar.update(1)
         bar.close()
+        return self.finish()
+
+    def train_step(self, batch: torch.Tensor) -> dict | None:
+        """One optimizer step on `batch` (raw activations); returns the history record when it writes one."""
+        cfg = self.cfg
+        x = self.to_device(batch) * self.scale
+        for g in self.opt.param_groups:
+            g["lr"] = self.lr_at(self.step)
+        with self._autocast:
+            loss, f, recon = self.recipe.loss(x, self.step)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"loss became {loss.item()} at step {self.step} (hook {self.sae.cfg.hook_spec}); the last checkpoint in "
+                f"{checkpoint.folder(self.out)} is intact. Lower lr or l1_coeff, or check the activations for NaN."
+            )
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.recipe.before_optimizer_step()
+        self.opt.step()
+        self.recipe.after_optimizer_step()
+        with torch.no_grad():
+            active = f > 0
+            fired = active.sum(0)
+            self.fire_counts += fired
+            self.recent_counts += fired
+            self.fire_tokens += x.shape[0]
+            self.tokens += x.shape[0]
+            self.recent_tokens += x.shape[0]
+        self.step += 1
+        if self.step in self.recipe.resample_steps:
+            n = self.resample(self.dead_mask())
+            self.fire_counts.zero_()
+            self.fire_tokens = 0
+            if self.progress:
+                tqdm.write(f"step {self.step}: resampled {n} dead features")
+        rec = None
+        if self.step % 50 == 0 or self.step == cfg.steps:
+            with torch.no_grad():
+                l0 = active.sum(-1).float().mean().item()
+                mse = (recon.float() - x).pow(2).sum(-1).mean().item() / self.scale**2
+                ev = 1 - (recon.float() - x).pow(2).sum().item() / (x - x.mean(0)).pow(2).sum().item()
+                dead = int(self.dead_mask().sum())
+            rec = {"step": self.step, "loss": loss.item(), "l0": l0, "mse": mse, "explained_var": ev,
+                   "dead": dead, "lr": self.lr_at(self.step), "sec": time.time() - self._t0}
+            self.history.append(rec)
+        if cfg.hist_every and self.step % cfg.hist_every == 0:
+            self.plot_density(self.out / f"density_step{self.step}.png")
+            if self.step < cfg.steps:
+                self.recent_counts.zero_()
+                self.recent_tokens = 0
+        if self.step % cfg.checkpoint_every == 0:
+            self.save_checkpoint()
+        return rec
+
+    def finish(self) -> SAE:
+        """The last checkpoint and the training curves; returns the finished SAE."""
         self.save_checkpoint()
         if self.history:
             from ..evals.plots import training_curves

@@ -9,20 +9,13 @@ training, as SAELens does, and save the SAE as a JumpReLU SAE with theta for eve
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
+from ..sparse_step import sae_step
 from .topk import TopKRecipe
 
 # The threshold estimate starts at the first batch's smallest kept activation and moves this fraction
 # towards each later batch's (SAELens' topk_threshold_lr; the paper averages it over batches).
 THRESHOLD_EMA = 0.01
-
-
-def batch_topk(pre: torch.Tensor, k: int) -> torch.Tensor:
-    """relu(pre) [B, d_sae] with all but its B*k largest entries zeroed (ties: any B*k of them)."""
-    acts = F.relu(pre).flatten()
-    vals, idx = acts.topk(min(pre.shape[0] * k, acts.numel()))
-    return torch.zeros_like(acts).scatter(0, idx, vals).view_as(pre)
 
 
 class BatchTopKRecipe(TopKRecipe):
@@ -32,17 +25,19 @@ class BatchTopKRecipe(TopKRecipe):
 
     def __init__(self, sae, cfg):
         super().__init__(sae, cfg)
-        self.threshold: float | None = None  # running estimate of the smallest kept activation
+        self.threshold: torch.Tensor | None = None  # running estimate of the smallest kept activation (on the device)
 
     def activate(self, x):
-        """Plain autograd: the gradient reaches only the kept entries, as relu's and topk's do."""
-        f = batch_topk(self.sae.pre_acts(x).float(), self.cfg.k)
-        with torch.no_grad():
-            kept = f[f > 0]
-            if len(kept):
-                low = kept.min().item()
-                self.threshold = low if self.threshold is None else self.threshold + THRESHOLD_EMA * (low - self.threshold)
-        return f, self.sae.decode(f)
+        """The sparse step: the decoder and the backward touch only the kept entries."""
+        f, recon = sae_step(self.sae, x, batch_k=self.cfg.k)
+        with torch.no_grad():  # a tensor, so a GPU step does not wait for the host
+            low = torch.where(f > 0, f, torch.inf).amin()  # inf when nothing was kept: no information
+            if self.threshold is None:
+                self.threshold = torch.where(torch.isfinite(low), low, 0.0)
+            else:
+                self.threshold = self.threshold + THRESHOLD_EMA * (torch.where(torch.isfinite(low), low, self.threshold)
+                                                                   - self.threshold)
+        return f, recon
 
     def finalize(self, sae):
-        sae.set_threshold_(self.threshold or 0.0)
+        sae.set_threshold_(0.0 if self.threshold is None else float(self.threshold))

@@ -1,0 +1,59 @@
+"""Many SAEs from one stream of batches: one model forward (or one store read) per step feeds every
+hook's SAE, as SAELens' MultiSAETrainingRunner and sparsify do.
+
+`source` is an `ActivationStore` or a `StreamedActivations`: `multi_batches` gives every hook's rows of
+one batch, `batches` one hook's (what a trainer reads to initialise or resample). Each SAE is an
+ordinary `Trainer` with its own run folder and checkpoints; this loop only hands each the batch of
+its hook. Batches are a pure function of the step (data.stream, data.store), so after
+kill -9 every trainer resumes from its own checkpoint and the loop restarts at the earliest of them:
+a trainer that had checkpointed further skips the batches it has seen, so nothing is lost or repeated.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .sae import SAEConfig
+from .trainer import TrainConfig, Trainer, check_same_training
+
+
+def train_saes(sae_cfgs: dict[str, SAEConfig], cfg: TrainConfig, out_dirs: dict[str, Path], source,
+               progress: bool = True, resume: bool = True, device: str | torch.device = "cpu") -> dict[str, Path]:
+    """{hook: out_dirs[hook]/sae}: an SAE per hook of `sae_cfgs`, all trained with `cfg` on the same
+    batches of `source`. As `train_sae` for each: a finished SAE is reused (refused if trained with
+    another config), a checkpoint resumed."""
+    bs, seed = cfg.batch_size, cfg.seed
+    done, trainers = {}, {}
+    for hook, sae_cfg in sae_cfgs.items():
+        out = Path(out_dirs[hook])
+        if resume and (out / "sae" / "cfg.json").exists():
+            check_same_training(out / "sae", cfg)
+            done[hook] = out / "sae"
+            continue
+        trainers[hook] = Trainer(sae_cfg, cfg, out / "train",
+                                 lambda s, h=hook: source.batches(bs, seed=seed, hook=h, start=s), progress=False, device=device)
+    if not trainers:
+        return done
+    for t in trainers.values():
+        t.start(resume)
+    first = min(t.step for t in trainers.values())
+    bar = tqdm(total=cfg.steps, initial=first, desc=f"train {len(trainers)} SAEs ({cfg.recipe})", unit="step",
+               disable=not progress)
+    evs = {}
+    for step, batch in zip(range(first, cfg.steps), source.multi_batches(bs, seed=seed, hooks=list(trainers), start=first)):
+        for hook, t in trainers.items():
+            if t.step == step:  # a trainer whose checkpoint is ahead has seen this batch
+                rec = t.train_step(batch[hook])
+                if rec:
+                    evs[hook] = rec["explained_var"]
+        if evs:
+            bar.set_postfix(min_EV=f"{min(evs.values()):.3f}", mean_EV=f"{sum(evs.values()) / len(evs):.3f}")
+        bar.update(1)
+    bar.close()
+    for hook, t in trainers.items():
+        t.finish()
+        done[hook] = t.save(Path(out_dirs[hook]) / "sae")
+    return {h: done[h] for h in sae_cfgs}
