@@ -7,11 +7,15 @@ the same synthetic activations x ~ N(0, 1) [B, d_in], on the same device, and ta
                        backward, clip_grad_norm, Adam, lr scheduler, firing statistics; autocast for bf16
   saelens-topk         the same with TopKTrainingSAE (k active), dense activations
   saelens-topk-sparse  TopKTrainingSAE(use_sparse_activations=True) (SAELens's sparse option; fp32 only)
+  saelens-batchtopk    BatchTopKTrainingSAE (top B*k of the batch, threshold EMA), dense activations
+  saelens-jumprelu     JumpReLUTrainingSAE (step L0 loss, rectangle-kernel STE)
+  saelens-matryoshka   MatryoshkaBatchTopKTrainingSAE with the same nested widths as ours
   ours-sparse-<recipe> attnsae.sae.trainer's loop body: recipe.loss under autocast (which runs
                        sparse_step.sae_step), backward, recipe.before_optimizer_step (decoder-parallel
                        grad removal), Adam, recipe.after_optimizer_step (decoder normalisation), firing counts.
-                       Recipes: l1, l1_decnorm, topk. Off the CPU sae_step is plain autograd (its sparse
-                       kernels are CPU ones), so there it is the dense step and the path column says so.
+                       Recipes: l1, l1_decnorm, topk, batchtopk (sae_step); jumprelu and matryoshka_batchtopk
+                       (plain autograd: the path column says so). Off the CPU sae_step is plain autograd (its
+                       sparse kernels are CPU ones), so there it is the dense step and the path column says so.
   ours-dense-<recipe>  the same loop with sae_step forced onto its dense path (plain matmuls); CPU only
                        (on CUDA it would be the ours-sparse row again)
 
@@ -55,6 +59,12 @@ def flops_ours(B, D, S, nnz, path, **_):
     return 2 * B * D * S + 4 * 2 * nnz * D + 2 * D * S
 
 
+def flops_matryoshka(B, D, S, nnz, path, **_):
+    # ours: the sparse step for the whole dictionary, plus the nested prefixes' dense decoder products
+    # (forward, grad f, grad W_dec over all d_sae columns in total)
+    return flops_ours(B, D, S, nnz, path) + 3 * 2 * B * D * S
+
+
 def flops_sparse_decoder(B, D, S, k, **_):
     # SAELens's sparse TopK: dense encoder (forward, grad W_enc, grad input); its COO decoder counted
     # at the k active latents per row (forward, grad f, grad W_dec): a lower bound on what it executes
@@ -76,8 +86,18 @@ def load_weights(module, weights):
             getattr(module, name).copy_(w)
 
 
+def matryoshka_widths(S):
+    """Ours and SAELens's nested widths: the default TrainConfig.prefixes of d_sae."""
+    from attnsae.sae import TrainConfig
+
+    return sorted({max(1, round(p * S)) for p in TrainConfig().prefixes} | {S})
+
+
 def make_saelens(kind, weights, a, dtype, device, sparse=False):
     from sae_lens.config import SAETrainerConfig
+    from sae_lens.saes.batchtopk_sae import BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig
+    from sae_lens.saes.jumprelu_sae import JumpReLUTrainingSAE, JumpReLUTrainingSAEConfig
+    from sae_lens.saes.matryoshka_batchtopk_sae import MatryoshkaBatchTopKTrainingSAE, MatryoshkaBatchTopKTrainingSAEConfig
     from sae_lens.saes.standard_sae import StandardTrainingSAE, StandardTrainingSAEConfig
     from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
     from sae_lens.training.sae_trainer import SAETrainer
@@ -86,6 +106,13 @@ def make_saelens(kind, weights, a, dtype, device, sparse=False):
     dev = str(device)
     if kind == "standard":
         sae = StandardTrainingSAE(StandardTrainingSAEConfig(d_in=D, d_sae=S, l1_coefficient=a.l1, device=dev))
+    elif kind == "batchtopk":
+        sae = BatchTopKTrainingSAE(BatchTopKTrainingSAEConfig(d_in=D, d_sae=S, k=a.k, device=dev))
+    elif kind == "matryoshka":
+        sae = MatryoshkaBatchTopKTrainingSAE(MatryoshkaBatchTopKTrainingSAEConfig(
+            d_in=D, d_sae=S, k=a.k, matryoshka_widths=matryoshka_widths(S), device=dev))
+    elif kind == "jumprelu":
+        sae = JumpReLUTrainingSAE(JumpReLUTrainingSAEConfig(d_in=D, d_sae=S, l0_coefficient=a.l1, device=dev))
     else:
         sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=D, d_sae=S, k=a.k, use_sparse_activations=sparse, device=dev))
     load_weights(sae, weights)
@@ -108,6 +135,8 @@ def make_ours(recipe_name, weights, a, dtype, device, sparse):
     D, S = weights["W_dec"].shape[1], weights["W_dec"].shape[0]
     arch = RECIPES[recipe_name].architecture
     sae = SAE(SAEConfig(d_in=D, d_sae=S, architecture=arch, k=a.k if arch == "topk" else None)).to(device)
+    if arch == "jumprelu":  # as SAELens' init, so both start from the same function
+        sae.set_threshold_(0.01)
     cfg = TrainConfig(recipe=recipe_name, k=a.k, l1_coeff=a.l1, lr=a.lr, batch_size=a.B, steps=10**6,
                       dtype="bfloat16" if dtype == torch.bfloat16 else "float32")
     recipe = RECIPES[recipe_name](sae, cfg)
@@ -143,7 +172,7 @@ def make_ours(recipe_name, weights, a, dtype, device, sparse):
                 raise FloatingPointError("loss is not finite")
         else:  # the same check, read once after timing
             finite.logical_and_(torch.isfinite(loss))
-        dense = {True: "dense", False: "sparse"}.get(getattr(f.grad_fn, "dense", None), path)
+        dense = {True: "dense", False: "sparse"}.get(getattr(f.grad_fn, "dense", None), path or "autograd")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         recipe.before_optimizer_step()
@@ -172,8 +201,17 @@ IMPLS = {
                             flops_sparse_decoder),
     "ours-dense-topk": ("topk", lambda w, a, dt, dev: make_ours("topk", w, a, dt, dev, False), flops_dense),
     "ours-sparse-topk": ("topk", lambda w, a, dt, dev: make_ours("topk", w, a, dt, dev, True), flops_ours),
+    "saelens-batchtopk": ("batchtopk", lambda w, a, dt, dev: make_saelens("batchtopk", w, a, dt, dev), flops_dense),
+    "ours-sparse-batchtopk": ("batchtopk", lambda w, a, dt, dev: make_ours("batchtopk", w, a, dt, dev, True), flops_ours),
+    "saelens-jumprelu": ("jumprelu", lambda w, a, dt, dev: make_saelens("jumprelu", w, a, dt, dev), flops_dense),
+    "ours-jumprelu": ("jumprelu", lambda w, a, dt, dev: make_ours("jumprelu", w, a, dt, dev, True), flops_dense),
+    "saelens-matryoshka": ("matryoshka", lambda w, a, dt, dev: make_saelens("matryoshka", w, a, dt, dev), flops_dense),
+    "ours-matryoshka": ("matryoshka", lambda w, a, dt, dev: make_ours("matryoshka_batchtopk", w, a, dt, dev, True),
+                        flops_matryoshka),
 }
-BASELINE = {"l1": "saelens-standard", "topk": "saelens-topk"}
+BASELINE = {"l1": "saelens-standard", "topk": "saelens-topk", "batchtopk": "saelens-batchtopk",
+            "jumprelu": "saelens-jumprelu", "matryoshka": "saelens-matryoshka"}
+FIXED_L0 = ("topk", "batchtopk", "matryoshka")  # sparsity set by k: warm state only
 
 
 def run_one(name, a, dtype, state, x, weights, device):
@@ -183,7 +221,7 @@ def run_one(name, a, dtype, state, x, weights, device):
     if name.startswith("ours-dense-") and device.type != "cpu":
         return {"skip": f"= ours-sparse-{name.split('-', 2)[2]} here (sae_step is plain autograd off the CPU)"}
     w = dict(weights)
-    if state == "warm" and kind == "l1":
+    if state == "warm" and kind in ("l1", "jumprelu"):
         w["b_enc"] = bias_for_l0(x, w["W_enc"], w["b_dec"], a.l0)
     step, check = make(w, a, dtype, device)
     if a.batch_from == "host" and device.type == "cuda":  # each step copies its batch from pinned host memory
@@ -212,6 +250,8 @@ def run_one(name, a, dtype, state, x, weights, device):
     if flops_fn is flops_ours and kind == "topk":
         nnz = a.k * B  # the active set is the k selected entries, zero or not
     path = last["path"]
+    if path == "autograd" and flops_fn in (flops_ours, flops_matryoshka):  # plain autograd executes the dense step
+        flops_fn = flops_dense
     flops = flops_fn(B=B, D=D, S=S, k=a.k, nnz=nnz, path=path)
     return {"sec": t, "l0": l0, "path": path, "flops": flops}
 
@@ -272,8 +312,8 @@ def main(argv=None):
         for state in a.states:
             for name in a.impls:
                 kind = IMPLS[name][0]
-                if kind == "topk" and state == "init":
-                    continue  # TopK sparsity is fixed by k
+                if kind in FIXED_L0 and state == "init":
+                    continue  # sparsity fixed by k
                 try:
                     r = run_one(name, a, dtype, state, x, weights, device)
                 except Exception as e:  # a peer that cannot run this config is reported, not fatal

@@ -44,3 +44,6 @@ echo "== harvest: hook_z tokens/s, attnsae vs TransformerLens =="
 echo
 echo "== SAE training step: acts/s, attnsae (dense, sparse) vs SAELens =="
 "$VENV/bin/python" benchmarks/bench_train.py ${ARGS[@]+"${ARGS[@]}"}
+echo
+echo "== many SAEs from one stream vs one at a time =="
+"$VENV/bin/python" benchmarks/bench_many.py ${ARGS[@]+"${ARGS[@]}"}

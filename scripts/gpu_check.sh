@@ -124,6 +124,9 @@ step "bench_train, as the Trainer runs it" 45 "$PY" benchmarks/bench_train.py --
 step "bench_harvest --device $DEV" 135 "$PY" benchmarks/bench_harvest.py --device "$DEV" --batch 256 --ctx 128 \
   ${SIZE[@]+"${SIZE[@]}"}
 
+# ---- 5. many SAEs from one stream vs one at a time
+step "bench_many --device $DEV" 90 "$PY" benchmarks/bench_many.py --device "$DEV" ${SIZE[@]+"${SIZE[@]}"}
+
 echo; echo "== summary ($((SECONDS - T0)) s in all) =="
 FAILED=0
 for s in "${STATUS[@]}"; do

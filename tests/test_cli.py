@@ -37,6 +37,8 @@ OUT = ["--out", "/tmp/attnsae-never-written"]
     (["sweep", "--store", "/nonexistent/store", "--l1", "2", *OUT], "not an activation store"),
     (["layers", "--layers", "-3", *OUT], "--layers: -3 is out of range"),
     (["layers", "--k", "0", *OUT], "--k: 0 is out of range"),
+    (["layers", "--chunk-windows", "0", *OUT], "--chunk-windows: 0 is out of range"),
+    (["every-head", "--chunk-windows", "-2", *OUT], "--chunk-windows: -2 is out of range"),
     (["every-head", "--top", "0", *OUT], "--top: 0 is out of range"),
     (["every-head", "--sparsity-windows", "-1", *OUT], "--sparsity-windows: -1 is out of range"),
     (["every-head", "--rank-by", "vibes", *OUT], "invalid choice: 'vibes'"),

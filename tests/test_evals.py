@@ -133,3 +133,19 @@ def test_mean_ablation_baseline_equals_an_sae_that_outputs_the_mean(tiny, window
     r = fidelity(model, sae, windows, progress=False)
     assert r.ce_sae == pytest.approx(r.ce_mean, abs=1e-5) and r.kl_sae == pytest.approx(r.kl_mean, rel=1e-4)
     assert r.kl_mean > 0 and r.ce_mean != pytest.approx(r.ce_zero)
+
+
+@pytest.mark.parametrize("delta_zero,lead", [(0.05, "ill-conditioned at this layer"), (1.8, "means something here")])
+def test_the_main_report_leads_with_the_fidelity_numbers_that_mean_something(delta_zero, lead, tmp_path):
+    from attnsae.jobs.main import write_report
+
+    fid = {"ce_clean": 3.0, "ce_sae": 3.01, "ce_zero": 3.0 + delta_zero, "ce_mean": 3.02, "ce_recovered": 0.8,
+           "delta_ce_sae": 0.01, "delta_ce_zero": delta_zero, "kl_sae": 0.01, "kl_zero": 0.1, "kl_mean": 0.04,
+           "ce_sae_with_error": 3.0, "n_tokens": 1000}
+    sp = {"l0": 15.0, "explained_variance": 0.7, "n_dead": 3, "n_dense": 0, "n_inputs": 101_600, "dead_threshold": 1e-5,
+          "dense_threshold": 0.1}
+    write_report({"model": "m", "hook": "blocks.1.attn.hook_z", "d_in": 8, "d_sae": 64, "recipe": "batchtopk",
+                  "tokens_trained": 10, "sparsity": sp, "fidelity": fid}, tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert lead in md and md.index(lead) < md.index("ΔCE vs clean") < md.index("L0 (held-out)")
+    assert "| ΔCE vs clean (nats) | +0.0100 |" in md and "0.25 × the mean-ablation KL" in md

@@ -6,13 +6,14 @@ a seed of its own and cut into batches. Batch number s is therefore a pure funct
 so a resumed run sees exactly the batches it would have seen, at the cost of re-harvesting the
 chunk it stopped in.
 
-The buffer is the last `cache_chunks` chunks, kept in the model's dtype on its device: enough that the SAEs
-trained side by side (each reading the first batches to initialise, an L1 resample reading ahead)
-share one forward instead of repeating it. `buffer_bytes` says what it costs.
+The buffer is the last chunks read, at least 3 and enough for CACHE_ROWS rows, kept in the model's dtype
+on its device: so the SAEs trained side by side, each reading the first rows to initialise (or an L1
+resample reading ahead), share one forward instead of repeating it. `buffer_bytes` says what it costs.
 """
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Iterator
 
@@ -21,16 +22,20 @@ import torch
 
 from .harvest import collect, hook_width
 
+# Rows the buffer keeps at least: a trainer's initialisation sample (sae.trainer.INIT_ROWS) and an L1
+# resample's scored inputs (TrainConfig.resample_inputs, 65,536 by default).
+CACHE_ROWS = 65536
+
 
 class StreamedActivations:
     def __init__(self, model, windows: np.ndarray, hooks: str | list[str], chunk_windows: int = 256, first_pos: int = 1,
-                 batch_size_model: int = 32, cache_chunks: int = 3):
+                 batch_size_model: int = 32):
         self.model, self.windows = model, windows
         self.hooks = [hooks] if isinstance(hooks, str) else list(hooks)
         self.widths = {h: hook_width(model, h) for h in self.hooks}
         self.chunk_windows = min(chunk_windows, len(windows))
         self.first_pos, self.batch_size_model = first_pos, batch_size_model
-        self.cache_chunks = cache_chunks
+        self.cache_chunks = max(3, math.ceil(CACHE_ROWS / self.rows_per_chunk))
         self._cache: OrderedDict[tuple[int, int], dict[str, torch.Tensor]] = OrderedDict()
 
     def meta(self, corpus: str) -> dict:
@@ -44,7 +49,7 @@ class StreamedActivations:
         return self.chunk_windows * (self.windows.shape[1] - self.first_pos)
 
     def buffer_bytes(self) -> int:
-        """The most memory the buffer holds: `cache_chunks` chunks of every hook, plus the one being built."""
+        """The most memory the buffer holds: its chunks of every hook, plus the one being built."""
         item = torch.finfo(self.model.dtype).bits // 8
         return (self.cache_chunks + 1) * self.rows_per_chunk * sum(self.widths.values()) * item
 

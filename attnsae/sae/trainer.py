@@ -19,7 +19,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -32,10 +31,11 @@ from .io import save_sae
 from .recipes import RECIPES
 from .sae import SAE, SAEConfig
 
-# Inputs are scaled by sqrt(d_in) / E|x| (Anthropic's April 2024 update), E|x| estimated from this
-# many batches; our choice, not tuned: the scale is folded back into the saved SAE.
-NORM_SCALE_BATCHES = 20
-# Inputs whose geometric median initialises b_dec (Bricken et al. 2023); our choice, not tuned.
+# The data-based initialisation reads this many inputs (whatever the batch size, so SAEs trained side by
+# side share the buffer's first chunks): the input scale sqrt(d_in) / E|x| (Anthropic's April 2024
+# update; folded back into the saved SAE) from all of them, the geometric median that initialises b_dec
+# (Bricken et al. 2023) from the first GEOMETRIC_MEDIAN_SAMPLES. Our choices, not tuned.
+INIT_ROWS = 32768
 GEOMETRIC_MEDIAN_SAMPLES = 16384
 
 
@@ -87,11 +87,6 @@ def sae_config_for(cfg: TrainConfig, d_in: int, hook: str, meta: dict) -> SAECon
         processing=meta["processing"], context_size=meta["context_size"], first_pos=meta["first_pos"],
         dataset_path=meta.get("corpus"),
     )
-
-
-def estimate_norm_scale(batches, d_in: int, n: int = NORM_SCALE_BATCHES) -> float:
-    norms = [b.float().norm(dim=-1).mean().item() for _, b in zip(range(n), batches)]
-    return math.sqrt(d_in) / float(np.mean(norms))
 
 
 def geometric_median(x: torch.Tensor, iters: int = 50) -> torch.Tensor:
@@ -162,14 +157,18 @@ class Trainer:
         return True
 
     def _init_from_data(self):
-        it = (self.to_device(b) for b in self.batches_from(0))
+        if not (self.cfg.normalize_input or self.cfg.init_b_dec_median):
+            return
+        it, sample, n = self.batches_from(0), [], 0
+        while n < INIT_ROWS:
+            sample.append(self.to_device(next(it)))
+            n += len(sample[-1])
+        x = torch.cat(sample)[:INIT_ROWS]
         if self.cfg.normalize_input:
-            self.scale = estimate_norm_scale(it, self.sae.cfg.d_in)
+            self.scale = math.sqrt(self.sae.cfg.d_in) / x.norm(dim=-1).mean().item()
         if self.cfg.init_b_dec_median:
-            n = GEOMETRIC_MEDIAN_SAMPLES
-            sample = torch.cat([next(it).float() for _ in range(max(1, n // self.cfg.batch_size))])[:n]
             with torch.no_grad():
-                self.sae.b_dec.copy_(geometric_median(sample * self.scale))
+                self.sae.b_dec.copy_(geometric_median(x[:GEOMETRIC_MEDIAN_SAMPLES] * self.scale))
 
     def start(self, resume: bool = True) -> None:
         """Continue from the checkpoint (resume=True and there is one), else initialise from the data."""
