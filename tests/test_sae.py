@@ -380,9 +380,51 @@ def test_loads_the_reference_code_release_format(tmp_path):
     want_f = torch.relu((x - state["b_dec"]) @ state["W_enc"] + state["b_enc"])
     torch.testing.assert_close(sae(x).feature_acts, want_f)
     torch.testing.assert_close(sae(x).reconstruction, want_f @ state["W_dec"] + state["b_dec"])
+    for alias in (tmp_path / run, tmp_path / f"{run}_cfg.json"):  # the run name (it holds dots) or its config
+        torch.testing.assert_close(load_sae(alias).W_enc, sae.W_enc)
     (tmp_path / f"{run}_cfg.json").unlink()
     with pytest.raises(FileNotFoundError, match="_cfg.json"):
         load_sae(tmp_path / f"{run}.pt")
+
+
+def test_sae_lens_topk_with_decoder_norm_rescaling_is_folded_on_load(tmp_path):
+    """SAELens' TopK training default (rescale_acts_by_decoder_norm=True) ranks pre * |W_dec_i| and decodes
+    f / |W_dec_i| @ W_dec; the loaded SAE must compute exactly that."""
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(1)
+    state = {"W_enc": torch.randn(12, 24, generator=g), "b_enc": torch.randn(24, generator=g),
+             "W_dec": torch.randn(24, 12, generator=g) * torch.rand(24, 1, generator=g) * 3,  # rows far from unit norm
+             "b_dec": torch.randn(12, generator=g)}
+    d = tmp_path / "topk"
+    d.mkdir()
+    save_file(state, str(d / "sae_weights.safetensors"))
+    (d / "cfg.json").write_text(json.dumps({
+        "architecture": "topk", "d_in": 12, "d_sae": 24, "k": 4, "dtype": "float32", "apply_b_dec_to_input": True,
+        "normalize_activations": "none", "rescale_acts_by_decoder_norm": True,
+        "metadata": {"sae_lens_version": "6.54.12", "model_name": "gpt2-small", "hook_name": "blocks.1.attn.hook_z"}}))
+    x = torch.randn(32, 12, generator=g)
+    norms = state["W_dec"].norm(dim=1)
+    pre = ((x - state["b_dec"]) @ state["W_enc"] + state["b_enc"]) * norms  # SAELens' TopKSAE.encode
+    vals, idx = pre.topk(4, dim=-1)
+    f = torch.zeros_like(pre).scatter(-1, idx, torch.relu(vals))
+    want = (f / norms) @ state["W_dec"] + state["b_dec"]  # its decode
+    got = load_sae(d)
+    torch.testing.assert_close(got.encode(x), f)
+    torch.testing.assert_close(got(x).reconstruction, want)
+    torch.testing.assert_close(got.W_dec.norm(dim=1), torch.ones(24))
+
+
+def test_load_refuses_weights_its_architecture_does_not_have(tmp_path):
+    """A threshold in a folder that says "standard" would otherwise load as plain ReLU, silently another function."""
+    from safetensors.torch import save_file
+
+    sae = _random_sae()
+    save_sae(sae, tmp_path / "sae")
+    state = {k: v.detach() for k, v in sae.state_dict().items()} | {"threshold": torch.ones(24)}
+    save_file(state, str(tmp_path / "sae" / "sae_weights.safetensors"))
+    with pytest.raises(ValueError, match=r"weights hold \['threshold'\], which a 'standard' SAE does not have"):
+        load_sae(tmp_path / "sae")
 
 
 def test_load_rejects_shape_mismatch_and_missing_files(tmp_path):

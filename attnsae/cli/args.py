@@ -66,14 +66,16 @@ def add_seed(p) -> None:
     p.add_argument("--seed", type=SEED, default=0, help="random seed (default: %(default)s)")
 
 
-def add_data(p, multi_hook: bool = False) -> None:
-    """--model, --corpus, --ctx, --max-tokens and --hook (one, or repeatable for a harvest)."""
+def add_data(p, multi_hook: bool = False, hook: bool = True) -> None:
+    """--model, --corpus, --ctx, --max-tokens and --hook (one, or repeatable for a harvest; none with hook=False)."""
     windows = WindowSpec()
     add_model(p)
     p.add_argument("--corpus", default=DEFAULT_CORPUS, help="'default' (offline State of the Union + Moby-Dick), a "
                    "file/folder of .txt/.jsonl, or a hub dataset (default: %(default)s)")
     p.add_argument("--ctx", type=CTX, default=windows.ctx, help="tokens per window, BOS at position 0 (default: %(default)s)")
     p.add_argument("--max-tokens", type=POSITIVE, default=None, help="tokenize at most this many corpus tokens")
+    if not hook:
+        return
     if multi_hook:
         p.add_argument("--hook", action="append", default=None, help="hook to harvest, repeatable; "
                        f"'blocks.L.attn.hook_q[H]' selects one head (default: {JobConfig.hook})")

@@ -54,8 +54,7 @@ def add_parsers(sub) -> None:
 
 
 def _add_layer_options(p, out: str, layers_help: str) -> None:
-    a.add_data(p)
-    p.set_defaults(hook=None)
+    a.add_data(p, hook=False)  # the hooks are every layer's hook_z
     p.add_argument("--out", default=out, help="run folder: L<layer>/sae, and store/ with --store (default: %(default)s)")
     p.add_argument("--train-windows", type=a.COUNT, default=0,
                    help="use the first this many training windows, 0: all (default: %(default)s)")
@@ -65,7 +64,7 @@ def _add_layer_options(p, out: str, layers_help: str) -> None:
                         "through a shuffled in-memory buffer; no disk)")
     p.add_argument("--chunk-windows", type=a.POSITIVE, default=LayersConfig.chunk_windows,
                    help="streaming: windows run through the model per buffer chunk; its rows are shuffled together, "
-                        "and the buffer holds 3 chunks of every layer (default: %(default)s)")
+                        "and the buffer keeps at least 3 chunks (and 65,536 rows) of every layer (default: %(default)s)")
     a.add_model_dtype(p, help="model precision while harvesting (default: %(default)s)")
     a.add_train(p, layers_train_config())
     a.add_device(p)

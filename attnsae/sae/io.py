@@ -79,16 +79,33 @@ def save_sae(sae: SAE, path, feature_density: torch.Tensor | None = None) -> Pat
 
 
 def load_sae(path, device: str = "cpu") -> SAE:
-    """An attnsae / SAELens folder, or a reference-code `{run}.pt` (with `{run}_cfg.json` beside it)."""
+    """An attnsae / SAELens folder, or a reference-code run: `{run}.pt` with `{run}_cfg.json` beside it, given as
+    either file or as `{run}` alone (run names hold dots, so no suffix is stripped or replaced but these two)."""
     path = Path(path)
-    if path.suffix == ".pt" or (path.with_suffix(".pt").exists() and not path.is_dir()):
-        return load_reference(path.with_suffix(".pt"), device)
+    name = path.name
+    if name.endswith("_cfg.json"):
+        return load_reference(path.with_name(name.removesuffix("_cfg.json") + ".pt"), device)
+    if name.endswith(".pt"):
+        return load_reference(path, device)
+    if not path.is_dir() and path.with_name(name + ".pt").exists():
+        return load_reference(path.with_name(name + ".pt"), device)
     if not (path / CFG).exists() or not (path / WEIGHTS).exists():
         raise FileNotFoundError(f"{path} is not an SAE folder: it needs {CFG} and {WEIGHTS}")
     raw = json.loads((path / CFG).read_text())
     cfg = SAEConfig.from_dict(raw["attnsae"]) if "attnsae" in raw else _cfg_from_sae_lens(raw)
     state = load_file(str(path / WEIGHTS))
+    if "attnsae" not in raw and raw.get("rescale_acts_by_decoder_norm"):
+        state = _fold_rescaled_decoder(state)
     return _build(cfg, state, path, device)
+
+
+def _fold_rescaled_decoder(state: dict) -> dict:
+    """SAELens' TopK with rescale_acts_by_decoder_norm (its training default; training checkpoints are saved
+    unfolded) ranks pre * |W_dec_i| and decodes f / |W_dec_i| @ W_dec. Moving the norms into the encoder gives
+    the same function with unit-norm decoder rows, for TopK too: the ranked pre-activations are the same."""
+    norms = state["W_dec"].float().norm(dim=1).clamp_min(1e-12)
+    return {**state, "W_enc": state["W_enc"] * norms, "b_enc": state["b_enc"] * norms,
+            "W_dec": state["W_dec"] / norms[:, None]}
 
 
 def load_feature_density(path) -> torch.Tensor | None:
@@ -120,7 +137,9 @@ def _cfg_from_sae_lens(raw: dict) -> SAEConfig:
 def load_reference(pt_path, device: str = "cpu") -> SAE:
     """The paper's released format: `{run}.pt` state dict (W_enc, W_dec, b_enc, b_dec) + `{run}_cfg.json`."""
     pt_path = Path(pt_path)
-    cfg_path = pt_path.with_name(pt_path.stem + "_cfg.json")
+    cfg_path = pt_path.with_name(pt_path.name.removesuffix(".pt") + "_cfg.json")
+    if not pt_path.exists():
+        raise FileNotFoundError(f"reference SAE {pt_path} does not exist")
     if not cfg_path.exists():
         raise FileNotFoundError(f"reference SAE {pt_path.name} needs its config beside it: {cfg_path.name}")
     raw = json.loads(cfg_path.read_text())
@@ -145,6 +164,10 @@ def _build(cfg: SAEConfig, state: dict, where, device) -> SAE:
     missing = [k for k in want if k not in state]
     if missing:
         raise ValueError(f"{where}: weights lack {missing} (found {sorted(state)})")
+    extra = sorted(set(state) - set(want))
+    if extra:  # e.g. a threshold in a folder that says "standard": dropping it would change the SAE's function
+        raise ValueError(f"{where}: weights hold {extra}, which a {cfg.architecture!r} SAE does not have; its config "
+                         "and weights disagree")
     for k, shape in want.items():
         if tuple(state[k].shape) != shape:
             raise ValueError(f"{where}: {k} has shape {tuple(state[k].shape)}, config says {shape}")
