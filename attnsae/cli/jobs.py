@@ -9,6 +9,7 @@ from ..data import WindowSpec
 from ..jobs import JobConfig, LayersConfig, main_train_config, run_job, run_layers, run_sweep
 from ..jobs.every_head import EveryHeadConfig, run_every_head
 from ..jobs.layers import layers_train_config
+from ..jobs.sweep import sweep_train_config
 from . import args as a
 
 
@@ -28,7 +29,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--out", required=True)
     a.add_model(p, None, "default: the store's model")
     p.add_argument("--eval-windows", type=a.POSITIVE, default=64, help="held-out windows for CE / KL (default: %(default)s)")
-    a.add_train(p, main_train_config(), sweep=True)
+    a.add_train(p, sweep_train_config(), sweep=True)
     a.add_device(p)
     p.set_defaults(fn=run_sweep_cmd)
 
@@ -88,7 +89,7 @@ def run_main(args) -> None:
 
 
 def run_sweep_cmd(args) -> None:
-    print(run_sweep(args.store, args.out, args.l1, a.train_config(args, main_train_config()), model_name=args.model,
+    print(run_sweep(args.store, args.out, args.l1, a.train_config(args, sweep_train_config()), model_name=args.model,
                     eval_windows=args.eval_windows, device=args.device))
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..lock import hold
 from ..models import hooks
 from .store import StoreError, StoreWriter
 from .windows import token_batches
@@ -61,8 +62,6 @@ def harvest(
 
     Rows are (window, position) in order, positions 1.. when `skip_bos` (the BOS position's z is the
     same constant in every window and would only waste a feature)."""
-    from .store import ActivationStore
-
     root = Path(root)
     widths = {h: hook_width(model, h) for h in hooks}
     meta = {
@@ -75,6 +74,13 @@ def harvest(
         "n_windows": int(len(windows)),
         **(extra_meta or {}),
     }
+    with hold(root, "harvest"):  # two harvests into one store would interleave shards
+        return _fill(model, windows, root, hooks, meta, widths, dtype, batch_size, windows_per_shard, progress)
+
+
+def _fill(model, windows, root: Path, hooks, meta, widths, dtype, batch_size, windows_per_shard, progress):
+    from .store import ActivationStore
+
     writer = StoreWriter(root, meta, widths, dtype)
     if not (root / "windows.npy").exists():
         np.save(root / "windows.npy.tmp.npy", windows)

@@ -13,6 +13,13 @@ from ..models import load_model
 from ..sae import TrainConfig, load_sae, sae_config_for, train_sae
 
 
+def sweep_train_config() -> TrainConfig:
+    """The paper's L1 recipe at the old main job's size (8x, 4000 steps x 2048, resampling scaled down from the
+    paper's 1000-step warm-back to fit the shorter run); the sweep varies l1_coeff."""
+    return TrainConfig(recipe="l1", expansion=8, l1_coeff=6.0, batch_size=2048, steps=4000, resample_every=800,
+                       n_resamples=3, resample_warmup=300, checkpoint_every=250, hist_every=1000)
+
+
 def run_sweep(store_dir, out, l1_coeffs: list[float], base: TrainConfig, model_name: str | None = None,
               eval_windows: int = 64, sparsity_windows: int | None = None, device: str = "auto") -> str:
     store = ActivationStore(store_dir)

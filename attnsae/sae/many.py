@@ -11,11 +11,13 @@ a trainer that had checkpointed further skips the batches it has seen, so nothin
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from ..lock import hold
 from .sae import SAEConfig
 from .trainer import TrainConfig, Trainer, check_same_training
 
@@ -25,6 +27,13 @@ def train_saes(sae_cfgs: dict[str, SAEConfig], cfg: TrainConfig, out_dirs: dict[
     """{hook: out_dirs[hook]/sae}: an SAE per hook of `sae_cfgs`, all trained with `cfg` on the same
     batches of `source`. As `train_sae` for each: a finished SAE is reused (refused if trained with
     another config), a checkpoint resumed."""
+    with ExitStack() as held:  # one run per SAE folder, as train_sae
+        for hook in sae_cfgs:
+            held.enter_context(hold(out_dirs[hook], "training"))
+        return _train(sae_cfgs, cfg, out_dirs, source, progress, resume, device)
+
+
+def _train(sae_cfgs, cfg, out_dirs, source, progress, resume, device) -> dict[str, Path]:
     bs, seed = cfg.batch_size, cfg.seed
     done, trainers = {}, {}
     for hook, sae_cfg in sae_cfgs.items():

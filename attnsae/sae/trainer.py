@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..evals.metrics import DEAD_THRESHOLD
+from ..lock import hold
 from ..models.device import autocast as device_autocast
 from ..models.device import resolve_device
 from ..models.hooks import parse
@@ -303,9 +304,10 @@ def train_sae(sae_cfg: SAEConfig, train_cfg: TrainConfig, out_dir, batches_from,
     and density histograms go to out_dir/train). resume=False starts over: it ignores the checkpoint
     and retrains a finished SAE."""
     out = Path(out_dir)
-    if resume and (out / "sae" / "cfg.json").exists():
-        check_same_training(out / "sae", train_cfg)
-        return out / "sae"
-    trainer = Trainer(sae_cfg, train_cfg, out / "train", batches_from, progress=progress, device=device)
-    trainer.train(resume=resume)
-    return trainer.save(out / "sae")
+    with hold(out, "training"):  # two runs on one folder would overwrite each other's checkpoints
+        if resume and (out / "sae" / "cfg.json").exists():
+            check_same_training(out / "sae", train_cfg)
+            return out / "sae"
+        trainer = Trainer(sae_cfg, train_cfg, out / "train", batches_from, progress=progress, device=device)
+        trainer.train(resume=resume)
+        return trainer.save(out / "sae")
