@@ -125,11 +125,16 @@ class SparsityMeter:
     @torch.no_grad()
     def update(self, x: torch.Tensor) -> None:
         x = x.to(self.sae.W_enc.device, non_blocking=True).float()
-        out = self.sae(x)
-        active = out.feature_acts > 0
+        f = self.sae.encode(x)
+        active = f > 0
+        # decode only the active latents: the same sums as f @ W_dec, without a dense [B, d_sae] x [d_sae, d_in] product
+        row, col = active.nonzero(as_tuple=True)
+        counts = active.sum(1)
+        recon = F.embedding_bag(col, self.sae.W_dec, counts.cumsum(0) - counts, mode="sum",
+                                per_sample_weights=f[row, col]) + self.sae.b_dec
         self.fires += active.sum(0).double()
-        self.l0_sum += active.sum().item()
-        self.err_sum += (out.reconstruction - x).pow(2).sum().item()
+        self.l0_sum += counts.sum().item()
+        self.err_sum += (recon - x).pow(2).sum().item()
         self.sq_sum += x.pow(2).sum().item()
         self.xs_sum += x.sum(0).double()
         self.n += len(x)
