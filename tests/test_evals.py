@@ -147,5 +147,19 @@ def test_the_main_report_leads_with_the_fidelity_numbers_that_mean_something(del
     write_report({"model": "m", "hook": "blocks.1.attn.hook_z", "d_in": 8, "d_sae": 64, "recipe": "batchtopk",
                   "tokens_trained": 10, "sparsity": sp, "fidelity": fid}, tmp_path)
     md = (tmp_path / "report.md").read_text()
+    assert "trained on 10 activations" in md
     assert lead in md and md.index(lead) < md.index("ΔCE vs clean") < md.index("L0 (held-out)")
     assert "| ΔCE vs clean (nats) | +0.0100 |" in md and "0.25 × the mean-ablation KL" in md
+
+
+def test_the_report_of_an_sae_trained_elsewhere_says_it_has_no_training_record(tmp_path):
+    """SAELens folders and the paper's .pt files carry no tokens_trained; the report must still be written."""
+    from attnsae.jobs.main import write_report
+
+    fid = dict.fromkeys(["ce_clean", "ce_sae", "ce_zero", "ce_mean", "ce_recovered", "delta_ce_sae", "delta_ce_zero",
+                         "kl_sae", "kl_zero", "ce_sae_with_error"], 0.1) | {"kl_mean": 0.2, "n_tokens": 10}
+    sp = {"l0": 1.0, "explained_variance": 0.5, "n_dead": 0, "n_dense": 0, "n_inputs": 10, "dead_threshold": 1e-5,
+          "dense_threshold": 0.1}
+    write_report({"model": "gpt2", "hook": "blocks.5.attn.hook_z", "d_in": 8, "d_sae": 64, "recipe": None,
+                  "tokens_trained": None, "sparsity": sp, "fidelity": fid}, tmp_path)
+    assert "no training record" in (tmp_path / "report.md").read_text()

@@ -150,7 +150,7 @@ def test_nan_in_one_hooks_batch_stops_naming_the_step_and_hook_with_checkpoints_
                 yield b
 
     cfg, out = small("batchtopk"), {h: tmp_path / h for h in HOOKS}
-    with pytest.raises(FloatingPointError, match=r"at step 15 \(hook blocks.1.attn.hook_z\); the last checkpoint"):
+    with pytest.raises(FloatingPointError, match=r"at step 15 \(hook blocks.1.attn.hook_z\); the last checkpoint \(step 10, in "):
         train_saes(configs(), cfg, out, Poisoned(), progress=False)
     for h in HOOKS:
         assert json.loads((out[h] / "train" / "checkpoint" / "state.json").read_text())["step"] == 10

@@ -182,7 +182,7 @@ def test_nan_loss_stops_with_a_clear_error(tmp_path):
     cfg = TrainConfig(steps=50, batch_size=64, dtype="float32", hist_every=0, checkpoint_every=10, normalize_input=False,
                       init_b_dec_median=False)
     sae_cfg = SAEConfig(d_in=32, d_sae=64, hook_name="blocks.3.attn.hook_z")
-    with pytest.raises(FloatingPointError, match=r"at step \d+ \(hook blocks.3.attn.hook_z\); the last checkpoint"):
+    with pytest.raises(FloatingPointError, match=r"at step 0 \(hook blocks.3.attn.hook_z\); no checkpoint had been written"):
         Trainer(sae_cfg, cfg, tmp_path, batches_of(data, 64), progress=False).train()
 
 
@@ -424,6 +424,18 @@ def test_load_refuses_weights_its_architecture_does_not_have(tmp_path):
     state = {k: v.detach() for k, v in sae.state_dict().items()} | {"threshold": torch.ones(24)}
     save_file(state, str(tmp_path / "sae" / "sae_weights.safetensors"))
     with pytest.raises(ValueError, match=r"weights hold \['threshold'\], which a 'standard' SAE does not have"):
+        load_sae(tmp_path / "sae")
+
+
+def test_load_refuses_non_finite_weights(tmp_path):
+    from safetensors.torch import save_file
+
+    sae = _random_sae()
+    save_sae(sae, tmp_path / "sae")
+    state = {k: v.detach().clone() for k, v in sae.state_dict().items()}
+    state["W_dec"][3, 2] = float("nan")
+    save_file(state, str(tmp_path / "sae" / "sae_weights.safetensors"))
+    with pytest.raises(ValueError, match="W_dec holds NaN or inf"):
         load_sae(tmp_path / "sae")
 
 

@@ -171,6 +171,8 @@ def _build(cfg: SAEConfig, state: dict, where, device) -> SAE:
     for k, shape in want.items():
         if tuple(state[k].shape) != shape:
             raise ValueError(f"{where}: {k} has shape {tuple(state[k].shape)}, config says {shape}")
+        if not torch.isfinite(state[k]).all() and not (k == "threshold" and (state[k] >= 0).all()):  # inf threshold: a latent off
+            raise ValueError(f"{where}: {k} holds NaN or inf; the SAE is unusable (retrain it, or resume from a checkpoint)")
     sae = SAE(cfg)
     sae.load_state_dict({k: state[k].float() for k in want if k != "threshold"}, strict=False)
     if cfg.architecture == "jumprelu":

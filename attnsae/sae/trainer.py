@@ -201,10 +201,11 @@ class Trainer:
         with self._autocast:
             loss, f, recon = self.recipe.loss(x, self.step)
         if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"loss became {loss.item()} at step {self.step} (hook {self.sae.cfg.hook_spec}); the last checkpoint in "
-                f"{checkpoint.folder(self.out)} is intact. Lower lr or l1_coeff, or check the activations for NaN."
-            )
+            saved = checkpoint.folder(self.out) / "state.json"
+            kept = (f"the last checkpoint (step {json.loads(saved.read_text())['step']}, in {saved.parent}) is intact"
+                    if saved.exists() else "no checkpoint had been written yet")
+            raise FloatingPointError(f"loss became {loss.item()} at step {self.step} (hook {self.sae.cfg.hook_spec}); {kept}. "
+                                     "Lower lr or l1_coeff, or check the activations for NaN.")
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.recipe.before_optimizer_step()
