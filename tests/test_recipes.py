@@ -298,3 +298,31 @@ def test_the_cli_refuses_an_option_the_recipe_does_not_read(recipe):
         else:
             with pytest.raises(ValueError, match=f"^{flag} does not apply to --recipe {recipe}$"):
                 train_config(args)
+
+
+@pytest.mark.parametrize("n_dead", [3, 40])  # fewer and more dead latents than k_aux
+def test_auxk_lets_the_top_dead_latents_explain_the_residual(n_dead):
+    """Gao et al. 2024: aux = |e_hat - e|^2 / |e|^2, e_hat decoded from the top k_aux (= d_in / 2) dead
+    pre-activations; the loss is MSE + aux / 32, and only dead latents get the aux gradient."""
+    from attnsae.sae.recipes.topk import TopKRecipe
+
+    torch.manual_seed(0)
+    sae = SAE(SAEConfig(d_in=8, d_sae=64, architecture="topk", k=2))
+    with torch.no_grad():
+        sae.b_dec.normal_()
+    recipe = TopKRecipe(sae, TrainConfig(recipe="topk", k=2, steps=10, batch_size=16))
+    dead = torch.arange(64 - n_dead, 64)
+    recipe.last_fired[:] = 10**9
+    recipe.last_fired[dead] = -(10**9)  # silent for ever: dead
+    with torch.no_grad():
+        sae.b_enc[:] = 100.0  # the live latents win every row's top k ...
+        sae.b_enc[dead] = 0.5  # ... so the dead ones, mostly positive, stay silent: AuxK has work
+    x = torch.randn(16, 8)
+    loss, f, recon = recipe.loss(x, 0)
+    e = (x - recon).detach()
+    pre = (x - sae.b_dec) @ sae.W_enc[:, dead] + sae.b_enc[dead]
+    vals, idx = pre.topk(min(4, n_dead), dim=-1)
+    e_hat = (torch.zeros_like(pre).scatter(-1, idx, torch.relu(vals)) @ sae.W_dec[dead])
+    aux = (e_hat - e).pow(2).sum(-1).mean() / e.pow(2).sum(-1).mean()
+    assert e_hat.abs().sum() > 0 and (f[:, dead] == 0).all()
+    torch.testing.assert_close(loss, (x - recon).pow(2).sum(-1).mean() + aux / 32)
