@@ -93,19 +93,12 @@ def load_sae(path, device: str = "cpu") -> SAE:
         raise FileNotFoundError(f"{path} is not an SAE folder: it needs {CFG} and {WEIGHTS}")
     raw = json.loads((path / CFG).read_text())
     cfg = SAEConfig.from_dict(raw["attnsae"]) if "attnsae" in raw else _cfg_from_sae_lens(raw)
-    state = load_file(str(path / WEIGHTS))
+    sae = _build(cfg, load_file(str(path / WEIGHTS)), path, device)
     if "attnsae" not in raw and raw.get("rescale_acts_by_decoder_norm"):
-        state = _fold_rescaled_decoder(state)
-    return _build(cfg, state, path, device)
-
-
-def _fold_rescaled_decoder(state: dict) -> dict:
-    """SAELens' TopK with rescale_acts_by_decoder_norm (its training default; training checkpoints are saved
-    unfolded) ranks pre * |W_dec_i| and decodes f / |W_dec_i| @ W_dec. Moving the norms into the encoder gives
-    the same function with unit-norm decoder rows, for TopK too: the ranked pre-activations are the same."""
-    norms = state["W_dec"].float().norm(dim=1).clamp_min(1e-12)
-    return {**state, "W_enc": state["W_enc"] * norms, "b_enc": state["b_enc"] * norms,
-            "W_dec": state["W_dec"] / norms[:, None]}
+        # SAELens' TopK training default (its training checkpoints are saved unfolded): it ranks pre * |W_dec_i|
+        # and decodes f / |W_dec_i| @ W_dec; folding the norms into the encoder is the same function
+        sae.fold_decoder_norm_(topk_ranks_scaled=True)
+    return sae
 
 
 def load_feature_density(path) -> torch.Tensor | None:

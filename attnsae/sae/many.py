@@ -63,6 +63,5 @@ def _train(sae_cfgs, cfg, out_dirs, source, progress, resume, device) -> dict[st
         bar.update(1)
     bar.close()
     for hook, t in trainers.items():
-        t.finish()
-        done[hook] = t.save(Path(out_dirs[hook]) / "sae")
+        done[hook] = t.save(Path(out_dirs[hook]) / "sae", t.finish())
     return {h: done[h] for h in sae_cfgs}

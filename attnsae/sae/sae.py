@@ -172,12 +172,14 @@ class SAE(nn.Module):
             self.log_threshold.sub_(math.log(scale))
 
     @torch.no_grad()
-    def fold_decoder_norm_(self) -> None:
+    def fold_decoder_norm_(self, topk_ranks_scaled: bool = False) -> None:
         """Move decoder row norms into the encoder (f_i * |d_i|) so rows are unit-norm.
-        Exact for ReLU and JumpReLU (whose threshold scales too); rescaling pre-activations would
-        change which latents TopK keeps."""
-        if self.cfg.architecture == "topk":
-            raise ValueError("fold_decoder_norm_ is only exact for ReLU and JumpReLU SAEs")
+        Exact for ReLU and JumpReLU (whose threshold scales too). For TopK, rescaling pre-activations changes
+        which latents it keeps, unless it already ranked pre * |d_i| and decoded f / |d_i| (SAELens'
+        rescale_acts_by_decoder_norm): `topk_ranks_scaled` says so, and the fold makes it plain TopK, exactly."""
+        if self.cfg.architecture == "topk" and not topk_ranks_scaled:
+            raise ValueError("fold_decoder_norm_ is only exact for ReLU and JumpReLU SAEs (and TopK that ranks "
+                             "pre-activations scaled by the decoder norms)")
         norms = self.W_dec.norm(dim=1).clamp_min(1e-8)
         self.W_enc.mul_(norms)
         self.b_enc.mul_(norms)

@@ -279,8 +279,9 @@ class Trainer:
         sae.cfg.training = self.cfg.to_dict() | {"input_scale": self.scale, "tokens_trained": self.tokens}
         return sae
 
-    def save(self, path) -> Path:
-        return save_sae(self.finished_sae(), path, self.feature_density())
+    def save(self, path, sae: SAE | None = None) -> Path:
+        """Save the finished SAE (`sae` when `train` or `finish` already built it) with its feature density."""
+        return save_sae(sae or self.finished_sae(), path, self.feature_density())
 
     def plot_density(self, path):
         from ..evals.plots import density_histogram
@@ -310,5 +311,4 @@ def train_sae(sae_cfg: SAEConfig, train_cfg: TrainConfig, out_dir, batches_from,
             check_same_training(out / "sae", train_cfg)
             return out / "sae"
         trainer = Trainer(sae_cfg, train_cfg, out / "train", batches_from, progress=progress, device=device)
-        trainer.train(resume=resume)
-        return trainer.save(out / "sae")
+        return trainer.save(out / "sae", trainer.train(resume=resume))
