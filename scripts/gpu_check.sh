@@ -9,7 +9,7 @@
 # 4. benchmarks/bench_harvest.py --device cuda, GPT-2-small-shaped random model, 256 x 128 tokens a batch
 #    (tokens/s, % of bf16 peak).
 # Each step has its own timeout (90 + 180 + 45 + 135 s at most), so the whole stays under ~8 minutes.
-# The interpreter: $PYTHON, else the first of .venv-bench/bin/python, python3, .venv/bin/python whose
+# The interpreter: $PYTHON, else the first of .venv-peers/bin/python, python3, .venv/bin/python whose
 # torch sees a CUDA GPU. Nothing is fetched when one is found: attnsae runs from this checkout
 # (PYTHONPATH). The peers (SAELens, TransformerLens) run where that Python has them; wheels left in .whl/
 # (see benchmarks/README.md) are installed offline into a temporary folder first.
@@ -45,7 +45,7 @@ PY
 }
 CANDIDATES=()
 if [ -n "${PYTHON:-}" ]; then CANDIDATES=("$PYTHON"); else
-  for c in .venv-bench/bin/python python3 .venv/bin/python; do
+  for c in .venv-peers/bin/python python3 .venv/bin/python; do
     if [ -x "$c" ] || command -v "$c" >/dev/null 2>&1; then CANDIDATES+=("$c"); fi
   done
 fi

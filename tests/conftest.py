@@ -1,3 +1,4 @@
+import importlib
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no network here: fail fast instead of retrying the hub
@@ -7,6 +8,14 @@ import pytest
 import torch
 
 from attnsae.models import from_hf
+
+
+def peer(name: str):
+    """A peer library (sae_lens, transformer_lens). `make test` runs the tests marked `peers` in .venv-peers with
+    ATTNSAE_REQUIRE_PEERS=1, where a missing peer fails instead of skipping; elsewhere they skip."""
+    if os.environ.get("ATTNSAE_REQUIRE_PEERS"):
+        return importlib.import_module(name)
+    return pytest.importorskip(name)
 
 
 def hf_tiny(family: str, seed: int = 0, vocab: int = 101):

@@ -124,7 +124,7 @@ def test_head_dla_sums_to_the_layers_direct_logit_effect(tiny):
     if c.norm == "layernorm":
         out = out - out.mean(-1, keepdim=True)
     gain = model.ln_final_w + c.norm_gain_offset  # Gemma stores norm gains as (gain - 1)
-    want = ((out * cache["ln_final.hook_scale"][:, last] * gain) * model.W_U[:, answer].T).sum(-1)
+    want = ((out / cache["ln_final.hook_scale"][:, last] * gain) * model.W_U[:, answer].T).sum(-1)
     torch.testing.assert_close(dla.sum(-1), want.detach(), atol=1e-4, rtol=1e-4)
 
 

@@ -338,15 +338,13 @@ def _feature_residual(model, batch, sae, f, a):
     if not model.cfg.post_norms:
         return (a[:, None] * sae.W_dec[f]) @ model.blocks[0].W_O
     ar = torch.arange(len(batch))
-    _, cache = model.run_with_cache(batch.tokens, ["blocks.0.attn.hook_result", "blocks.0.hook_attn_out"], stop_early=False)
-    res = cache["blocks.0.attn.hook_result"][ar, batch.s2]
-    removed = res - (a[:, None] * sae.W_dec[f]) @ model.blocks[0].W_O
+    _, cache = model.run_with_cache(batch.tokens, ["blocks.0.hook_attn_out"], stop_early=False)
 
-    def post_of(r, name):  # run the model's own post-attention norm on the reduced output
-        out = r.clone()
-        out[ar, batch.s2] = removed
+    def remove(z, name):  # the feature taken out of z at S2; the model's own post-attention norm follows
+        out = z.clone()
+        out[ar, batch.s2] -= (a[:, None] * sae.W_dec[f]).view(len(batch), *z.shape[2:]).to(z.dtype)
         return out
-    _, c2 = model.run_with_hooks(batch.tokens, [("blocks.0.attn.hook_result", post_of)], cache=["blocks.0.hook_attn_out"])
+    _, c2 = model.run_with_hooks(batch.tokens, [("blocks.0.attn.hook_z", remove)], cache=["blocks.0.hook_attn_out"])
     return cache["blocks.0.hook_attn_out"][ar, batch.s2] - c2["blocks.0.hook_attn_out"][ar, batch.s2]
 
 

@@ -31,12 +31,12 @@ def check_hooks(model, tokens, atol=1e-5):
         z, v, pattern = (cache[f"blocks.{layer}.attn.{n}"] for n in ("hook_z", "hook_v", "hook_pattern"))
         result, attn_out = cache[f"blocks.{layer}.attn.hook_result"], cache[f"blocks.{layer}.hook_attn_out"]
         blk = model.blocks[layer]
-        # z flattened times W_O (+ b_O) is the attention output
+        # hook_result is each head's z_h W_O[h] (TransformerLens's: per head, no b_O)
+        torch.testing.assert_close(result, torch.einsum("bphd,hdm->bphm", z, blk.W_O_heads), atol=atol, rtol=1e-4)
+        # summed over heads, plus b_O: z flattened times W_O, the attention output
         recon = z.flatten(2) @ blk.W_O + (blk.b_O if c.family == "gpt2" else 0)
+        result = result.sum(2) + (blk.b_O if c.family == "gpt2" else 0)
         torch.testing.assert_close(recon, result, atol=atol, rtol=1e-4)
-        # per-head slices of W_O: sum over heads of z_h W_O[h] is the same thing
-        per_head = torch.einsum("bphd,hdm->bpm", z, blk.W_O_heads) + (blk.b_O if c.family == "gpt2" else 0)
-        torch.testing.assert_close(per_head, result, atol=atol, rtol=1e-4)
         if c.family == "gemma3":  # Gemma adds the post-attention-normed output to the residual
             torch.testing.assert_close(blk.normalize(result, "ln1_post")[0], attn_out, atol=atol, rtol=1e-4)
         else:
@@ -90,9 +90,11 @@ def test_interventions_replace_zero_add(tiny, tokens):
     model = tiny[0]
     c = model.cfg
     name = "blocks.0.attn.hook_z"
-    _, cache = model.run_with_hooks(tokens, [(name, zero_ablate)], cache=["blocks.0.attn.hook_result"])
-    b_o = model.blocks[0].b_O if c.family == "gpt2" else torch.zeros(c.d_model)
-    torch.testing.assert_close(cache["blocks.0.attn.hook_result"], b_o.expand_as(cache["blocks.0.attn.hook_result"]))
+    _, cache = model.run_with_hooks(tokens, [(name, zero_ablate)], cache=["blocks.0.attn.hook_result", "blocks.0.hook_attn_out"])
+    assert (cache["blocks.0.attn.hook_result"] == 0).all()
+    if c.family == "gpt2":  # with every head zeroed the layer adds only b_O
+        out = cache["blocks.0.hook_attn_out"]
+        torch.testing.assert_close(out, model.blocks[0].b_O.expand_as(out))
     _, clean = model.run_with_cache(tokens, [name], stop_early=False)
     delta = torch.randn(c.n_heads, c.d_head)
     _, added = model.run_with_hooks(tokens, [(name, add(delta))], cache=[name])

@@ -12,6 +12,7 @@ import torch
 from attnsae.sae import RECIPES, SAE, SAEConfig, TrainConfig, Trainer, load_sae, sae_config_for, save_sae, train_sae
 from attnsae.sae.recipes.base import remove_parallel_grad
 from attnsae.sae.trainer import geometric_median
+from tests.conftest import peer
 
 
 def planted(n_feat=16, d=32, n=200_000, k=3, seed=0):
@@ -96,6 +97,37 @@ def test_folding_input_scale_and_decoder_norm_preserve_the_function():
 def test_geometric_median_resists_outliers():
     x = torch.cat([torch.randn(200, 4) * 0.1 + 1.0, torch.full((20, 4), 1000.0)])
     assert (geometric_median(x) - 1.0).abs().max() < 0.2
+
+
+def test_training_dead_count_is_latents_silent_over_the_last_window(tmp_path, monkeypatch):
+    """The curves' "dead" counts latents silent on the last DEAD_WINDOW inputs: one that fired only in the
+    first step is dead later (a count since the start would call it alive), and checkpoints keep the record."""
+    import attnsae.sae.trainer as trainer_mod
+
+    monkeypatch.setattr(trainer_mod, "DEAD_WINDOW", 128 * 20)
+    data, _ = planted(n=20_000)
+    cfg = TrainConfig(recipe="topk", k=4, steps=60, batch_size=128, dtype="float32", lr_decay_frac=0, hist_every=0,
+                      checkpoint_every=50)
+    tr = Trainer(SAEConfig(d_in=32, d_sae=64, architecture="topk", k=4), cfg, tmp_path, batches_of(data, 128),
+                 progress=False)
+    tr.start(resume=False)
+    it = tr.batches_from(0)
+    with torch.no_grad():  # latent 0 wins every row of the first step...
+        tr.sae.b_enc[0] = 1e4
+    tr.train_step(next(it))
+    assert tr.last_fired[0] == 128 and not tr.silent_mask().any()  # nothing is silent on 128 inputs
+    with torch.no_grad():  # ...and never again
+        tr.sae.W_enc[:, 0] = 0
+        tr.sae.b_enc[0] = -1e4
+    for _ in range(49):
+        tr.train_step(next(it))
+    silent = tr.silent_mask()
+    assert silent[0] and tr.fire_counts[0] > 0
+    assert not silent[tr.last_fired == tr.tokens].any()  # fired in the last step
+    assert tr.history[-1]["step"] == 50 and tr.history[-1]["dead"] == int(silent.sum())
+    again = Trainer(tr.sae.cfg, cfg, tmp_path, batches_of(data, 128), progress=False)
+    again.start(resume=True)
+    assert again.step == 50 and torch.equal(again.last_fired, tr.last_fired)
 
 
 def test_resampling_reinitialises_dead_features_and_warms_lr_back(tmp_path):
@@ -451,10 +483,11 @@ def test_load_rejects_shape_mismatch_and_missing_files(tmp_path):
         load_sae(tmp_path)
 
 
+@pytest.mark.peers
 @pytest.mark.parametrize("arch", ["standard", "topk", "jumprelu"])
 def test_sae_lens_itself_loads_our_folder(arch, tmp_path):
-    """Runs where SAELens is installed (e.g. .venv-bench from benchmarks/run.sh); skipped otherwise."""
-    sae_lens = pytest.importorskip("sae_lens")
+    """make test runs it in .venv-peers (scripts/setup_peers.sh), where SAELens is installed."""
+    sae_lens = peer("sae_lens")
     sae = _random_sae(arch)
     save_sae(sae, tmp_path / "sae")
     theirs = sae_lens.SAE.load_from_disk(str(tmp_path / "sae"))

@@ -1,8 +1,9 @@
 """The direct path from an attention layer's output to the logits, through the norms after it.
 
-Norms are linear once their per-token scale (1/RMS or 1/std) is frozen. With the scales given
-this is the exact direct contribution at that token; without them they are dropped, which keeps
-every token's logit ranking (the scale is one positive number per token).
+Norms are linear once their per-token scale (the RMS or std they divide by: TransformerLens's
+hook_scale) is frozen. With the scales given this is the exact direct contribution at that token;
+without them they are dropped, which keeps every token's logit ranking (the scale is one positive
+number per token).
 """
 
 from __future__ import annotations
@@ -18,16 +19,16 @@ def _gain(model, w: torch.Tensor) -> torch.Tensor:
 
 def through_final_norm(model, layer: int, out: torch.Tensor, post_scale=None, final_scale=None) -> torch.Tensor:
     """[..., d_model] attention-layer output -> what it adds to the unembedding input: Gemma's
-    post-attention norm gain, LayerNorm's centring, the final norm gain (times the scales if given)."""
+    post-attention norm gain, LayerNorm's centring, the final norm gain (divided by the scales if given)."""
     c, out = model.cfg, out.float()
     if c.post_norms:
         out = out * _gain(model, model.blocks[layer].ln1_post_w)
         if post_scale is not None:
-            out = out * post_scale.float()
+            out = out / post_scale.float()
     if c.norm == "layernorm":
         out = out - out.mean(-1, keepdim=True)
     out = out * _gain(model, model.ln_final_w)
-    return out if final_scale is None else out * final_scale.float()
+    return out if final_scale is None else out / final_scale.float()
 
 
 def head_direct_effect(model, layer: int, z: torch.Tensor, directions: torch.Tensor, final_scale,

@@ -25,6 +25,8 @@ from ..models.hooks import act_name
 from .splice import check_compatible, mean_hook, sae_hook, zero_hook
 
 DEAD_THRESHOLD = 1e-5
+# A latent silent on this many inputs in a row fires on < DEAD_THRESHOLD of them: dead, as counted in training
+DEAD_WINDOW = 100_000
 DENSE_THRESHOLD = 0.1
 
 

@@ -50,7 +50,7 @@ def act_name(kind: str, layer: int | None = None, norm: str | None = None) -> st
     raise ValueError(f"unknown hook kind {kind!r}")
 
 
-FINAL_SCALE = "ln_final.hook_scale"  # act_name("scale", norm="ln_final"): the final norm's 1/rms (or 1/std)
+FINAL_SCALE = "ln_final.hook_scale"  # act_name("scale", norm="ln_final"): the rms (or std) the final norm divides by
 
 
 @dataclass(frozen=True)

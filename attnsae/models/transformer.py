@@ -9,7 +9,10 @@ Hook shapes: hook_q [b, p, n_heads, d_head]; hook_k, hook_v [b, p, n_kv_heads, d
 (pre-rotary; hook_rot_q / hook_rot_k after); hook_z [b, p, n_heads, d_head];
 hook_attn_scores / hook_pattern [b, n_heads, dest, src]; residual hooks [b, p, d_model].
 hook_attn_out is what the attention layer adds to the residual stream (for Gemma 3 that is
-after its post-attention norm, as in TransformerLens); attn.hook_result is W_O z + b_O.
+after its post-attention norm, as in TransformerLens); attn.hook_result [b, p, n_heads, d_model] is each
+head's z W_O (no b_O), only computed when asked for. Norm hooks are TransformerLens's: hook_scale is the
+rms (or std) the input is divided by, hook_normalized the input divided by it, before the gain. Gemma 3's
+hook_q / hook_k come before its q/k norms (attn.q_norm.*, attn.k_norm.*), hook_rot_q / hook_rot_k after.
 """
 
 from __future__ import annotations
@@ -60,24 +63,36 @@ class Run:
         return x
 
 
-def _rms_norm(x, w, cfg: ModelConfig):
-    # A stored gain offset (Gemma's 1 + w) is applied in fp32 before the cast, as HF Gemma does;
-    # Llama scales by w in the input dtype.
+def _standardize(x, cfg: ModelConfig):
+    """(x / rms, or (x - mean) / std, in fp32; the rms or std): a norm before its gain, and the divisor, the
+    quantities TransformerLens's hook_normalized and hook_scale carry."""
     xf = x.float()
-    scale = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + cfg.norm_eps)
+    if cfg.norm == "layernorm":
+        xf = xf - xf.mean(-1, keepdim=True)
+    inv = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + cfg.norm_eps)  # times rsqrt, as HF computes it
+    return xf * inv, 1 / inv
+
+
+def _gain(xn, w, b, cfg: ModelConfig, dtype):
+    """A standardized xn (fp32) times the norm's gain (plus LayerNorm's bias), in `dtype`. Gemma's stored gain
+    offset (1 + w) is applied in fp32 before the cast, as HF Gemma does; Llama and GPT-2 scale in `dtype`."""
     if cfg.norm_gain_offset:
-        return (xf * scale * (cfg.norm_gain_offset + w.float())).to(x.dtype), scale
-    return w * (xf * scale).to(x.dtype), scale
+        return (xn * (cfg.norm_gain_offset + w.float())).to(dtype)
+    out = w * xn.to(dtype)
+    return out if b is None else out + b
 
 
 def _norm(x, w, b, cfg: ModelConfig):
-    """(normalized x, the 1/rms or 1/std scale): the config's LayerNorm or RMSNorm."""
-    if cfg.norm == "rmsnorm":
-        return _rms_norm(x, w, cfg)
-    xf = x.float()
-    xc = xf - xf.mean(-1, keepdim=True)
-    scale = torch.rsqrt(xc.pow(2).mean(-1, keepdim=True) + cfg.norm_eps)
-    return (xc * scale).to(x.dtype) * w + b, scale
+    """(normalized x, the rms or std it was divided by): the config's LayerNorm or RMSNorm."""
+    xn, scale = _standardize(x, cfg)
+    return _gain(xn, w, b, cfg, x.dtype), scale
+
+
+def _hooked_norm(x, w, b, cfg: ModelConfig, run: Run, prefix: str):
+    """A norm with TransformerLens's hooks: hook_scale (the divisor, [..., 1]) and hook_normalized (before the gain)."""
+    xn, scale = _standardize(x, cfg)
+    run.hook(prefix + "hook_scale", scale)
+    return _gain(run.hook(prefix + "hook_normalized", xn), w, b, cfg, x.dtype)
 
 
 _ACTIVATIONS = {"silu": F.silu, "gelu_tanh": partial(F.gelu, approximate="tanh")}
@@ -132,14 +147,13 @@ class Block(nn.Module):
         return self.W_K.view(c.d_model, c.n_kv_heads, c.d_head).transpose(0, 1)
 
     def normalize(self, x, which: str):
-        """(normalized x, the 1/rms scale) through this block's norm `which` (ln1, ln2, ln1_post, ln2_post),
-        without hooks: analysis code that recomputes part of the block calls this."""
+        """(normalized x, the rms or std it was divided by) through this block's norm `which` (ln1, ln2, ln1_post,
+        ln2_post), without hooks: analysis code that recomputes part of the block calls this."""
         return _norm(x, getattr(self, f"{which}_w"), getattr(self, f"{which}_b", None), self.cfg)
 
     def norm(self, x, which: str, run: Run):
-        out, scale = self.normalize(x, which)
-        run.hook(f"{self.p}{which}.hook_scale", scale)
-        return run.hook(f"{self.p}{which}.hook_normalized", out)
+        return _hooked_norm(x, getattr(self, f"{which}_w"), getattr(self, f"{which}_b", None), self.cfg, run,
+                            f"{self.p}{which}.")
 
     def attention(self, x, run: Run, rope):
         c, p = self.cfg, self.p + "attn."
@@ -152,10 +166,10 @@ class Block(nn.Module):
         q = q.view(b, n, c.n_heads, c.d_head)
         k = k.view(b, n, c.n_kv_heads, c.d_head)
         v = v.view(b, n, c.n_kv_heads, c.d_head)
-        if c.qk_norm:
-            q = _rms_norm(q, self.q_norm_w, c)[0]
-            k = _rms_norm(k, self.k_norm_w, c)[0]
         q, k, v = run.hook(p + "hook_q", q), run.hook(p + "hook_k", k), run.hook(p + "hook_v", v)
+        if c.qk_norm:  # Gemma 3: after hook_q / hook_k, as in TransformerLens, with the same norm hooks
+            q = _hooked_norm(q, self.q_norm_w, None, c, run, p + "q_norm.")
+            k = _hooked_norm(k, self.k_norm_w, None, c, run, p + "k_norm.")
         if rope is not None:
             cos, sin = rope
             q = run.hook(p + "hook_rot_q", q * cos + _rotate_half(q) * sin)
@@ -173,10 +187,11 @@ class Block(nn.Module):
         else:
             zh = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=c.attn_scale)
         z = run.hook(p + "hook_z", zh.transpose(1, 2))
-        out = z.reshape(b, n, c.d_attn) @ self.W_O
-        if c.biases:
-            out = out + self.b_O
-        return run.hook(p + "hook_result", out)
+        if run.needs(p + "hook_result"):  # TransformerLens's: each head's z W_O, [b, p, n_heads, d_model], no b_O
+            out = run.hook(p + "hook_result", torch.einsum("bnhd,hdm->bnhm", z, self.W_O_heads)).sum(2)
+        else:
+            out = z.reshape(b, n, c.d_attn) @ self.W_O
+        return out + self.b_O if c.biases else out
 
     def _mask(self, n, device):
         mask = torch.ones(n, n, dtype=torch.bool, device=device).tril()
@@ -258,13 +273,15 @@ class Transformer(nn.Module):
     def _probe_names(self):
         per_block = [
             "hook_resid_pre", "ln1.hook_scale", "ln1.hook_normalized", "attn.hook_q", "attn.hook_k",
-            "attn.hook_v", "attn.hook_rot_q", "attn.hook_rot_k", "attn.hook_attn_scores", "attn.hook_pattern",
+            "attn.hook_v", "attn.q_norm.hook_scale", "attn.q_norm.hook_normalized", "attn.k_norm.hook_scale",
+            "attn.k_norm.hook_normalized", "attn.hook_rot_q", "attn.hook_rot_k", "attn.hook_attn_scores", "attn.hook_pattern",
             "attn.hook_z", "attn.hook_result", "ln1_post.hook_scale", "ln1_post.hook_normalized",
             "hook_attn_out", "hook_resid_mid", "ln2.hook_scale", "ln2.hook_normalized", "mlp.hook_pre",
             "mlp.hook_pre_linear", "mlp.hook_post",
             "ln2_post.hook_scale", "ln2_post.hook_normalized", "hook_mlp_out", "hook_resid_post",
         ]
-        names = ["hook_embed", "hook_pos_embed", hooks.FINAL_SCALE, "ln_final.hook_normalized"]
+        names = ["hook_embed", "hook_pos_embed", hooks.FINAL_SCALE, "ln_final.hook_normalized", "unembed.hook_in",
+                 "unembed.hook_out"]
         return names + [f"blocks.{i}.{n}" for i in range(self.cfg.n_layers) for n in per_block]
 
     def check_hook_name(self, name: str) -> None:
@@ -319,17 +336,15 @@ class Transformer(nn.Module):
         return x
 
     def final_norm(self, x: torch.Tensor):
-        """(normalized x, the 1/rms or 1/std scale) through ln_final, without hooks."""
+        """(normalized x, the rms or std it was divided by) through ln_final, without hooks."""
         return _norm(x, self.ln_final_w, getattr(self, "ln_final_b", None), self.cfg)
 
     def unembed(self, x: torch.Tensor, run: Run) -> torch.Tensor:
         """The final norm (ln_final hooks), W_U and Gemma's logit soft-cap: residual [..., d_model] -> logits."""
         c = self.cfg
-        x, scale = self.final_norm(x)
-        run.hook(hooks.FINAL_SCALE, scale)
-        x = run.hook("ln_final.hook_normalized", x)
-        logits = (x @ self.W_U).float()
-        if c.final_logit_softcap:
+        x = _hooked_norm(x, self.ln_final_w, getattr(self, "ln_final_b", None), c, run, "ln_final.")
+        logits = run.hook("unembed.hook_out", (run.hook("unembed.hook_in", x) @ self.W_U).float())
+        if c.final_logit_softcap:  # after unembed.hook_out, as in TransformerLens
             logits = torch.tanh(logits / c.final_logit_softcap) * c.final_logit_softcap
         return logits
 

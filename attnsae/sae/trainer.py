@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..evals.metrics import DEAD_THRESHOLD
+from ..evals.metrics import DEAD_THRESHOLD, DEAD_WINDOW
 from ..lock import hold
 from ..models.device import autocast as device_autocast
 from ..models.device import resolve_device
@@ -106,7 +106,8 @@ class Trainer:
     """Trains one SAE from an iterator factory `batches_from(start_step) -> iterator of [B, d_in]`."""
 
     # what a checkpoint keeps of the trainer besides the SAE, Adam and the recipe
-    COUNTERS = ("step", "tokens", "scale", "history", "fire_counts", "fire_tokens", "recent_counts", "recent_tokens")
+    COUNTERS = ("step", "tokens", "scale", "history", "fire_counts", "fire_tokens", "recent_counts", "recent_tokens",
+                "last_fired")
 
     def __init__(self, sae_cfg: SAEConfig, cfg: TrainConfig, out_dir, batches_from, progress: bool = True,
                  device: str | torch.device = "cpu"):
@@ -130,6 +131,7 @@ class Trainer:
         self.fire_tokens = 0
         self.recent_counts = torch.zeros(sae_cfg.d_sae, dtype=torch.long, device=self.device)  # since the last histogram
         self.recent_tokens = 0
+        self.last_fired = torch.zeros(sae_cfg.d_sae, dtype=torch.long, device=self.device)  # `tokens` at the last firing
 
     def lr_at(self, step: int) -> float:
         lr = self.cfg.lr * self.recipe.lr_scale(step)
@@ -152,6 +154,7 @@ class Trainer:
         if loaded is None:
             return False
         counters, recipe_state = loaded
+        counters.setdefault("last_fired", torch.full_like(self.last_fired, counters["tokens"]))  # older checkpoints
         for k in self.COUNTERS:
             setattr(self, k, counters[k])
         self.recipe.load_state_dict(recipe_state)
@@ -219,6 +222,7 @@ class Trainer:
             self.fire_tokens += x.shape[0]
             self.tokens += x.shape[0]
             self.recent_tokens += x.shape[0]
+            self.last_fired[fired > 0] = self.tokens
         self.step += 1
         if self.step in self.recipe.resample_steps:
             n = self.resample(self.dead_mask())
@@ -232,7 +236,7 @@ class Trainer:
                 l0 = active.sum(-1).float().mean().item()
                 mse = (recon.float() - x).pow(2).sum(-1).mean().item() / self.scale**2
                 ev = 1 - (recon.float() - x).pow(2).sum().item() / (x - x.mean(0)).pow(2).sum().item()
-                dead = int(self.dead_mask().sum())
+                dead = int(self.silent_mask().sum())
             rec = {"step": self.step, "loss": loss.item(), "l0": l0, "mse": mse, "explained_var": ev,
                    "dead": dead, "lr": self.lr_at(self.step), "sec": time.time() - self._t0}
             self.history.append(rec)
@@ -264,6 +268,11 @@ class Trainer:
         """Features firing on fewer than `dead_threshold` of the inputs since the last resample (the
         paper's definition; the reference code's dead_direction_cutoff)."""
         return self.fire_counts.double() < self.cfg.dead_threshold * max(1, self.fire_tokens)
+
+    def silent_mask(self) -> torch.Tensor:
+        """Latents that have not fired on the last DEAD_WINDOW inputs: the training curves' "dead" (a count
+        since the start would call a latent alive for firing once in the first steps)."""
+        return (self.tokens - self.last_fired) >= DEAD_WINDOW
 
     def feature_density(self) -> torch.Tensor:
         """Firing frequency over the steps since the last histogram (the SAE as it is now,

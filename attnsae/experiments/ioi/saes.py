@@ -231,7 +231,8 @@ def _value_fn(model, layer: int, head: int):
 
 def residual_contribution(model, layer: int, dz: torch.Tensor, result=None) -> torch.Tensor:
     """[rows, d_model]: what removing dz [rows, d_attn] from the layer's z takes out of the residual stream:
-    dz W_O, or with post-attention norms (Gemma) post(result) - post(result - dz W_O), the norm recomputed."""
+    dz W_O, or with post-attention norms (Gemma, no b_O) post(result) - post(result - dz W_O), the norm
+    recomputed on `result`, the layer's z W_O (its hook_result summed over heads)."""
     c, blk = model.cfg, model.blocks[layer]
     d = dz.float() @ blk.W_O.detach().float()
     if not c.post_norms:
@@ -260,7 +261,7 @@ def path_patching(model, batch: IOIBatch, sae, heads: list[tuple[int, int]], fea
         for m in targets:
             out.append((act_name("resid_pre", m), capture_at(store, ("resid", m), batch.s2)))
             out.append((act_name("pattern", m), capture_at(store, ("pattern", m), batch.end, dim=2)))
-        if c.post_norms:  # residual_contribution recomputes the post-attention norm from the layer's result
+        if c.post_norms:  # residual_contribution recomputes the post-attention norm from the layer's z W_O
             out.append((act_name("result", layer), capture_at(store, "result", batch.s2)))
         return out
 
@@ -268,7 +269,7 @@ def path_patching(model, batch: IOIBatch, sae, heads: list[tuple[int, int]], fea
     ld_clean, _, acts, err, store, cache = _s2_decomposition(model, batch, sae, caps, cache=[resid_name])
     prompt_of, feature_of = _rows(acts, features, batch.length)
     dz = _removed(sae, acts, err, prompt_of, feature_of)
-    d_resid = residual_contribution(model, layer, dz, store["result"][prompt_of] if "result" in store else None)
+    d_resid = residual_contribution(model, layer, dz, store["result"][prompt_of].sum(-2) if "result" in store else None)
     ar_n = torch.arange(len(batch))
     dz_end: dict[int, dict[int, torch.Tensor]] = {m: {} for m in targets}
     attn = {}

@@ -1,0 +1,80 @@
+"""Our hooks against TransformerLens's on the same weights (tiny random GPT-2 and Llama, converted by TL's own
+weight conversion). `make test` runs these in .venv-peers; elsewhere they skip without TransformerLens."""
+
+import pytest
+import torch
+
+from attnsae.models import from_hf
+
+from .conftest import hf_tiny, peer
+
+pytestmark = pytest.mark.peers
+
+
+def rope_theta(config) -> float:
+    """Newer transformers keep it in rope_parameters."""
+    params = getattr(config, "rope_parameters", None) or {}
+    return params.get("rope_theta") or config.rope_theta
+
+
+def tl_twin(family: str, hf, ours):
+    """TransformerLens's HookedTransformer with `hf`'s weights, unprocessed (no LN folding, no centering)."""
+    tl = peer("transformer_lens")
+    from transformer_lens.pretrained.weight_conversions import convert_gemma_weights, convert_gpt2_weights, convert_llama_weights
+
+    c = hf.config
+    common = dict(n_layers=c.num_hidden_layers, d_model=c.hidden_size, n_ctx=64, d_vocab=c.vocab_size,
+                  n_heads=c.num_attention_heads, d_head=c.hidden_size // c.num_attention_heads, default_prepend_bos=False,
+                  use_attn_result=True)
+    if family == "gpt2":
+        cfg = tl.HookedTransformerConfig(**common, d_mlp=4 * c.hidden_size, act_fn="gelu_new", normalization_type="LN",
+                                         eps=c.layer_norm_epsilon, original_architecture="GPT2LMHeadModel")
+        sd = convert_gpt2_weights(hf, cfg)
+    elif family == "gemma3":
+        o = ours.cfg
+        cfg = tl.HookedTransformerConfig(**common | {"d_head": c.head_dim}, d_mlp=c.intermediate_size,
+                                         act_fn="gelu_pytorch_tanh", normalization_type="RMS", eps=c.rms_norm_eps,
+                                         positional_embedding_type="rotary", rotary_dim=c.head_dim, rotary_base=o.rope_theta,
+                                         rotary_base_local=o.rope_local_theta, use_attn_scale=True,
+                                         n_key_value_heads=c.num_key_value_heads, gated_mlp=True, final_rms=True,
+                                         use_normalization_before_and_after=True, use_qk_norm=True,
+                                         window_size=c.sliding_window, use_local_attn=True,
+                                         attn_types=["local" if t == "sliding_attention" else "global" for t in c.layer_types],
+                                         original_architecture="Gemma3ForCausalLM")
+        sd = convert_gemma_weights(hf, cfg)
+    else:
+        cfg = tl.HookedTransformerConfig(**common | {"d_head": c.head_dim}, d_mlp=c.intermediate_size, act_fn="silu",
+                                         normalization_type="RMS", eps=c.rms_norm_eps, positional_embedding_type="rotary",
+                                         rotary_dim=c.head_dim, rotary_base=rope_theta(c), gated_mlp=True,
+                                         final_rms=True, n_key_value_heads=c.num_key_value_heads,
+                                         original_architecture="LlamaForCausalLM")
+        sd = convert_llama_weights(hf, cfg)
+    model = tl.HookedTransformer(cfg)
+    model.load_and_process_state_dict(sd, fold_ln=False, center_writing_weights=False, center_unembed=False,
+                                      fold_value_biases=False, refactor_factored_attn_matrices=False)
+    return model.eval()
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "gemma3"])
+def test_every_hook_equals_transformer_lens(family):
+    """Both emit the same hook names, and each holds the same values (TL with use_attn_result, so hook_result
+    is there). TL flattens Gemma 3's q/k-norm hooks over batch, position and head; ours keep the head axis."""
+    hf = hf_tiny(family)
+    ours = from_hf(hf, weights="random")
+    theirs = tl_twin(family, hf, ours)
+    tokens = torch.randint(0, 101, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        tl_logits, cache = theirs.run_with_cache(tokens)
+    names = ours.hook_names()
+    assert sorted(names) == sorted(cache.keys())
+    logits, mine = ours.run_with_cache(tokens, names, stop_early=False)
+    for name in names:
+        a, b = mine[name].float(), cache[name].float()
+        if "_norm.hook_" in name:
+            a = a.reshape(b.shape)
+        if name.endswith("attn_scores"):  # -inf above the diagonal in both
+            assert torch.equal(torch.isinf(a), torch.isinf(b)), name
+            a, b = a.nan_to_num(neginf=0), b.nan_to_num(neginf=0)
+        assert a.shape == b.shape, (name, a.shape, b.shape)
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4, msg=name)
+    torch.testing.assert_close(logits.float(), tl_logits.float(), atol=5e-5, rtol=1e-4)
