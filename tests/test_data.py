@@ -213,3 +213,42 @@ def test_streamed_batches_are_a_pure_function_of_the_step(tiny, windows):
     direct = collect(model, torch.from_numpy(windows.astype(np.int64)), ["blocks.1.attn.hook_z"], 1)["blocks.1.attn.hook_z"]
     row = first[0][0]
     assert (direct - row).abs().amax(dim=1).min() < 1e-5
+
+
+def test_removed_manifest_entries_are_refilled_or_refused_never_shifted(tiny, windows, tmp_path):
+    """The repair the errors advise (remove a bad shard's entry and every later one, re-run the harvest) gives back
+    every row; removing an entry in the middle, or the first, is refused instead of shifting rows onto other windows."""
+    model = tiny[0]
+    hook = ["blocks.0.attn.hook_z"]
+    full = harvest(model, windows, tmp_path / "s", hook, dtype="float32", windows_per_shard=5, progress=False)
+    want = full.all_rows()
+    path = tmp_path / "s" / "manifest.json"
+    m = json.loads(path.read_text())
+    for drop, refused in ((slice(0, 1), True), (slice(2, 3), True), (slice(3, None), False)):
+        cut = dict(m, shards=[s for i, s in enumerate(m["shards"]) if i not in range(len(m["shards"]))[drop]])
+        path.write_text(json.dumps(cut))
+        if refused:
+            with pytest.raises(StoreError, match="removed or reordered"):
+                ActivationStore(tmp_path / "s")
+            with pytest.raises(StoreError, match="removed or reordered"):
+                harvest(model, windows, tmp_path / "s", hook, dtype="float32", windows_per_shard=5, progress=False)
+        else:
+            with pytest.raises(StoreError, match="complete but its shards end at window 15"):
+                ActivationStore(tmp_path / "s")
+            again = harvest(model, windows, tmp_path / "s", hook, dtype="float32", windows_per_shard=5, progress=False)
+            assert len(again) == len(want) and torch.equal(again.all_rows(), want)
+    bad = json.loads(path.read_text())
+    bad["shards"][0]["files"][hook[0]]["file"] = "../../etc/passwd"
+    path.write_text(json.dumps(bad))
+    with pytest.raises(StoreError, match="outside the store"):
+        ActivationStore(tmp_path / "s")
+
+
+def test_a_stale_windows_file_is_rewritten_from_the_harvest(tiny, windows, tmp_path):
+    model = tiny[0]
+    harvest(model, windows, tmp_path / "s", ["blocks.0.attn.hook_z"], progress=False)
+    np.save(tmp_path / "s" / "windows.npy", windows[::-1].copy())
+    with pytest.raises(StoreError, match="not the windows this store was harvested from"):
+        ActivationStore(tmp_path / "s").windows()
+    harvest(model, windows, tmp_path / "s", ["blocks.0.attn.hook_z"], progress=False)
+    assert np.array_equal(np.load(tmp_path / "s" / "windows.npy"), windows)

@@ -7,7 +7,6 @@ vectors: "blocks.5.attn.hook_z" (flattened over heads), "blocks.5.attn.hook_q[3]
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,7 @@ from tqdm.auto import tqdm
 
 from ..lock import hold
 from ..models import hooks
-from .store import StoreError, StoreWriter
+from .store import StoreError, StoreWriter, windows_digest
 from .windows import token_batches
 
 
@@ -40,10 +39,6 @@ def collect(model, tokens: torch.Tensor, specs: list[str], first_pos: int = 0) -
     parsed = {s: hooks.parse(s) for s in specs}
     _, cache = model.run_with_cache(tokens, {h.name for h in parsed.values()}, stop_early=True)
     return {s: flatten_hook(cache[h.name], h.head)[:, first_pos:].flatten(0, 1) for s, h in parsed.items()}
-
-
-def windows_digest(windows: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(windows).tobytes()).hexdigest()[:16]
 
 
 def harvest(
@@ -81,12 +76,12 @@ def harvest(
 def _fill(model, windows, root: Path, hooks, meta, widths, dtype, batch_size, windows_per_shard, progress):
     from .store import ActivationStore
 
-    writer = StoreWriter(root, meta, widths, dtype)
-    if not (root / "windows.npy").exists():
-        np.save(root / "windows.npy.tmp.npy", windows)
+    writer = StoreWriter(root, meta, widths, dtype)  # refuses another harvest's store
+    if not (root / "windows.npy").exists() or windows_digest(np.load(root / "windows.npy")) != meta["windows_sha"]:
+        np.save(root / "windows.npy.tmp.npy", windows)  # the windows this harvest's rows come from (its meta matched)
         (root / "windows.npy.tmp.npy").replace(root / "windows.npy")
     start = writer.start_window
-    if writer.manifest["complete"]:
+    if start == len(windows) and writer.manifest["complete"]:
         return ActivationStore(root)
     first_pos = meta["first_pos"]
     label = hooks[0] if len(hooks) == 1 else f"{len(hooks)} hooks"  # 30 hook names would fill the terminal

@@ -56,6 +56,37 @@ def read_manifest(root: Path) -> dict:
         raise StoreError(f"{path} is corrupt: {e}") from e
 
 
+def windows_digest(windows: np.ndarray) -> str:
+    """The token windows' fingerprint, recorded in the store's meta as windows_sha."""
+    return hashlib.sha256(np.ascontiguousarray(windows).tobytes()).hexdigest()[:16]
+
+
+def check_layout(root: Path, manifest: dict, resuming: bool = False) -> None:
+    """Shards must tile the windows from 0 in order, each holding its windows' rows, and name files inside the
+    store: a row's window is found by counting, so a missing or reordered shard would shift every row after it.
+    A store marked complete must reach its last window, unless a harvest is `resuming` to refill it."""
+    meta = manifest["meta"]
+    per_window = meta["context_size"] - meta.get("first_pos", 0)
+    end = 0
+    for i, shard in enumerate(manifest["shards"]):
+        w0, w1 = shard["windows"]
+        if shard["index"] != i or w0 != end or w1 <= w0:
+            raise StoreError(
+                f"{root}: shard {i} of the manifest covers windows {w0}..{w1} but the previous shards end at window "
+                f"{end}: an entry was removed or reordered. Remove this shard's entry and every later one from "
+                f"{MANIFEST} (the harvest resumes after the last one listed), or delete the store.")
+        if shard["n_tokens"] != (w1 - w0) * per_window:
+            raise StoreError(f"{root}: shard {i} holds {shard['n_tokens']} rows but its windows {w0}..{w1} have "
+                             f"{(w1 - w0) * per_window}; the manifest is corrupt. Delete the store.")
+        for info in shard["files"].values():
+            if not (root / info["file"]).resolve().is_relative_to(root.resolve()):
+                raise StoreError(f"{root}: the manifest names a file outside the store ({info['file']}); refusing it")
+        end = w1
+    if manifest.get("complete") and not resuming and end != meta.get("n_windows", end):
+        raise StoreError(f"{root}: the manifest says the harvest is complete but its shards end at window {end} of "
+                         f"{meta['n_windows']}; re-run the harvest to fill it")
+
+
 class StoreWriter:
     """Appends shards; `start_window` tells a resumed harvest where to continue."""
 
@@ -73,6 +104,8 @@ class StoreWriter:
                     f"{self.root} holds a different harvest ({have}); refusing to mix it with {want}. "
                     "Use a new folder or delete this one."
                 )
+            check_layout(self.root, self.manifest, resuming=True)
+            self.manifest["n_tokens"] = sum(shard["n_tokens"] for shard in self.manifest["shards"])
         else:
             self.manifest = {
                 "version": 1, "meta": meta, "hooks": {h: {"d": d} for h, d in hooks.items()},
@@ -90,6 +123,7 @@ class StoreWriter:
 
     def add_shard(self, window_range: tuple[int, int], acts: dict[str, torch.Tensor]) -> None:
         torch_dtype, np_dtype = STORE_DTYPES[self.manifest["dtype"]]
+        self.manifest["complete"] = False  # until finish(): a resumed harvest refills a store whose entries were removed
         idx = len(self.manifest["shards"])
         files, n = {}, None
         for hook, x in acts.items():
@@ -132,6 +166,7 @@ class ActivationStore:
         self.shards = self.manifest["shards"]
         if not self.shards:
             raise StoreError(f"{self.root} has no complete shards")
+        check_layout(self.root, self.manifest)
         self._maps: dict[str, list[np.memmap]] = {}
         for shard in self.shards:
             for hook, info in shard["files"].items():
@@ -148,11 +183,12 @@ class ActivationStore:
         if size != info["bytes"] or size != expect:
             raise StoreError(
                 f"shard {path} is truncated or has the wrong size: {size} bytes, manifest says {info['bytes']} "
-                f"({shard['n_tokens']} rows x {d}). Re-harvest (the harvest resumes from the last good shard "
-                "if you delete this shard's manifest entry) or delete the store."
+                f"({shard['n_tokens']} rows x {d}). Remove this shard's entry and every later one from {MANIFEST} and "
+                "re-run the harvest (it resumes after the last shard listed), or delete the store."
             )
         if verify and _sha256(path) != info["sha256"]:
-            raise StoreError(f"shard {path} is corrupt: its sha256 does not match the manifest. Re-harvest it.")
+            raise StoreError(f"shard {path} is corrupt: its sha256 does not match the manifest. Remove this shard's entry "
+                             f"and every later one from {MANIFEST} and re-run the harvest (it resumes after the last one).")
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
@@ -216,7 +252,12 @@ class ActivationStore:
         return (b[hook] for b in self.multi_batches(batch_size, seed, [hook], start))
 
     def windows(self) -> np.ndarray:
-        return np.load(self.root / "windows.npy", mmap_mode="r")
+        """The token windows the rows come from (checked against the harvest's record)."""
+        windows = np.load(self.root / "windows.npy", mmap_mode="r")
+        if "windows_sha" in self.meta and windows_digest(windows) != self.meta["windows_sha"]:
+            raise StoreError(f"{self.root / 'windows.npy'} is not the windows this store was harvested from (its digest "
+                             "differs from the manifest's windows_sha); re-run the harvest command to rewrite it")
+        return windows
 
     # ---- rows <-> (window, position): every window's positions from first_pos on, windows in order ----
 
