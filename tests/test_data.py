@@ -36,6 +36,27 @@ def test_windows_have_bos_and_split_is_disjoint_and_deterministic():
     assert {r.tobytes() for r in tr} | {r.tobytes() for r in ho} == rows
 
 
+def test_max_tokens_stops_tokenizing_a_long_document_near_the_limit(monkeypatch):
+    """A 50 MB file is one document; with max_tokens only pieces up to the limit reach the tokenizer."""
+    from attnsae.data import windows as windows_mod
+
+    monkeypatch.setattr(windows_mod, "PIECE_CHARS", 1000)
+    seen = []
+
+    class Counting(CharTok):
+        def __call__(self, text, add_special_tokens=False):
+            seen.append(len(text))
+            return super().__call__(text)
+
+    doc = ("word " * 200_000).strip()  # 1 MB of text
+    w = make_windows([doc, "tail"], Counting(), WindowSpec(ctx=16, max_tokens=3000), bos_id=1)
+    assert len(w) == 3000 // 16 and max(seen) <= 1000 and sum(seen) < 4000
+    stream = w[:, 1:].reshape(-1)
+    assert np.array_equal(stream, np.asarray(CharTok()(doc[:len(stream)]).input_ids))  # the pieces join seamlessly
+    whole = make_windows([doc[:5000]], Counting(), WindowSpec(ctx=16), bos_id=1)  # no limit: one call, whole
+    assert seen[-1] == 5000 and len(whole) == 5001 // 15
+
+
 def test_corpus_sources(tmp_path):
     (tmp_path / "a.txt").write_text("hello")
     (tmp_path / "b.jsonl").write_text(json.dumps({"text": "one"}) + "\n" + json.dumps({"text": "two"}) + "\n")

@@ -27,13 +27,33 @@ class WindowSpec:
         return asdict(self)
 
 
+# With max_tokens, a long document is tokenized in pieces of about this many characters (cut at a space), so
+# tokenizing stops near the limit: a fast tokenizer holds ~125 bytes per character of its input at once.
+PIECE_CHARS = 1 << 20
+
+
+def _pieces(doc: str, size: int):
+    start = 0
+    while start < len(doc):
+        end = min(len(doc), start + size)
+        if end < len(doc):
+            cut = doc.rfind(" ", start + size // 2, end)
+            end = cut if cut > start else end
+        yield doc[start:end]
+        start = end
+
+
 def make_windows(docs: Iterable[str], tokenizer, spec: WindowSpec, bos_id: int) -> np.ndarray:
-    """[n_windows, ctx] int32 token ids."""
+    """[n_windows, ctx] int32 token ids. Without max_tokens every document is tokenized whole; with it, long ones
+    are tokenized piece by piece and tokenizing stops at the limit."""
     body = spec.ctx - 1 if spec.prepend_bos else spec.ctx
     stream: list[int] = []
     limit = spec.max_tokens or float("inf")
     for doc in tqdm(docs, desc="tokenizing", unit="doc", leave=False):
-        stream.extend(tokenizer(doc, add_special_tokens=False).input_ids)
+        for piece in _pieces(doc, PIECE_CHARS) if spec.max_tokens else (doc,):
+            stream.extend(tokenizer(piece, add_special_tokens=False).input_ids)
+            if len(stream) >= limit:
+                break
         stream.append(bos_id)
         if len(stream) >= limit:
             break
