@@ -2,7 +2,7 @@
 # The peers attnsae is checked against (SAELens, TransformerLens), in their own venv so they never
 # touch .venv:   bash scripts/setup_peers.sh      (make test and make bench call it)
 #   .venv-peers: torch==2.13.0 first (any other torch pulls GBs of CUDA), then the peers at versions
-#   that pip resolves without touching torch, then attnsae itself (editable) and pytest.
+#   that pip resolves without touching torch, then attnsae itself (editable), pytest and SAEDashboard (no deps).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$(pwd)"
@@ -24,4 +24,6 @@ has "from importlib.metadata import version as v; assert v('transformer_lens') =
   || pip install "$TL" "$SL"
 (cd / && has "import attnsae") || pip install -e "$ROOT"   # from /: the checkout itself is no install
 has "import pytest" || pip install "pytest>=7"
+# SAEDashboard, only for its Neuronpedia batch classes (plain Python): its own dependencies would replace torch
+has "from importlib.metadata import version as v; assert v('sae-dashboard') == '0.8.0'" || pip install --no-deps sae-dashboard==0.8.0
 "$VENV/bin/python" -c "import torch; assert torch.__version__.startswith('$TORCH'), f'torch became {torch.__version__}'"

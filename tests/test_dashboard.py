@@ -9,8 +9,9 @@ import torch
 from attnsae.attribution import dfa_bias
 from attnsae.attribution.logit_path import logit_effects
 from attnsae.features import ActivationSource, build_dashboards, choose_examples, feature_stats
-from attnsae.viz.dashboard import neuronpedia_json
+from attnsae.viz.dashboard import write_dashboards
 from attnsae.viz.report import head_report
+from tests.conftest import peer
 from tests.test_attribution import random_sae
 
 
@@ -70,28 +71,61 @@ def test_logit_effect_is_the_direct_path_through_the_norm_gains(built):
         u = (sae.W_dec[f] @ block.W_O).detach()[None]
         if c.family == "gemma3":
             u, s = block.normalize(u, "ln1_post")
-            u = u / s  # undo the 1/RMS scale, keep the (1 + w) gain
+            u = u * s  # undo the division by the RMS, keep the (1 + w) gain
         b = getattr(model, "ln_final_b", None)
         x, s = model.final_norm(u)
         if b is not None:
             x = x - b
-        want = ((x / s) @ model.W_U).detach()[0]
+        want = ((x * s) @ model.W_U).detach()[0]
         torch.testing.assert_close(row["top"][1], want.topk(5).values, rtol=1e-4, atol=1e-4)
         assert row["top"][0].tolist() == want.topk(5).indices.tolist()
         assert row["bottom"][0].tolist() == want.topk(5, largest=False).indices.tolist()
 
 
-def test_neuronpedia_export_has_the_expected_fields(built):
-    *_, ds = built
-    npj = neuronpedia_json(ds[0])
-    for key in ("modelId", "layer", "index", "maxActApprox", "frac_nonzero", "pos_str", "pos_values", "neg_str",
-                "neg_values", "freq_hist_data_bar_heights", "freq_hist_data_bar_values", "activations", "decoder_weights_dist"):
-        assert key in npj
-    assert len(npj["pos_str"]) == 20 and len(npj["activations"]) == 5 + 20
-    a = npj["activations"][0]
-    assert a["values"][a["maxValueTokenIndex"]] == a["maxValue"]
-    assert len(a["dfa_values"]) == len(a["tokens"])
-    json.dumps(npj)
+# SAEDashboard 0.8.0's NeuronpediaDashboardBatch / Feature / Activation .to_dict() keys (neuronpedia_dashboard.py)
+BATCH_KEYS = {"model_id", "layer", "sae_set", "sae_id_suffix", "features"}
+FEATURE_KEYS = {
+    "feature_index", "neuron_alignment_indices", "neuron_alignment_values", "neuron_alignment_l1",
+    "correlated_neurons_indices", "correlated_neurons_l1", "correlated_neurons_pearson", "correlated_features_indices",
+    "correlated_features_l1", "correlated_features_pearson", "neg_str", "neg_values", "pos_str", "pos_values",
+    "frac_nonzero", "freq_hist_data_bar_values", "freq_hist_data_bar_heights", "logits_hist_data_bar_heights",
+    "logits_hist_data_bar_values", "n_prompts_total", "n_tokens_in_prompt", "dataset", "decoder_weights_dist", "vector",
+    "activations"}
+ACTIVATION_KEYS = {"bin_min", "bin_max", "bin_contains", "tokens", "values", "qualifying_token_index", "dfa_values",
+                   "dfa_maxValue", "dfa_targetIndex"}
+
+
+def test_neuronpedia_batch_is_saedashboards_format(built, tmp_path):
+    model, sae, stats, windows, feats, ds = built
+    write_dashboards(ds, tmp_path, 1, model.cfg.n_heads)
+    batch = json.loads((tmp_path / "features" / "L1" / "neuronpedia-batch.json").read_text())
+    assert set(batch) == BATCH_KEYS and batch["model_id"] == model.cfg.name and batch["layer"] == 1
+    assert [f["feature_index"] for f in batch["features"]] == feats
+    for f, d in zip(batch["features"], ds):
+        assert set(f) == FEATURE_KEYS and all(set(a) == ACTIVATION_KEYS for a in f["activations"])
+        assert len(f["activations"]) == 5 + 20 and f["n_prompts_total"] == 30 and f["n_tokens_in_prompt"] == 20
+        top = f["activations"][0]
+        assert (top["bin_min"], top["bin_contains"]) == (-1.0, -1.0) and top["bin_max"] == pytest.approx(d["max_act"], abs=1e-3)
+        assert max(top["values"]) == pytest.approx(d["top_examples"][0]["act"], abs=1e-3)
+        assert sum(a["bin_contains"] for a in f["activations"][5::2]) == pytest.approx(1.0)  # the 10 groups tile the sample
+        # the logits histogram counts the whole vocabulary; its bars sit inside the effect's range
+        assert sum(f["logits_hist_data_bar_heights"]) == model.cfg.d_vocab
+        assert min(f["neg_values"]) - 1e-2 <= f["logits_hist_data_bar_values"][0] <= f["logits_hist_data_bar_values"][-1]
+        row = sae.W_dec[d["feature"]].detach()
+        assert f["neuron_alignment_indices"][0] == int(row.abs().argmax())
+        assert f["decoder_weights_dist"] == pytest.approx(d["head_attribution"], abs=1e-3)
+
+
+@pytest.mark.peers
+def test_saedashboard_reads_our_neuronpedia_batch_back_unchanged(built, tmp_path):
+    """SAEDashboard's own classes (in .venv-peers) parse the batch and write the same JSON back."""
+    peer("sae_dashboard")
+    from sae_dashboard.neuronpedia.neuronpedia_dashboard import NeuronpediaDashboardBatch
+
+    model, sae, stats, windows, feats, ds = built
+    write_dashboards(ds, tmp_path, 1, model.cfg.n_heads)
+    ours = json.loads((tmp_path / "features" / "L1" / "neuronpedia-batch.json").read_text())
+    assert NeuronpediaDashboardBatch(**ours).to_dict() == ours
 
 
 def test_head_report_writes_every_head_and_skips_dead_features(tiny, tmp_path):

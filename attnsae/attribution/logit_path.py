@@ -50,8 +50,12 @@ def convention(model) -> str:
     return "W_U · " + " · ".join(reversed(steps)) + "; norm scales (1/RMS) ignored, token ranking unaffected"
 
 
+LOGIT_HIST_BINS = 40  # SAEDashboard's logits histogram
+
+
 def logit_effects(model, sae, features, k: int = 20) -> tuple[str, list[dict]]:
-    """Approximate direct logit effect W_U . norms . W_O d_i of each feature: (convention, [{top, bottom}]).
+    """Approximate direct logit effect W_U . norms . W_O d_i of each feature: (convention, [{top, bottom, hist}]);
+    hist is the effect on every vocabulary token as {heights, values} (bar centres), 40 equal bins.
 
     Norm scales (division by the RMS / std) are per-token positive numbers, so they are dropped:
     token rankings are unaffected. Gains are kept, and LayerNorm's centering."""
@@ -59,5 +63,12 @@ def logit_effects(model, sae, features, k: int = 20) -> tuple[str, list[dict]]:
     d = sae.W_dec.detach().float()[torch.as_tensor(features, dtype=torch.long)]
     logits = through_final_norm(model, layer, d @ model.blocks[layer].W_O.detach().float()) @ model.W_U.detach().float()
     top, bottom = logits.topk(k, dim=-1), logits.topk(k, dim=-1, largest=False)
-    return convention(model), [{"top": (top.indices[i], top.values[i]), "bottom": (bottom.indices[i], bottom.values[i])}
-                        for i in range(len(features))]
+    return convention(model), [{"top": (top.indices[i], top.values[i]), "bottom": (bottom.indices[i], bottom.values[i]),
+                                "hist": _histogram(logits[i])} for i in range(len(features))]
+
+
+def _histogram(values: torch.Tensor) -> dict:
+    lo, hi = float(values.min()), float(values.max())
+    heights = torch.histc(values, bins=LOGIT_HIST_BINS, min=lo, max=hi if hi > lo else lo + 1)
+    width = ((hi if hi > lo else lo + 1) - lo) / LOGIT_HIST_BINS
+    return {"heights": heights.tolist(), "values": [lo + (i + 0.5) * width for i in range(LOGIT_HIST_BINS)]}

@@ -20,6 +20,8 @@ from ..attribution.logit_path import logit_effects
 from ..models.text import TokenText
 from .stats import HIST_EDGES, FeatureStats
 
+NEURON_ALIGNMENT_ROWS = 3  # SAEDashboard's feature tables show three rows
+
 
 def _histogram(stats: FeatureStats, f: int) -> dict:
     counts = stats.hist[f]
@@ -86,21 +88,30 @@ def build_dashboards(source, sae, stats: FeatureStats, features, *, n_top: int =
                     if (f, w, p) not in shown:
                         shown[f, w, p] = _example(sae, parts, acts, tokens, j, w, f, p, ends[w], before, n_sources, text)
 
+    dec = sae.W_dec.detach().float()
     out = []
     for f, lg in zip(features, logits):
         top, groups = chosen[f]
+        row = dec[f]
+        strongest = row.abs().topk(min(NEURON_ALIGNMENT_ROWS, len(row))).indices
+        sampled = sum(g["n_sampled"] for g in groups) or 1
         out.append({
             "model": model.cfg.name, "hook": sae.cfg.hook_name, "layer": layer, "feature": f, "d_sae": sae.d_sae,
             "n_heads": n_heads, "density": float(stats.density[f]), "n_tokens": stats.n_tokens,
+            "n_prompts": int(len(windows)), "ctx": int(windows.shape[1]), "dataset": sae.cfg.dataset_path,
             "max_act": float(stats.act_max[f]), "mean_act": float(stats.mean_act[f]),
             "head_attribution": attribution[f].tolist(),
             "head_fve": None if torch.isnan(stats.head_fve[f]).any() else stats.head_fve[f].tolist(),
             "logit_effect": {"convention": path,
                              "top": [[s, float(v)] for s, v in zip(text(lg["top"][0]), lg["top"][1])],
                              "bottom": [[s, float(v)] for s, v in zip(text(lg["bottom"][0]), lg["bottom"][1])]},
+            "logit_histogram": lg["hist"],
+            # the input dimensions (of hook_z, head-major) its decoder row writes most to: SAEDashboard's neuron alignment
+            "decoder_alignment": {"indices": strongest.tolist(), "values": row[strongest].tolist(),
+                                  "l1": (row[strongest].abs() / row.abs().sum().clamp_min(1e-12)).tolist()},
             "histogram": _histogram(stats, f),
             "top_examples": [shown[f, w, p] for w, p, _ in top],
-            "quantile_groups": [{**{k: g[k] for k in ("label", "lo", "hi", "n_sampled")},
+            "quantile_groups": [{**{k: g[k] for k in ("label", "lo", "hi", "n_sampled")}, "contains": g["n_sampled"] / sampled,
                                  "examples": [shown[f, w, p] for w, p, _ in g["examples"]]} for g in groups],
         })
     return out

@@ -3,7 +3,7 @@ head attribution (dead features skipped), with dashboards, as JSON and browsable
 
     out/index.html, report.json             layers x heads -> head pages
     out/heads/L{l}H{h}.html / .json         a head's top-k features: score, density, max activation
-    out/features/L{l}/F{i}.html / .json     feature dashboards; .json is close to Neuronpedia's format
+    out/features/L{l}/F{i}.html / .json     feature dashboards; neuronpedia-batch.json: SAEDashboard's Neuronpedia batch
     out/stats/L{l}.safetensors              the one-pass statistics of every feature (reusable)
 """
 
