@@ -1,6 +1,7 @@
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -495,3 +496,71 @@ def test_sae_lens_itself_loads_our_folder(arch, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(theirs.encode(z), sae.encode(z.flatten(-2)))
         torch.testing.assert_close(theirs(z).flatten(-2), sae(z.flatten(-2)).reconstruction)
+
+
+def _gemma_scope_weights(d_in, d_sae, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {"w_enc": torch.randn(d_in, d_sae, generator=g) * 0.3, "w_dec": torch.randn(d_sae, d_in, generator=g),
+            "b_enc": torch.randn(d_sae, generator=g) * 0.1, "b_dec": torch.randn(d_in, generator=g),
+            "threshold": torch.rand(d_sae, generator=g) * 0.5}
+
+
+def _jumprelu(w, x):
+    pre = x @ w["w_enc"] + w["b_enc"]  # Gemma Scope subtracts no b_dec first
+    f = pre * (pre > w["threshold"])
+    return f, f @ w["w_dec"] + w["b_dec"]
+
+
+def test_gemma_scope_folders_and_hub_cache_load_and_splice(tmp_path, monkeypatch):
+    """Gemma Scope 2 (params.safetensors + config.json, Gemma 3) and Gemma Scope (params.npz) attention SAEs, in their
+    published layouts, built locally: the function, the hook, and the model they splice into; and the hub path
+    owner/repo/folder from a local Hugging Face cache, offline."""
+    import numpy as np
+    from safetensors.torch import save_file as save_st
+
+    from attnsae.evals.splice import IncompatibleSAE, check_compatible
+    from attnsae.models import from_hf
+    from tests.conftest import hf_tiny
+
+    model = from_hf(hf_tiny("gemma3"), weights="random")
+    d_in = model.cfg.n_heads * model.cfg.d_head
+    w = _gemma_scope_weights(d_in, 16)
+    x = torch.randn(5, d_in)
+    want_f, want_x = _jumprelu(w, x)
+    scope2 = tmp_path / "attn_out" / "layer_1_width_16k_l0_small"
+    scope2.mkdir(parents=True)
+    save_st(w, str(scope2 / "params.safetensors"))
+    (scope2 / "config.json").write_text(json.dumps({"architecture": "jump_relu", "model_name": "gemma-v3-270m-pt",
+                                                     "hf_hook_point_in": "model.layers.1.self_attn.o_proj.input"}))
+    sae = load_sae(scope2)
+    assert (sae.cfg.hook_name, sae.cfg.model_name, sae.cfg.architecture) == ("blocks.1.attn.hook_z", "google/gemma-3-270m",
+                                                                             "jumprelu")
+    out = sae(x)
+    torch.testing.assert_close(out.feature_acts, want_f)
+    torch.testing.assert_close(out.reconstruction, want_x)
+    model.cfg.name = "gemma3-270m"  # the offline alias of google/gemma-3-270m (quantized from it)
+    check_compatible(model, sae)
+    model.cfg.name = "smollm2-135m"
+    with pytest.raises(IncompatibleSAE, match="trained on 'google/gemma-3-270m'"):
+        check_compatible(model, sae)
+
+    scope1 = tmp_path / "gemma-scope-2b-pt-att" / "layer_1" / "width_16k" / "average_l0_5"
+    scope1.mkdir(parents=True)
+    np.savez(scope1 / "params.npz", **{k.replace("w_", "W_"): v.numpy() for k, v in w.items()})
+    old = load_sae(scope1)
+    assert old.cfg.hook_name == "blocks.1.attn.hook_z"
+    torch.testing.assert_close(old(x).reconstruction, want_x)
+
+    import huggingface_hub.constants as hub
+
+    cache, commit = tmp_path / "hub", "0123456789abcdef0123456789abcdef01234567"
+    repo = cache / "models--google--gemma-scope-2-270m-pt"
+    shutil.copytree(scope2, repo / "snapshots" / commit / "attn_out" / scope2.name)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
+    from_hub = load_sae(f"google/gemma-scope-2-270m-pt/attn_out/{scope2.name}")
+    torch.testing.assert_close(from_hub(x).reconstruction, want_x)
+    with pytest.raises(FileNotFoundError, match="not in the local cache|neither a local path"):
+        load_sae("google/gemma-scope-2-270m-pt/attn_out/layer_9_width_16k_l0_small")

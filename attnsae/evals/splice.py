@@ -7,6 +7,7 @@ from collections.abc import Callable
 import torch
 
 from ..data.harvest import hook_width
+from ..models.loading import same_model
 
 
 class IncompatibleSAE(ValueError):
@@ -29,7 +30,7 @@ def check_compatible(model, sae, strict_model: bool = True) -> None:
             f"SAE d_in={cfg.d_in} but {spec} of {model.cfg.name} is {width} wide "
             f"({model.cfg.n_heads} heads x {model.cfg.d_head}): this SAE was trained on another model"
         )
-    if strict_model and cfg.model_name and model.cfg.name and cfg.model_name != model.cfg.name:
+    if strict_model and cfg.model_name and model.cfg.name and not same_model(cfg.model_name, model.cfg.name):
         raise IncompatibleSAE(f"SAE was trained on {cfg.model_name!r}, this model is {model.cfg.name!r}")
     if cfg.processing:
         want = {k: cfg.processing.get(k) for k in ("fold_value_biases", "weights")}

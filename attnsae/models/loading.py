@@ -31,6 +31,16 @@ ALIASES = {
 }
 
 
+# the hub models the offline aliases are quantized from: an SAE trained on the hub model (e.g. Gemma Scope 2 on
+# google/gemma-3-270m) reads the same hooks of the alias, whose activations differ only by the quantization
+HUB_IDS = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct", "gemma3-270m": "google/gemma-3-270m"}
+
+
+def same_model(a: str, b: str) -> bool:
+    """Whether two model names mean one model: equal, or an offline alias and the hub id it comes from."""
+    return a == b or HUB_IDS.get(a) == b or HUB_IDS.get(b) == a
+
+
 def home() -> Path:
     """Where attnsae keeps caches and offline assets (override with ATTNSAE_HOME)."""
     return Path(os.environ.get("ATTNSAE_HOME", Path.home() / ".cache" / "attnsae"))

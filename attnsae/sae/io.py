@@ -6,16 +6,21 @@ full config rides along under "attnsae". A JumpReLU SAE (ours, or BatchTopK / Ma
 saved as one, as SAELens saves them; or Gemma Scope's) is architecture "jumprelu" with a per-latent
 `threshold` tensor beside W_enc, b_enc, W_dec, b_dec (SAELens 6: saes/jumprelu_sae.py, JumpReLUSAE).
 The reference code (ckkissane/attention-output-saes) released `{run}.pt` (a torch state dict)
-beside `{run}_cfg.json`.
+beside `{run}_cfg.json`. Gemma Scope folders hold `params.npz` (Gemma 2: W_enc, W_dec, b_enc, b_dec, threshold)
+or `params.safetensors` + `config.json` (Gemma Scope 2, Gemma 3: w_enc, w_dec, b_enc, b_dec, threshold); their
+attention SAEs read the input of o_proj, which is hook_z flattened. A hub folder `owner/repo/sub/folder` that is
+not a local path is fetched with huggingface_hub (its cache first; HF_HUB_OFFLINE=1 uses only the cache).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -89,8 +94,13 @@ def load_sae(path, device: str = "cpu") -> SAE:
         return load_reference(path, device)
     if not path.is_dir() and path.with_name(name + ".pt").exists():
         return load_reference(path.with_name(name + ".pt"), device)
+    if not path.exists() and re.fullmatch(r"[\w.-]+/[\w.-]+/.+", str(path)):
+        path = _from_hub(str(path))
+    if (path / GEMMA_SCOPE_NPZ).exists() or (path / GEMMA_SCOPE_2).exists():
+        return load_gemma_scope(path, device)
     if not (path / CFG).exists() or not (path / WEIGHTS).exists():
-        raise FileNotFoundError(f"{path} is not an SAE folder: it needs {CFG} and {WEIGHTS}")
+        raise FileNotFoundError(f"{path} is not an SAE folder: it needs {CFG} and {WEIGHTS} (SAELens, ours), params.npz "
+                                "or params.safetensors (Gemma Scope), or a reference run's .pt")
     raw = json.loads((path / CFG).read_text())
     cfg = SAEConfig.from_dict(raw["attnsae"]) if "attnsae" in raw else _cfg_from_sae_lens(raw)
     sae = _build(cfg, load_file(str(path / WEIGHTS)), path, device)
@@ -125,6 +135,72 @@ def _cfg_from_sae_lens(raw: dict) -> SAEConfig:
         prepend_bos=meta.get("prepend_bos", True), first_pos=0, dataset_path=meta.get("dataset_path"),
         apply_b_dec_to_input=raw.get("apply_b_dec_to_input", True), dtype=raw.get("dtype", "float32"),
     )
+
+
+GEMMA_SCOPE_NPZ, GEMMA_SCOPE_2 = "params.npz", "params.safetensors"
+# Gemma Scope 2's hf_hook_point_in -> our hook (the SAE reads that module's input or output)
+_HF_HOOKS = {r"model\.layers\.(\d+)\.self_attn\.o_proj\.input": "blocks.{}.attn.hook_z",
+             r"model\.layers\.(\d+)\.output": "blocks.{}.hook_resid_post",
+             r"model\.layers\.(\d+)\.post_feedforward_layernorm\.output": "blocks.{}.hook_mlp_out"}
+
+
+def _from_hub(spec: str) -> Path:
+    """`owner/repo/sub/folder` on the Hugging Face hub -> a local folder with its params and config."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    owner, repo, folder = spec.split("/", 2)
+    got = None
+    for name in (GEMMA_SCOPE_2, GEMMA_SCOPE_NPZ, WEIGHTS):
+        try:
+            got = Path(hf_hub_download(f"{owner}/{repo}", name, subfolder=folder))
+            break
+        except (EntryNotFoundError, LocalEntryNotFoundError):
+            continue
+        except Exception as e:  # no network, unknown repo, ...: one line, with the reason
+            raise FileNotFoundError(f"{spec} is neither a local path nor a hub SAE folder ({type(e).__name__}: "
+                                    f"{str(e).splitlines()[0]})") from e
+    if got is None:
+        raise FileNotFoundError(f"hub folder {spec} holds none of {GEMMA_SCOPE_2}, {GEMMA_SCOPE_NPZ}, {WEIGHTS} "
+                                "(or it is not in the local cache, offline)")
+    for name in ("config.json", CFG):
+        try:
+            hf_hub_download(f"{owner}/{repo}", name, subfolder=folder)
+        except Exception:  # noqa: BLE001 - optional files
+            pass
+    return got.parent
+
+
+def load_gemma_scope(folder, device: str = "cpu") -> SAE:
+    """A Gemma Scope JumpReLU SAE: f = (x W_enc + b_enc) where that exceeds the latent's threshold, no b_dec
+    subtracted first. Gemma Scope 2 names its model and hook in config.json; for a Gemma Scope 1 params.npz
+    the layer comes from the folder path (layer_N) and an `att` repo means hook_z."""
+    folder = Path(folder)
+    if (folder / GEMMA_SCOPE_2).exists():
+        state = load_file(str(folder / GEMMA_SCOPE_2))
+        raw = json.loads((folder / "config.json").read_text()) if (folder / "config.json").exists() else {}
+        model_name = raw.get("model_name")
+        if model_name:  # SAELens' normalisation: gemma-v3-270m-pt -> google/gemma-3-270m
+            model_name = ("" if model_name.startswith("google/") else "google/") + model_name.replace("-v3", "-3")
+            model_name = model_name.replace("-pt", "") if "270m" in model_name else model_name
+        hook = next((h.format(m.group(1)) for pat, h in _HF_HOOKS.items()
+                     if (m := re.fullmatch(pat, raw.get("hf_hook_point_in", "")))), None)
+    else:
+        with np.load(folder / GEMMA_SCOPE_NPZ) as data:
+            state = {k: torch.from_numpy(np.asarray(data[k])) for k in data.files}
+        scale = state.pop("scaling_factor", None)
+        if scale is not None and not torch.allclose(scale.float(), torch.ones_like(scale.float())):
+            raise NotImplementedError(f"{folder}: a Gemma Scope scaling_factor other than 1 is not supported")
+        layer = re.search(r"layer_(\d+)", str(folder.resolve()))
+        hook = f"blocks.{layer.group(1)}.attn.hook_z" if layer and re.search(r"-att\b|-att[-/]", str(folder.resolve())) else None
+        model_name = None
+    state = {("W_" + k[2:] if k.startswith("w_") else k): v for k, v in state.items()}
+    if "W_enc" not in state:
+        raise ValueError(f"{folder}: Gemma Scope weights lack w_enc / W_enc (found {sorted(state)})")
+    d_in, d_sae = state["W_enc"].shape
+    cfg = SAEConfig(d_in=int(d_in), d_sae=int(d_sae), architecture="jumprelu", model_name=model_name, hook_name=hook,
+                    apply_b_dec_to_input=False, first_pos=0, context_size=1024, dataset_path="monology/pile-uncopyrighted")
+    return _build(cfg, state, folder, device)
 
 
 def load_reference(pt_path, device: str = "cpu") -> SAE:
