@@ -564,3 +564,43 @@ def test_gemma_scope_folders_and_hub_cache_load_and_splice(tmp_path, monkeypatch
     torch.testing.assert_close(from_hub(x).reconstruction, want_x)
     with pytest.raises(FileNotFoundError, match="not in the local cache|neither a local path"):
         load_sae("google/gemma-scope-2-270m-pt/attn_out/layer_9_width_16k_l0_small")
+
+
+def test_the_papers_gpt2_small_sae_splices_into_gpt2_processed_to_match(tmp_path, monkeypatch):
+    """A reference-format SAE (gpt2-small, fold_value_biases, TransformerLens weights) fits load_model("gpt2") once
+    its value biases are folded, which model_for_saes does; unfolded, or on another model, it is refused."""
+    from attnsae.evals.splice import IncompatibleSAE, check_compatible, model_for_saes
+    from attnsae.models.loading import fold_value_biases_, from_hf
+    from tests.conftest import hf_tiny
+
+    hf = hf_tiny("gpt2")
+    run = "gpt2-small_L1_Hcat_z_lr1.20e-03_l11.00e+00_ds128_v9"
+    d_in = hf.config.n_embd
+    torch.save({"W_enc": torch.randn(d_in, 8), "W_dec": torch.randn(8, d_in), "b_enc": torch.zeros(8),
+                "b_dec": torch.zeros(d_in)}, tmp_path / f"{run}.pt")
+    (tmp_path / f"{run}_cfg.json").write_text(json.dumps({"model_name": "gpt2-small", "site": "z", "layer": 1,
+                                                          "act_size": d_in, "dict_size": 8, "seq_len": 32}))
+    sae = load_sae(tmp_path / run)
+    plain = from_hf(hf, weights="hf:gpt2")
+    plain.cfg.name = "gpt2"
+    with pytest.raises(IncompatibleSAE, match="fold_value_biases: SAE trained with True, model has False"):
+        check_compatible(plain, sae)
+    folded = fold_value_biases_(from_hf(hf, weights="hf:gpt2"))
+    folded.cfg.name = "gpt2"
+    check_compatible(folded, sae)  # TransformerLens's other processing leaves hook_z as it is: not a mismatch
+    folded.cfg.name = "smollm2-135m"
+    with pytest.raises(IncompatibleSAE, match="trained on 'gpt2-small'"):
+        check_compatible(folded, sae)
+
+    asked = {}
+
+    def fake_load(name, **kw):
+        asked.update(kw, name=name)
+        model = from_hf(hf, weights="hf:gpt2")
+        return fold_value_biases_(model) if kw.get("fold_value_biases") else model
+
+    monkeypatch.setattr("attnsae.models.loading.load_model", fake_load)
+    model = model_for_saes([sae], device="cpu")
+    assert asked["name"] == "gpt2" and asked["fold_value_biases"] is True
+    model.cfg.name = "gpt2"
+    check_compatible(model, sae)

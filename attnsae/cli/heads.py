@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 
 from ..data import WindowSpec, load_windows
+from ..evals.splice import model_for_saes
 from ..experiments.head_ablation import run_head_ablation, tasks_from
 from ..experiments.head_scores import run_head_scores
 from ..experiments.induction import run_corpus_prefix, run_prefix_curves, strongest_induction_heads
 from ..experiments.ioi import parse_sections, run_ioi
-from ..features.inputs import sae_model_name
 from ..models import DEFAULT_MODEL, load_model
 from ..models.hooks import parse_heads
 from ..sae import load_sae
@@ -130,7 +130,7 @@ def run_ioi_cmd(args) -> None:
 
         torch.set_num_threads(args.threads)
     saes = [load_sae(p) for p in args.sae]
-    model = load_model(sae_model_name(saes, args.model, DEFAULT_MODEL), dtype=args.model_dtype, device=args.device)
+    model = model_for_saes(saes, args.model or (None if saes else DEFAULT_MODEL), dtype=args.model_dtype, device=args.device)
     a.report(run_ioi(model, saes, n=args.n, n_abc=args.n_abc, seed=args.seed, parts=args.parts,
                      s_inhibition=parse_heads(args.s_inhibition, model) if args.s_inhibition else None,
                      k_s_inhibition=args.k_s_inhibition, noise_layers=args.noise_layers,

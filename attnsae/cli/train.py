@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..data import WindowSpec, harvest, load_windows
 from ..data.store import STORE_DTYPES
+from ..evals.splice import model_for_saes
 from ..jobs import JobConfig, evaluate, write_report
 from ..jobs.train import train_one
 from ..models import load_model
@@ -85,7 +86,7 @@ def run_train(args) -> None:
 
 def run_eval(args) -> None:
     sae = load_sae(args.sae)
-    model = load_model(args.model or sae.cfg.model_name, device=args.device)
+    model = model_for_saes([sae], args.model, device=args.device)
     _, held = load_windows(model, WindowSpec(corpus=args.corpus, ctx=sae.cfg.context_size, max_tokens=args.max_tokens))
     cfg = JobConfig(eval_windows=args.eval_windows, zero_ablation_windows=args.zero_ablation_windows)
     report = evaluate(model, sae, held, cfg, Path(args.out))

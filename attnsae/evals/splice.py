@@ -34,6 +34,8 @@ def check_compatible(model, sae, strict_model: bool = True) -> None:
         raise IncompatibleSAE(f"SAE was trained on {cfg.model_name!r}, this model is {model.cfg.name!r}")
     if cfg.processing:
         want = {k: cfg.processing.get(k) for k in ("fold_value_biases", "weights")}
+        if want["weights"] == "transformer_lens":  # its default processing (fold_ln, centering) leaves hook_z as it is
+            want["weights"] = None
         have = model.processing.activation_key()
         diff = {k: (want[k], have[k]) for k in want if want[k] is not None and want[k] != have[k]}
         if diff:
@@ -43,6 +45,21 @@ def check_compatible(model, sae, strict_model: bool = True) -> None:
                 "so the SAE would be evaluated off-distribution. Load the model the same way "
                 "(e.g. load_model(..., fold_value_biases=...))."
             )
+
+
+def model_for_saes(saes: list, model: str | None = None, **load_kw):
+    """The model the SAEs were trained on (or `model`), processed as their activations were: with the value biases
+    folded into b_O when their config says so (the paper's GPT-2 SAEs), so that check_compatible passes."""
+    from ..features.inputs import sae_model_name
+    from ..models.loading import TL_NAMES, load_model
+
+    name = sae_model_name(saes, model)
+    if name is None:
+        raise ValueError("the SAE names no model; pass --model")
+    folds = {bool((s.cfg.processing or {}).get("fold_value_biases")) for s in saes}
+    if len(folds) > 1:
+        raise ValueError("the SAEs were trained on differently processed models (fold_value_biases differs); use one kind")
+    return load_model(TL_NAMES.get(name, name), fold_value_biases=folds.pop() if folds else False, **load_kw)
 
 
 def sae_hook(

@@ -64,7 +64,7 @@ def load_inputs(spec: InputSpec, check: Callable | None = None) -> Inputs:
     are picked (a command's own argument checks)."""
     from ..data import ActivationStore, WindowSpec, load_windows
     from ..evals import check_compatible
-    from ..models import load_model
+    from ..evals.splice import model_for_saes
     from ..sae import load_sae
 
     if spec.store_windows not in STORE_WINDOWS:
@@ -72,9 +72,8 @@ def load_inputs(spec: InputSpec, check: Callable | None = None) -> Inputs:
     saes = [load_sae(p) for p in spec.saes]
     for sae in saes:
         require_hook_z(sae)
-    name = sae_model_name(saes, spec.model)
     store = ActivationStore(spec.store, verify=spec.verify_store) if spec.store else None
-    model = load_model(name, dtype=spec.model_dtype, device=spec.device)
+    model = model_for_saes(saes, spec.model, dtype=spec.model_dtype, device=spec.device)
     for sae in saes:
         check_compatible(model, sae)
     if check is not None:

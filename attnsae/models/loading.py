@@ -36,8 +36,14 @@ ALIASES = {
 HUB_IDS = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct", "gemma3-270m": "google/gemma-3-270m"}
 
 
+# TransformerLens's names of hub models (the paper's SAEs say gpt2-small)
+TL_NAMES = {"gpt2-small": "gpt2"}
+
+
 def same_model(a: str, b: str) -> bool:
-    """Whether two model names mean one model: equal, or an offline alias and the hub id it comes from."""
+    """Whether two model names mean one model: equal, a TransformerLens name and the hub id, or an offline alias
+    and the hub id it comes from."""
+    a, b = TL_NAMES.get(a, a), TL_NAMES.get(b, b)
     return a == b or HUB_IDS.get(a) == b or HUB_IDS.get(b) == a
 
 
