@@ -599,7 +599,7 @@ def test_the_papers_gpt2_small_sae_splices_into_gpt2_processed_to_match(tmp_path
         model = from_hf(hf, weights="hf:gpt2")
         return fold_value_biases_(model) if kw.get("fold_value_biases") else model
 
-    monkeypatch.setattr("attnsae.models.loading.load_model", fake_load)
+    monkeypatch.setattr("attnsae.models.load_model", fake_load)
     model = model_for_saes([sae], device="cpu")
     assert asked["name"] == "gpt2" and asked["fold_value_biases"] is True
     model.cfg.name = "gpt2"

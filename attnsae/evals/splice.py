@@ -51,7 +51,8 @@ def model_for_saes(saes: list, model: str | None = None, **load_kw):
     """The model the SAEs were trained on (or `model`), processed as their activations were: with the value biases
     folded into b_O when their config says so (the paper's GPT-2 SAEs), so that check_compatible passes."""
     from ..features.inputs import sae_model_name
-    from ..models.loading import TL_NAMES, load_model
+    from ..models import load_model
+    from ..models.loading import TL_NAMES
 
     name = sae_model_name(saes, model)
     if name is None:
