@@ -273,3 +273,25 @@ def test_a_stale_windows_file_is_rewritten_from_the_harvest(tiny, windows, tmp_p
         ActivationStore(tmp_path / "s").windows()
     harvest(model, windows, tmp_path / "s", ["blocks.0.attn.hook_z"], progress=False)
     assert np.array_equal(np.load(tmp_path / "s" / "windows.npy"), windows)
+
+
+def test_a_store_refuses_another_models_activations(tiny, windows, tmp_path, capsys):
+    import copy
+
+    from attnsae.models.loading import fold_value_biases_
+
+    model = tiny[0]
+    store = harvest(model, windows, tmp_path / "s", ["blocks.0.attn.hook_z"], progress=False)
+    store.check_model(model)
+    other = copy.deepcopy(model)
+    other.cfg.name = "another-model"
+    with pytest.raises(StoreError, match="harvested from 'tiny-.*', not 'another-model'"):
+        store.check_model(other)
+    if model.cfg.biases:  # GPT-2: folding the value biases changes hook_z
+        with pytest.raises(StoreError, match="differently processed.*fold_value_biases"):
+            store.check_model(fold_value_biases_(copy.deepcopy(model)))
+    m = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    m["complete"] = False
+    (tmp_path / "s" / "manifest.json").write_text(json.dumps(m))
+    ActivationStore(tmp_path / "s").check_model(model)
+    assert "harvest is unfinished" in capsys.readouterr().err

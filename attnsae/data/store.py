@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -250,6 +251,24 @@ class ActivationStore:
         """Rows of one hook (default the first), as `multi_batches`."""
         hook = hook or self.hooks[0]
         return (b[hook] for b in self.multi_batches(batch_size, seed, [hook], start))
+
+    def check_model(self, model) -> None:
+        """Refuse to pair these activations with a model other than the one harvested (or one processed differently):
+        statistics from one model and attribution from another would be silently mixed."""
+        from ..models.loading import same_model
+
+        name, processing = self.meta.get("model"), self.meta.get("processing") or {}
+        if name and model.cfg.name and not same_model(name, model.cfg.name):
+            raise StoreError(f"{self.root} was harvested from {name!r}, not {model.cfg.name!r}; use a store of this "
+                             "model (or pass --model to match the store)")
+        have = model.processing.activation_key()
+        diff = {k: (processing[k], v) for k, v in have.items() if k in processing and processing[k] != v}
+        if diff:
+            detail = ", ".join(f"{k}: store {a!r}, model {b!r}" for k, (a, b) in diff.items())
+            raise StoreError(f"{self.root} was harvested from a differently processed model ({detail})")
+        if not self.manifest.get("complete"):
+            print(f"note: {self.root}: its harvest is unfinished; using its {self.n_windows} complete windows",
+                  file=sys.stderr)
 
     def windows(self) -> np.ndarray:
         """The token windows the rows come from (checked against the harvest's record)."""

@@ -74,6 +74,8 @@ def load_inputs(spec: InputSpec, check: Callable | None = None) -> Inputs:
         require_hook_z(sae)
     store = ActivationStore(spec.store, verify=spec.verify_store) if spec.store else None
     model = model_for_saes(saes, spec.model, dtype=spec.model_dtype, device=spec.device)
+    if store is not None:
+        store.check_model(model)
     for sae in saes:
         check_compatible(model, sae)
     if check is not None:

@@ -25,6 +25,7 @@ def run_sweep(store_dir, out, l1_coeffs: list[float], base: TrainConfig, model_n
     store = ActivationStore(store_dir)
     meta, out = store.meta, Path(out)
     model = load_model(model_name or meta["model"], device=device)
+    store.check_model(model)
     _, held = load_windows(model, WindowSpec(corpus=meta.get("corpus", "default"), ctx=meta["context_size"]))
     rows = []
     for l1 in l1_coeffs:
