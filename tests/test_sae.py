@@ -288,6 +288,46 @@ def test_a_checkpoint_left_as_checkpoint_old_is_used(tmp_path):
     torch.testing.assert_close(back.sae.W_dec, tr.sae.W_dec, rtol=0, atol=0)
 
 
+def test_a_corrupt_checkpoint_falls_back_to_the_old_one_or_names_restart(tmp_path, capsys):
+    data, _ = planted(n=5000)
+    tr = _small_trainer("topk", tmp_path, data, steps=20)  # checkpoints at 10 and 20
+    tr.train()
+    shutil.copytree(tmp_path / "checkpoint", tmp_path / "checkpoint.old")  # as a kill after the second rename leaves it
+    tr.save_checkpoint()  # a leftover checkpoint.old does not block the next save
+    assert not (tmp_path / "checkpoint.old").exists()
+    shutil.copytree(tmp_path / "checkpoint", tmp_path / "checkpoint.old")
+    state = tmp_path / "checkpoint" / "state.safetensors"
+    state.write_bytes(state.read_bytes()[:100])  # truncated
+    back = _small_trainer("topk", tmp_path, data, steps=20)
+    assert back.load_checkpoint() and back.step == 20
+    assert "unreadable" in capsys.readouterr().err
+    shutil.rmtree(tmp_path / "checkpoint.old")
+    with pytest.raises(ValueError, match="unreadable.*--restart"):
+        _small_trainer("topk", tmp_path, data, steps=20).load_checkpoint()
+
+
+def test_corrupt_and_pickled_sae_files_are_refused_in_one_line(tmp_path):
+    import pickle
+
+    d = tmp_path / "sae"
+    save_sae(_random_sae(), d)
+    (d / "sae_weights.safetensors").write_bytes(b"\x00" * 64)
+    with pytest.raises(ValueError, match="not a readable .safetensors file"):
+        load_sae(d)
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    run = tmp_path / "gpt2-small_L1_v9"
+    with open(f"{run}.pt", "wb") as f:
+        pickle.dump({"W_enc": Payload()}, f)
+    (tmp_path / "gpt2-small_L1_v9_cfg.json").write_text(json.dumps({"model_name": "gpt2-small", "layer": 1}))
+    with pytest.raises(ValueError, match="refusing to unpickle") as e:
+        load_sae(f"{run}.pt")
+    assert "weights_only=False" not in str(e.value)
+
+
 def test_recipes_registry_drives_the_sae_config():
     meta = {"model": "m", "processing": {"p": 1}, "context_size": 8, "first_pos": 1, "corpus": "c"}
     for name, recipe in RECIPES.items():

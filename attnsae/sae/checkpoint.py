@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import torch
@@ -50,6 +51,8 @@ def save(out, sae: SAE, opt: torch.optim.Optimizer, train_config: dict, counters
     meta["train_config"] = train_config
     (tmp / "state.json").write_text(json.dumps(meta))
     if folder(out).exists():
+        if old.exists():  # left by a kill after the last save's second rename: the current checkpoint supersedes it
+            shutil.rmtree(old)
         os.replace(folder(out), old)
     os.replace(tmp, folder(out))
     if old.exists():
@@ -60,14 +63,21 @@ def load(out, sae: SAE, opt: torch.optim.Optimizer, train_config: dict) -> tuple
     """Load the SAE and Adam's state in place, on the SAE's device (a run may resume on another device);
     returns (counters, recipe_state) with their tensors there too, or None without a checkpoint. Refuses
     a checkpoint made with a different training config."""
-    d = folder(out)
-    if not d.exists() and (Path(out) / f"{NAME}.old").exists():
-        d = Path(out) / f"{NAME}.old"  # killed between the two renames
-    if not (d / "state.json").exists():
+    candidates = [d for d in (folder(out), Path(out) / f"{NAME}.old") if (d / "state.json").exists()]
+    if not candidates:
         return None
-    meta = json.loads((d / "state.json").read_text())
+    for i, d in enumerate(candidates):  # checkpoint.old: left by a kill between the two renames, or the fallback
+        try:
+            meta = json.loads((d / "state.json").read_text())
+            t = load_file(str(d / "state.safetensors"), device=str(sae.W_enc.device))
+            break
+        except Exception as e:  # truncated or corrupt: fall back to the older one, else say what to do
+            why = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+            if i == len(candidates) - 1:
+                raise ValueError(f"checkpoint {d} is unreadable ({why}); delete it or pass --restart to train from "
+                                 "the start") from None
+            print(f"note: checkpoint {d} is unreadable ({why}); resuming from {candidates[i + 1]}", file=sys.stderr)
     _check_same_config(meta.pop("train_config"), train_config, d)
-    t = load_file(str(d / "state.safetensors"), device=str(sae.W_enc.device))
     sae.load_state_dict({k[4:]: v for k, v in t.items() if k.startswith("sae.")})
     for i, p in enumerate(sae.parameters()):
         if f"adam.{i}.exp_avg" in t:

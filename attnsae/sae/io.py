@@ -30,6 +30,14 @@ from .sae import ARCHITECTURES, SAE, SAEConfig
 CFG, WEIGHTS, SPARSITY = "cfg.json", "sae_weights.safetensors", "sparsity.safetensors"
 
 
+def read_tensors(path) -> dict[str, torch.Tensor]:
+    """A .safetensors file's tensors, or a one-line ValueError naming the file (truncated, corrupt, not safetensors)."""
+    try:
+        return load_file(str(path))
+    except Exception as e:  # safetensors raises its own SafetensorError
+        raise ValueError(f"{path} is not a readable .safetensors file ({str(e).splitlines()[0]})") from None
+
+
 def sae_lens_cfg(cfg: SAEConfig) -> dict:
     hook_z = bool(cfg.hook_spec and cfg.hook_spec.is_layer_z)
     meta = {
@@ -103,7 +111,7 @@ def load_sae(path, device: str = "cpu") -> SAE:
                                 "or params.safetensors (Gemma Scope), or a reference run's .pt")
     raw = json.loads((path / CFG).read_text())
     cfg = SAEConfig.from_dict(raw["attnsae"]) if "attnsae" in raw else _cfg_from_sae_lens(raw)
-    sae = _build(cfg, load_file(str(path / WEIGHTS)), path, device)
+    sae = _build(cfg, read_tensors(path / WEIGHTS), path, device)
     if "attnsae" not in raw and raw.get("rescale_acts_by_decoder_norm"):
         # SAELens' TopK training default (its training checkpoints are saved unfolded): it ranks pre * |W_dec_i|
         # and decodes f / |W_dec_i| @ W_dec; folding the norms into the encoder is the same function
@@ -113,7 +121,7 @@ def load_sae(path, device: str = "cpu") -> SAE:
 
 def load_feature_density(path) -> torch.Tensor | None:
     f = Path(path) / SPARSITY
-    return 10 ** load_file(str(f))["sparsity"] if f.exists() else None
+    return 10 ** read_tensors(f)["sparsity"] if f.exists() else None
 
 
 def _cfg_from_sae_lens(raw: dict) -> SAEConfig:
@@ -177,7 +185,7 @@ def load_gemma_scope(folder, device: str = "cpu") -> SAE:
     the layer comes from the folder path (layer_N) and an `att` repo means hook_z."""
     folder = Path(folder)
     if (folder / GEMMA_SCOPE_2).exists():
-        state = load_file(str(folder / GEMMA_SCOPE_2))
+        state = read_tensors(folder / GEMMA_SCOPE_2)
         raw = json.loads((folder / "config.json").read_text()) if (folder / "config.json").exists() else {}
         model_name = raw.get("model_name")
         if model_name:  # SAELens' normalisation: gemma-v3-270m-pt -> google/gemma-3-270m
@@ -212,7 +220,13 @@ def load_reference(pt_path, device: str = "cpu") -> SAE:
     if not cfg_path.exists():
         raise FileNotFoundError(f"reference SAE {pt_path.name} needs its config beside it: {cfg_path.name}")
     raw = json.loads(cfg_path.read_text())
-    state = torch.load(pt_path, map_location="cpu", weights_only=True)  # never unpickle arbitrary objects
+    try:
+        state = torch.load(pt_path, map_location="cpu", weights_only=True)  # never unpickle arbitrary objects
+    except Exception as e:  # a corrupt file, or a pickle of Python objects (possibly malicious): refused, not run
+        raise ValueError(f"{pt_path} is not a plain tensor state dict; refusing to unpickle it "
+                         f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    if not (isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())):
+        raise ValueError(f"{pt_path} does not hold a state dict of tensors")
     layer, site = raw.get("layer"), raw.get("site", "z")
     hook = raw.get("act_name") or (act_name(site, layer) if layer is not None else None)
     d_in = raw.get("act_size") or state["W_enc"].shape[0]
