@@ -49,10 +49,11 @@ class Result:
         return []
 
 
-def write(result: Result, out) -> list[Path]:
-    """OUT/<name>.json and the result's figures; returns every path written."""
+def write(result: Result, out, run: dict | None = None) -> list[Path]:
+    """OUT/<name>.json and the result's figures; returns every path written. `run`: how it was computed (e.g. the
+    model's precision, which can move attribution numbers), kept in the JSON under "run"."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{result.name}.json"
-    path.write_text(json.dumps(result.to_json(), indent=1))
+    path.write_text(json.dumps(result.to_json() | ({"run": run} if run else {}), indent=1))
     return [path, *result.plot(out)]

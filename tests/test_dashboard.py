@@ -99,6 +99,7 @@ def test_neuronpedia_batch_is_saedashboards_format(built, tmp_path):
     model, sae, stats, windows, feats, ds = built
     write_dashboards(ds, tmp_path, 1, model.cfg.n_heads)
     batch = json.loads((tmp_path / "features" / "L1" / "neuronpedia-batch.json").read_text())
+    assert ds[0]["model_dtype"] == str(model.dtype).removeprefix("torch.")  # the precision the numbers came from
     assert set(batch) == BATCH_KEYS and batch["model_id"] == model.cfg.name and batch["layer"] == 1
     assert [f["feature_index"] for f in batch["features"]] == feats
     for f, d in zip(batch["features"], ds):

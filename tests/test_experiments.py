@@ -1,5 +1,7 @@
 """The head-role experiments find heads planted by construction."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -212,3 +214,20 @@ def test_real_text_prefix_lengths_and_corruption_separate_long_and_short_prefix_
     assert corrupted["1.0"]["corrupted"] == pytest.approx(0.0, abs=1e-6)
     assert corrupted["1.1"]["clean"] == pytest.approx(1.0) and corrupted["1.1"]["corrupted"] == pytest.approx(1.0)
     assert corrupted["1.0"]["control"] == pytest.approx(1.0)  # an edit outside the match keeps the long prefix
+
+
+def test_every_written_result_records_how_it_was_computed(tmp_path):
+    import dataclasses
+
+    from attnsae.results import Result, write
+
+    @dataclasses.dataclass
+    class Tiny(Result):
+        name = "tiny"
+        value: float = 1.5
+
+        def summary(self):
+            return "tiny"
+
+    (path,) = write(Tiny(), tmp_path, {"model_dtype": "bfloat16"})
+    assert json.loads(path.read_text()) == {"value": 1.5, "run": {"model_dtype": "bfloat16"}}

@@ -178,9 +178,9 @@ def one_sae(args, command: str) -> None:
         raise ValueError(f"{command} takes one --sae")
 
 
-def report(result, out) -> None:
-    """Write a Result into `out` and print its summary and what was written."""
+def report(result, args) -> None:
+    """Write a Result into args.out, with the precision the model ran in, and print its summary and what was written."""
     from ..results import write
 
-    paths = write(result, out)
+    paths = write(result, args.out, {"model_dtype": getattr(args, "model_dtype", "float32")})
     print(result.summary() + "\nwrote " + ", ".join([str(paths[0])] + [p.name for p in paths[1:]]))

@@ -94,14 +94,14 @@ def run_induction_features_cmd(args) -> None:
     a.report(run_induction_features(a.input_spec(args), args.head, threshold=args.threshold, pooled=args.pooled,
                                     n_control=args.control, per_feature=args.per_feature,
                                     repeat_windows=args.repeat_windows, repeat_half=args.repeat_half, token=args.token),
-             args.out)
+             args)
 
 
 def run_case_study_cmd(args) -> None:
     a.one_sae(args, "case-study")
-    a.report(run_case_study(a.input_spec(args), args.feature, args.proxy, bins=args.bins, n_show=args.show), args.out)
+    a.report(run_case_study(a.input_spec(args), args.feature, args.proxy, bins=args.bins, n_show=args.show), args)
 
 
 def run_polysemanticity_cmd(args) -> None:
     a.report(run_polysemanticity(a.input_spec(args), labels=args.labels, stats=args.stats, k=args.k,
-                                 n_examples=args.examples), args.out)
+                                 n_examples=args.examples), args)

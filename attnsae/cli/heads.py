@@ -106,22 +106,22 @@ Writes OUT/ioi.json and PNG figures; prints the headline numbers.""",
 
 
 def run_head_scores_cmd(args) -> None:
-    a.report(run_head_scores(load_model(args.model, device=args.device), n=args.n, batch=args.batch, seed=args.seed), args.out)
+    a.report(run_head_scores(load_model(args.model, device=args.device), n=args.n, batch=args.batch, seed=args.seed), args)
 
 
 def run_ablate_heads(args) -> None:
     tasks = tasks_from(args.task, args.template)
-    a.report(run_head_ablation(load_model(args.model, device=args.device), args.layer, tasks, n=args.n, seed=args.seed), args.out)
+    a.report(run_head_ablation(load_model(args.model, device=args.device), args.layer, tasks, n=args.n, seed=args.seed), args)
 
 
 def run_induction(args) -> None:
     model = load_model(args.model, device=args.device)
     heads = parse_heads(args.head, model) if args.head else strongest_induction_heads(model, args.top)
-    a.report(run_prefix_curves(model, heads, n=args.n, seed=args.seed), args.out)
+    a.report(run_prefix_curves(model, heads, n=args.n, seed=args.seed), args)
     if args.corpus_windows:
         _, held = load_windows(model, WindowSpec(corpus=args.corpus, ctx=args.ctx))
         a.report(run_corpus_prefix(model, heads, held[: args.corpus_windows], threshold=args.threshold, n=args.n,
-                                   seed=args.seed), args.out)
+                                   seed=args.seed), args)
 
 
 def run_ioi_cmd(args) -> None:
@@ -135,4 +135,4 @@ def run_ioi_cmd(args) -> None:
                      s_inhibition=parse_heads(args.s_inhibition, model) if args.s_inhibition else None,
                      k_s_inhibition=args.k_s_inhibition, noise_layers=args.noise_layers,
                      sections=parse_sections(args.cross_section, model.cfg) if args.cross_section else None,
-                     feature_layers=args.feature_layers, min_attn=args.min_attn, chunk=args.chunk), args.out)
+                     feature_layers=args.feature_layers, min_attn=args.min_attn, chunk=args.chunk), args)

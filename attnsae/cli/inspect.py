@@ -62,7 +62,7 @@ def run_dfa(args) -> None:
     a.one_sae(args, "dfa")
     inputs = load_inputs(a.input_spec(args))
     a.report(variance_shares(inputs.model, inputs.saes[0], args.feature, inputs.windows, thresholds=args.threshold,
-                             source_tokens=args.source_token), args.out)
+                             source_tokens=args.source_token), args)
 
 
 def run_rate(args) -> None:

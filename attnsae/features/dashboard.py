@@ -96,7 +96,8 @@ def build_dashboards(source, sae, stats: FeatureStats, features, *, n_top: int =
         strongest = row.abs().topk(min(NEURON_ALIGNMENT_ROWS, len(row))).indices
         sampled = sum(g["n_sampled"] for g in groups) or 1
         out.append({
-            "model": model.cfg.name, "hook": sae.cfg.hook_name, "layer": layer, "feature": f, "d_sae": sae.d_sae,
+            "model": model.cfg.name, "model_dtype": str(model.dtype).removeprefix("torch."), "hook": sae.cfg.hook_name,
+            "layer": layer, "feature": f, "d_sae": sae.d_sae,
             "n_heads": n_heads, "density": float(stats.density[f]), "n_tokens": stats.n_tokens,
             "n_prompts": int(len(windows)), "ctx": int(windows.shape[1]), "dataset": sae.cfg.dataset_path,
             "max_act": float(stats.act_max[f]), "mean_act": float(stats.mean_act[f]),

@@ -82,7 +82,8 @@ def head_report(source, saes: list, out, k: int = 10, n_random: int = 0, seed: i
                        "random_features": [[f"L{layer} F{f}", links[f]] for f in extra]})
     n_tokens = all_stats[0].n_tokens
     report = {
-        "model": model.cfg.name, "title": f"{model.cfg.name}: top features of every attention head", "n_tokens": n_tokens,
+        "model": model.cfg.name, "model_dtype": str(model.dtype).removeprefix("torch."),
+        "title": f"{model.cfg.name}: top features of every attention head", "n_tokens": n_tokens,
         "k": k, "rank_by": rank_by, "dead_threshold": DEAD_THRESHOLD, "layers": layers,
         "dashboards": [pair for layer in layers for pair in layer["random_features"]],
         "timing": {"stats_seconds": t_stats, "dashboards_seconds": t_dash, "n_dashboards": n_dash,
