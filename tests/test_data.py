@@ -67,6 +67,17 @@ def test_corpus_sources(tmp_path):
         list(iter_documents(str(tmp_path / "bad.jsonl")))
     with pytest.raises(FileNotFoundError):
         list(iter_documents("./no/such/place"))
+    for typo in ("data/corpus.txt", "tests/missing_corpus", "corpora/a/b"):  # never sent to the hub
+        with pytest.raises(FileNotFoundError, match="neither"):
+            list(iter_documents(str(typo)))
+
+
+def test_an_owner_name_corpus_goes_to_the_hub(monkeypatch):
+    from attnsae.data import corpus
+
+    asked = []
+    monkeypatch.setattr(corpus, "_hf_dataset", lambda name, field: asked.append(name) or iter(["x"]))
+    assert list(iter_documents("Skylion007/openwebtext")) == ["x"] and asked == ["Skylion007/openwebtext"]
 
 
 def test_default_corpus_is_real_english():

