@@ -178,13 +178,15 @@ def test_unknown_model_name_is_a_clear_error():
         load_model("/nonexistent/model.gguf")
 
 
-def test_local_hf_directory_loads(tmp_path, tokens):
+def test_local_hf_directory_loads(tmp_path, tokens, monkeypatch):
     hf = hf_tiny("gpt2", vocab=50257)
     hf.save_pretrained(tmp_path / "m")
     gpt2_tokenizer().save_pretrained(tmp_path / "m")
     from attnsae.models import load_model
 
-    model = load_model(str(tmp_path / "m"), use_cache=False)
+    monkeypatch.chdir(tmp_path)
+    model = load_model("m", use_cache=False)
+    assert model.cfg.name == str((tmp_path / "m").resolve())  # absolute: an SAE config made from it works anywhere
     with torch.no_grad():
         torch.testing.assert_close(model(tokens), hf(tokens).logits, atol=1e-5, rtol=1e-4)
     assert model.tokenizer("Hello world").input_ids == [15496, 995]

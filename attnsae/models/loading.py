@@ -125,7 +125,8 @@ def load_model(
         # The Instruct GGUF names <|im_start|> as BOS; the pretraining document separator
         # <|endoftext|> (id 0) gives lower loss on plain text (3.19 vs 3.23 nats, SOTU 2001).
         model.cfg.bos_token_id = 0
-    model.cfg.name = name if name in ALIASES else model.cfg.name
+    # a local model is named by its absolute path, so SAE configs and stores made from it stay valid from any folder
+    model.cfg.name = name if name in ALIASES or not Path(name).exists() else str(Path(name).resolve())
     return model.to(device=resolve_device(device), dtype=dtype)
 
 
