@@ -143,12 +143,12 @@ def train_config(args, base: TrainConfig | None = None) -> TrainConfig:
     return cfg
 
 
-def add_inputs(p, windows: int, multi_sae: bool = False, store_windows: str = "random", verify_store: bool = False,
+def add_inputs(p, windows: int, multi_sae: bool = False, store_windows: str = "random",
                store_help: str = "read the SAE's hook_z from this activation store instead of running the model (fast); "
                                  "the windows are the store's") -> None:
     """--sae, --model, --store, --corpus, --windows, --model-dtype, --seed of a command reading SAE features.
-    `store_windows` says which of a store's windows it reads (features.inputs.STORE_WINDOWS); `verify_store` whether
-    every shard's checksum is checked (worth it when every row is read)."""
+    `store_windows` says which of a store's windows it reads (features.inputs.STORE_WINDOWS); a store's shards are
+    always checked against their checksums."""
     p.add_argument("--sae", action="append", required=True,
                    help="SAE folder on a layer's attn.hook_z" + ("; repeat for more layers" if multi_sae else ""))
     add_model(p, None, "default: the model named in the SAE's config")
@@ -161,7 +161,7 @@ def add_inputs(p, windows: int, multi_sae: bool = False, store_windows: str = "r
     add_model_dtype(p)
     add_device(p)
     add_seed(p)
-    p.set_defaults(store_windows=store_windows, verify_store=verify_store)
+    p.set_defaults(store_windows=store_windows)
 
 
 def input_spec(args):
@@ -169,8 +169,7 @@ def input_spec(args):
     from ..features.inputs import InputSpec
 
     return InputSpec(saes=list(args.sae), model=args.model, store=args.store, corpus=args.corpus, windows=args.windows,
-                     seed=args.seed, model_dtype=args.model_dtype, device=args.device, store_windows=args.store_windows,
-                     verify_store=args.verify_store)
+                     seed=args.seed, model_dtype=args.model_dtype, device=args.device, store_windows=args.store_windows)
 
 
 def one_sae(args, command: str) -> None:

@@ -16,14 +16,14 @@ STORE_ALL = "read the SAE's activations from this store (fast; its windows are s
 
 def add_parsers(sub) -> None:
     p = sub.add_parser("report", help="every head's top features (weight-based attribution) with dashboards, as JSON + HTML")
-    a.add_inputs(p, 2000, multi_sae=True, store_windows="all", verify_store=True, store_help=STORE_ALL)
+    a.add_inputs(p, 2000, multi_sae=True, store_windows="all", store_help=STORE_ALL)
     p.add_argument("--k", type=a.POSITIVE, default=10, help="top features per head (default: %(default)s)")
     p.add_argument("--random", type=a.COUNT, default=0, help="also dashboards for this many random live features")
     p.add_argument("--out", required=True, help="report folder (index.html inside)")
     p.set_defaults(fn=run_report)
 
     p = sub.add_parser("dfa", help="fraction of a feature's variance explained by each head and by source tokens (DFA)")
-    a.add_inputs(p, 500, store_windows="first", verify_store=True, store_help=STORE_ALL)
+    a.add_inputs(p, 500, store_windows="first", store_help=STORE_ALL)
     p.add_argument("--feature", type=a.COUNT, required=True)
     p.add_argument("--threshold", type=a.NONNEG, nargs="+", default=[0.0], help="only tokens with activation above each")
     p.add_argument("--source-token", action="append", default=[], help="a single token (e.g. ' board') whose source "
@@ -34,7 +34,7 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("rate", help="interpretability sampling: rate random live features, score with a 95%% interval")
     rsub = p.add_subparsers(dest="action", required=True)
     q = rsub.add_parser("sample", help="sample N random live features; write dashboards, rate.html and ratings.json")
-    a.add_inputs(q, 2000, store_windows="all", verify_store=True, store_help=STORE_ALL)
+    a.add_inputs(q, 2000, store_windows="all", store_help=STORE_ALL)
     q.add_argument("--n", type=a.POSITIVE, default=30, help="features to sample (paper: 30 per SAE)")
     q.add_argument("--out", required=True)
     q = rsub.add_parser("ask", help="rate the unrated features in the terminal (saved after every answer)")

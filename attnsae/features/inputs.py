@@ -32,7 +32,6 @@ class InputSpec:
     model_dtype: str = "bfloat16"
     device: str = "auto"  # the model's (models.device.resolve_device); statistics and SAEs stay on the CPU
     store_windows: str = "random"  # which of a store's windows (STORE_WINDOWS); a corpus's are always random
-    verify_store: bool = True  # sha256 of every shard: worth it when every row is read, not for a sample
 
 
 @dataclass
@@ -72,7 +71,7 @@ def load_inputs(spec: InputSpec, check: Callable | None = None) -> Inputs:
     saes = [load_sae(p) for p in spec.saes]
     for sae in saes:
         require_hook_z(sae)
-    store = ActivationStore(spec.store, verify=spec.verify_store) if spec.store else None
+    store = ActivationStore(spec.store) if spec.store else None  # every shard checked against its sha256
     model = model_for_saes(saes, spec.model, dtype=spec.model_dtype, device=spec.device)
     if store is not None:
         store.check_model(model)
