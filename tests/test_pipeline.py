@@ -39,6 +39,11 @@ def test_main_job_end_to_end_on_smollm2(tmp_path):
     assert fid["ce_clean"] < fid["ce_zero"]
     assert fid["ce_sae_with_error"] == pytest.approx(fid["ce_clean"], abs=1e-3)
     assert fid["ce_recovered"] == pytest.approx((fid["ce_zero"] - fid["ce_sae"]) / (fid["ce_zero"] - fid["ce_clean"]))
+    # CE and KL come from the model loaded in fp32, not the bf16 harvest model cast back (its weights stay rounded)
+    exact = real_model("smollm2-135m")
+    _, held = load_windows(exact, cfg.windows)
+    assert fid["ce_clean"] == pytest.approx(fidelity(exact, identity_sae(exact, layer=2), held[:4], progress=False).ce_clean,
+                                            abs=2e-6)
     assert len(report["zero_ablation_by_layer"]) == 30
     for f in ("report.md", "density.png", "zero_ablation_by_layer.png"):
         assert (report_dir / f).stat().st_size > 500

@@ -80,7 +80,8 @@ def run_job(cfg: JobConfig, progress: bool = True) -> Path:
 
     t = time.time()
     sae = load_sae(sae_dir)
-    report = evaluate(model, sae, held_w, cfg, out / "report", progress)
+    exact = None if cfg.eval_dtype == cfg.harvest_dtype else load_model(cfg.model, dtype=cfg.eval_dtype, device=cfg.device)
+    report = evaluate(model, sae, held_w, cfg, out / "report", progress, exact_model=exact)
     timings["eval_s"] = time.time() - t
     report["timings"] = timings
     report["store"] = {"path": str(out / "store"), "n_tokens": len(store), "dtype": store.manifest["dtype"]}
@@ -88,7 +89,9 @@ def run_job(cfg: JobConfig, progress: bool = True) -> Path:
     return out / "report"
 
 
-def evaluate(model, sae, held_w, cfg: JobConfig, report_dir: Path, progress: bool = True) -> dict:
+def evaluate(model, sae, held_w, cfg: JobConfig, report_dir: Path, progress: bool = True, exact_model=None) -> dict:
+    """Sparsity and zero ablation by layer with `model`; CE and KL with `exact_model` (the same model loaded in
+    cfg.eval_dtype: a cast of `model` would keep its weights' bf16 rounding), or `model` cast to it."""
     check_compatible(model, sae)  # before any forward: a wrong-model SAE would fail with a shape error
     report_dir.mkdir(parents=True, exist_ok=True)
     sae = sae.to(model.device)  # activations never leave the model's device
@@ -99,7 +102,7 @@ def evaluate(model, sae, held_w, cfg: JobConfig, report_dir: Path, progress: boo
     if cfg.zero_ablation_windows:  # in the harvest precision: it only says where zero ablation matters
         rows = zero_ablation_by_layer(model, held_w[: cfg.zero_ablation_windows], progress=progress)
         plot_zero_by_layer(rows, report_dir / "zero_ablation_by_layer.png")
-    model = model.to(MODEL_DTYPES[cfg.eval_dtype])
+    model = exact_model if exact_model is not None else model.to(MODEL_DTYPES[cfg.eval_dtype])
     fid = fidelity(model, sae, held_w[: cfg.eval_windows], progress=progress)
     return {
         "model": model.cfg.name, "hook": sae.cfg.hook_name, "d_in": sae.cfg.d_in, "d_sae": sae.cfg.d_sae,
