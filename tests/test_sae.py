@@ -434,6 +434,47 @@ def test_loads_a_sae_lens_folder(tmp_path):
         load_sae(d)
 
 
+def _gated_folder(d, d_in=12, d_sae=24, seed=0):
+    """A SAELens 6 "gated" folder (saes/gated_sae.py: W_enc, b_gate, r_mag, b_mag, W_dec, b_dec)."""
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(seed)
+    w = {"W_enc": torch.randn(d_in, d_sae, generator=g) * 0.5, "b_gate": torch.randn(d_sae, generator=g) * 0.3,
+         "r_mag": torch.randn(d_sae, generator=g) * 0.5, "b_mag": torch.randn(d_sae, generator=g) * 0.3,
+         "W_dec": torch.randn(d_sae, d_in, generator=g), "b_dec": torch.randn(d_in, generator=g) * 0.1}
+    d.mkdir()
+    save_file(w, str(d / "sae_weights.safetensors"))
+    (d / "cfg.json").write_text(json.dumps({
+        "architecture": "gated", "d_in": d_in, "d_sae": d_sae, "dtype": "float32", "apply_b_dec_to_input": True,
+        "normalize_activations": "none", "metadata": {"sae_lens_version": "6.54.12", "model_name": "gpt2-small",
+                                                      "hook_name": "blocks.1.attn.hook_z"}}))
+    return w
+
+
+def test_a_gated_sae_loads_as_the_jumprelu_sae_it_equals(tmp_path):
+    w = _gated_folder(tmp_path / "gated")
+    got = load_sae(tmp_path / "gated")
+    assert got.cfg.architecture == "jumprelu"
+    x = torch.randn(200, 12)
+    xc = x - w["b_dec"]
+    gate = (xc @ w["W_enc"] + w["b_gate"]) > 0
+    want = gate * torch.relu(xc @ (w["W_enc"] * w["r_mag"].exp()) + w["b_mag"])
+    assert 0 < int(gate.sum()) < gate.numel()  # both sides of the gate are exercised
+    torch.testing.assert_close(got(x).feature_acts, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got(x).reconstruction, want @ w["W_dec"] + w["b_dec"], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.peers
+def test_sae_lens_gated_sae_equals_ours(tmp_path):
+    sae_lens = peer("sae_lens")
+    _gated_folder(tmp_path / "gated")
+    theirs = sae_lens.SAE.load_from_disk(str(tmp_path / "gated"))
+    ours = load_sae(tmp_path / "gated")
+    z = torch.randn(50, 3, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(ours.encode(z.flatten(-2)), theirs.encode(z.flatten(-2)), atol=1e-5, rtol=1e-5)
+
+
 def test_loads_the_reference_code_release_format(tmp_path):
     """ckkissane/attention-output-saes: {run}.pt state dict + {run}_cfg.json."""
     run = "gpt2-small_L5_Hcat_z_lr1.20e-03_l11.00e+00_ds49152_bs4096_dc1.00e-06_rsanthropic_rie25000_nr4_v9"

@@ -110,13 +110,30 @@ def load_sae(path, device: str = "cpu") -> SAE:
         raise FileNotFoundError(f"{path} is not an SAE folder: it needs {CFG} and {WEIGHTS} (SAELens, ours), params.npz "
                                 "or params.safetensors (Gemma Scope), or a reference run's .pt")
     raw = json.loads((path / CFG).read_text())
+    state = read_tensors(path / WEIGHTS)
+    if "attnsae" not in raw and raw.get("architecture") == "gated":
+        raw, state = {**raw, "architecture": "jumprelu"}, gated_as_jumprelu(state, path)
     cfg = SAEConfig.from_dict(raw["attnsae"]) if "attnsae" in raw else _cfg_from_sae_lens(raw)
-    sae = _build(cfg, read_tensors(path / WEIGHTS), path, device)
+    sae = _build(cfg, state, path, device)
     if "attnsae" not in raw and raw.get("rescale_acts_by_decoder_norm"):
         # SAELens' TopK training default (its training checkpoints are saved unfolded): it ranks pre * |W_dec_i|
         # and decodes f / |W_dec_i| @ W_dec; folding the norms into the encoder is the same function
         sae.fold_decoder_norm_(topk_ranks_scaled=True)
     return sae
+
+
+def gated_as_jumprelu(state: dict, where) -> dict:
+    """A Gated SAE (Rajamanoharan et al. 2024; SAELens' "gated": W_enc, b_gate, r_mag, b_mag) as the JumpReLU SAE
+    computing the same function. It fires where x W_enc + b_gate > 0 with magnitude relu(x W_enc e^r + b_mag); with
+    W = W_enc e^r and b = b_mag the gate is x W + b > b_mag - b_gate e^r, a per-latent threshold (below 0 it adds
+    nothing to the relu), so f = (x W + b) where that exceeds max(0, b_mag - b_gate e^r)."""
+    need = {"W_enc", "b_gate", "r_mag", "b_mag", "W_dec", "b_dec"}
+    if not need <= set(state):
+        raise ValueError(f"{where}: a gated SAE needs {sorted(need)}; found {sorted(state)}")
+    scale = state["r_mag"].float().exp()
+    return {"W_enc": state["W_enc"].float() * scale, "b_enc": state["b_mag"].float(), "W_dec": state["W_dec"],
+            "b_dec": state["b_dec"], "threshold": (state["b_mag"].float() - state["b_gate"].float() * scale).clamp_min(0),
+            **{k: v for k, v in state.items() if k not in need}}  # anything else: refused by _build
 
 
 def load_feature_density(path) -> torch.Tensor | None:
