@@ -24,10 +24,37 @@ NO_SAE = ["--sae", "/nonexistent/sae"]
 OUT = ["--out", "/tmp/attnsae-never-written"]
 
 
+def _hostile_files() -> tuple[str, str]:
+    """(an SAE folder whose weights are not safetensors, a reference .pt that pickles a shell command)."""
+    import os
+    import pickle
+    import tempfile
+    from pathlib import Path
+
+    root = Path(tempfile.mkdtemp(prefix="attnsae-hostile-"))
+    (root / "corrupt").mkdir()
+    (root / "corrupt" / "cfg.json").write_text(json.dumps({"d_in": 4, "d_sae": 8, "architecture": "standard"}))
+    (root / "corrupt" / "sae_weights.safetensors").write_bytes(os.urandom(100))
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("touch /tmp/attnsae-pwned",))
+
+    (root / "run.pt").write_bytes(pickle.dumps({"W_enc": Payload()}))
+    (root / "run_cfg.json").write_text(json.dumps({"model_name": "gpt2-small", "layer": 1}))
+    return str(root / "corrupt"), str(root / "run.pt")
+
+
+CORRUPT_SAE, PICKLED_SAE = _hostile_files()
+
+
 # every command, with a missing file and with numbers out of range: one line on stderr, exit 2, nothing written
 @pytest.mark.parametrize("args,message", [
     (["train", "--store", "/nonexistent/store", "--out", "/tmp/x"], "not an activation store"),
     (["eval", "--sae", "/nonexistent/sae", "--out", "/tmp/x"], "not an SAE folder"),
+    (["eval", "--sae", CORRUPT_SAE, *OUT], "not a readable .safetensors file"),
+    (["eval", "--sae", PICKLED_SAE, *OUT], "refusing to unpickle"),
+    (["report", "--sae", "nobody/no-such-repo/layer_1", *OUT], "hub"),
     (["hooks", "--model", "/nonexistent/model.gguf"], "no GGUF file"),
     (["main", "--ctx", "1", *OUT], "--ctx: 1 is out of range"),
     (["main", "--steps", "0", *OUT], "--steps: 0 is out of range"),
@@ -86,7 +113,7 @@ def test_bad_input_is_a_one_line_error_not_a_traceback(args, message):
     assert r.returncode == 2
     assert message in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
-    assert not __import__("os").path.exists(OUT[1])
+    assert not __import__("os").path.exists(OUT[1]) and not __import__("os").path.exists("/tmp/attnsae-pwned")
 
 
 @pytest.fixture(scope="module")

@@ -325,7 +325,7 @@ def test_corrupt_and_pickled_sae_files_are_refused_in_one_line(tmp_path):
     (tmp_path / "gpt2-small_L1_v9_cfg.json").write_text(json.dumps({"model_name": "gpt2-small", "layer": 1}))
     with pytest.raises(ValueError, match="refusing to unpickle") as e:
         load_sae(f"{run}.pt")
-    assert "weights_only=False" not in str(e.value)
+    assert "weights_only" not in str(e.value)  # torch's own hint would be to unpickle it
 
 
 def test_recipes_registry_drives_the_sae_config():

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -238,10 +240,13 @@ def load_reference(pt_path, device: str = "cpu") -> SAE:
         raise FileNotFoundError(f"reference SAE {pt_path.name} needs its config beside it: {cfg_path.name}")
     raw = json.loads(cfg_path.read_text())
     try:
-        state = torch.load(pt_path, map_location="cpu", weights_only=True)  # never unpickle arbitrary objects
-    except Exception as e:  # a corrupt file, or a pickle of Python objects (possibly malicious): refused, not run
-        raise ValueError(f"{pt_path} is not a plain tensor state dict; refusing to unpickle it "
-                         f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+        with warnings.catch_warnings():  # torch warns about pickle protocols on stderr
+            warnings.simplefilter("ignore")
+            state = torch.load(pt_path, map_location="cpu", weights_only=True)  # never unpickle arbitrary objects
+    except pickle.UnpicklingError:  # Python objects, possibly malicious: refused, never run (whatever torch suggests)
+        raise ValueError(f"{pt_path} holds Python objects, not only tensors; refusing to unpickle it") from None
+    except Exception as e:  # truncated or not a torch file
+        raise ValueError(f"{pt_path} is not a readable torch state dict ({type(e).__name__})") from None
     if not (isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())):
         raise ValueError(f"{pt_path} does not hold a state dict of tensors")
     layer, site = raw.get("layer"), raw.get("site", "z")
