@@ -685,3 +685,10 @@ def test_the_papers_gpt2_small_sae_splices_into_gpt2_processed_to_match(tmp_path
     assert asked["name"] == "gpt2" and asked["fold_value_biases"] is True
     model.cfg.name = "gpt2"
     check_compatible(model, sae)
+
+
+def test_lr_warms_up_linearly_then_decays(tmp_path):
+    cfg = TrainConfig(lr=1e-3, lr_warmup=10, steps=100, lr_decay_frac=0.2)
+    tr = Trainer(SAEConfig(d_in=4, d_sae=8), cfg, tmp_path, lambda s: iter(()), progress=False)
+    assert [tr.lr_at(s) for s in (0, 4, 9, 10, 50)] == pytest.approx([1e-4, 5e-4, 1e-3, 1e-3, 1e-3])
+    assert tr.lr_at(90) == pytest.approx(0.5e-3)

@@ -116,6 +116,8 @@ def add_train(p, base: TrainConfig | None = None, sweep: bool = False) -> None:
     p.add_argument("--steps", type=POSITIVE, default=base.steps, help="(default: %(default)s)")
     p.add_argument("--batch-size", type=POSITIVE, default=base.batch_size, help="(default: %(default)s)")
     p.add_argument("--lr", type=POSITIVE_FLOAT, default=base.lr, help="(default: %(default)s)")
+    p.add_argument("--lr-warmup", type=COUNT, default=base.lr_warmup, help="steps of linear lr warm-up from 0; fewer "
+                   "latents die under the first large Adam steps (default: %(default)s)")
     p.add_argument("--dtype", choices=DTYPE_CHOICES, default=base.dtype, help="matmul precision while training (default: "
                    "%(default)s)")
     p.add_argument("--seed", type=SEED, default=base.seed, help="(default: %(default)s)")
@@ -138,7 +140,8 @@ def train_config(args, base: TrainConfig | None = None) -> TrainConfig:
     if isinstance(args.l1, list):  # a sweep sets l1_coeff per SAE
         del given["l1_coeff"]
     cfg = replace(base or TrainConfig(), recipe=args.recipe, expansion=args.expansion, steps=args.steps,
-                  batch_size=args.batch_size, lr=args.lr, dtype=args.dtype, seed=args.seed, **given)
+                  batch_size=args.batch_size, lr=args.lr, lr_warmup=args.lr_warmup, dtype=args.dtype, seed=args.seed,
+                  **given)
     recipe.check(cfg)
     return cfg
 
