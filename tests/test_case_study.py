@@ -215,7 +215,8 @@ def test_cli_case_study(cli_setup, monkeypatch, capsys):
     assert list(r) == ["feature", "layer", "hook", "proxy", "proxy_description", "n_windows", "n_tokens", "n_fire", "n_proxy",
                        "n_fire_and_proxy", "density", "max_act", "mean_act", "precision", "precision_by_mass",
                        "precision_above", "sensitivity", "n_false_negatives", "false_negatives", "top_false_positives",
-                       "histogram", "sae", "store"]
+                       "histogram", "sae", "store", "run"]
+    assert r["run"] == {"model_dtype": "bfloat16"}  # the precision the numbers came from
     assert r["sae"] == str(tmp / "sae") and r["store"] is None
     for argv, message in [
         (["--feature", "3", "--proxy", "nonsense"], "does not parse"),

@@ -182,7 +182,7 @@ def test_report_dfa_and_rating_from_the_command_line(gpt2_run):
                 "--source-token", " fox", "--out", str(tmp_path / "dfa"), env=env)
     assert r.returncode == 0, r.stderr
     d = json.loads((tmp_path / "dfa" / "dfa.json").read_text())
-    assert list(d) == ["feature", "layer", "n_heads", "thresholds", "source_tokens"] and d["source_tokens"] == [" fox"]
+    assert list(d) == ["feature", "layer", "n_heads", "thresholds", "source_tokens", "run"] and d["source_tokens"] == [" fox"]
     assert sum(d["thresholds"][0]["head_fve"]) == pytest.approx(1.0, abs=1e-4)
     assert all(isinstance(t, str) and isinstance(i, int) for t, i, _ in d["thresholds"][0]["source_token_fve"])
     assert "act > 0 (" in r.stdout  # the summary
