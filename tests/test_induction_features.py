@@ -288,7 +288,7 @@ def test_cli_induction_features(cli_setup, monkeypatch, capsys):
     assert (tmp / "ind" / "induction_features.png").exists()
     assert list(r) == ["model", "hook", "layer", "d_sae", "n_live", "heads", "head_induction_scores", "n_windows_pool", "rules",
                        "candidates", "controls", "repeat_base_rates", "passing_fraction_of_live", "headline",
-                       "candidate_features", "control_features", "sae", "store", "live"]
+                       "candidate_features", "control_features", "sae", "store", "live", "run"]
     assert r["live"].startswith("training density >= 1e-05") and r["n_windows_pool"] == 20
     code, out, err = run_cli(monkeypatch, capsys, model, "induction-features", *common, "--head", "1.0", "--threshold", "0.2",
                              "--control", "4", "--repeat-half", "--out", str(tmp / "ind2"))

@@ -166,14 +166,14 @@ def test_cli_polysemanticity(cli_setup, monkeypatch, capsys):
     assert code == 0, err
     r = json.loads((tmp / "poly_labels" / "polysemanticity.json").read_text())
     assert r["table"]["monosemantic"]["fraction"] == 1.0 and r["n_classified"] == model.cfg.n_heads
-    assert list(r) == ["model", "layers", "k", "labels", "n_heads", "n_classified", "table", "heads", "saes", "n_windows"]
+    assert list(r) == ["model", "layers", "k", "labels", "n_heads", "n_classified", "table", "heads", "saes", "n_windows", "run"]
     code, out, err = run_cli(monkeypatch, capsys, model, "polysemanticity", *common, "--examples", "3",
                              "--out", str(tmp / "poly"))
     assert code == 0, err
     r = json.loads((tmp / "poly" / "polysemanticity.json").read_text())
     assert r["n_classified"] == model.cfg.n_heads and sum(v["n"] for v in r["table"].values()) == model.cfg.n_heads
     assert list(r) == ["model", "layers", "k", "labels", "n_heads", "n_classified", "table", "table_coarse", "heads", "saes",
-                       "n_windows"]
+                       "n_windows", "run"]
     assert (tmp / "poly" / "polysemanticity.md").read_text().count("| 1.") == model.cfg.n_heads
     assert (tmp / "poly" / "polysemanticity.png").exists() and "plausibly monosemantic" in out
     (tmp / "labels.json").write_text(json.dumps({"F3": "x"}))
