@@ -69,6 +69,7 @@ def logit_effects(model, sae, features, k: int = 20) -> tuple[str, list[dict]]:
 
 def _histogram(values: torch.Tensor) -> dict:
     lo, hi = float(values.min()), float(values.max())
-    heights = torch.histc(values, bins=LOGIT_HIST_BINS, min=lo, max=hi if hi > lo else lo + 1)
-    width = ((hi if hi > lo else lo + 1) - lo) / LOGIT_HIST_BINS
+    hi = hi if hi > lo else lo + 1  # a constant effect still gets bins of width 1/40
+    heights = torch.histc(values, bins=LOGIT_HIST_BINS, min=lo, max=hi)
+    width = (hi - lo) / LOGIT_HIST_BINS
     return {"heights": heights.tolist(), "values": [lo + (i + 0.5) * width for i in range(LOGIT_HIST_BINS)]}

@@ -218,8 +218,9 @@ def load_gemma_scope(folder, device: str = "cpu") -> SAE:
         scale = state.pop("scaling_factor", None)
         if scale is not None and not torch.allclose(scale.float(), torch.ones_like(scale.float())):
             raise NotImplementedError(f"{folder}: a Gemma Scope scaling_factor other than 1 is not supported")
-        layer = re.search(r"layer_(\d+)", str(folder.resolve()))
-        hook = f"blocks.{layer.group(1)}.attn.hook_z" if layer and re.search(r"-att\b|-att[-/]", str(folder.resolve())) else None
+        where = str(folder.resolve())
+        layer = re.search(r"layer_(\d+)", where)
+        hook = f"blocks.{layer.group(1)}.attn.hook_z" if layer and re.search(r"-att\b|-att[-/]", where) else None
         model_name = None
     state = {("W_" + k[2:] if k.startswith("w_") else k): v for k, v in state.items()}
     if "W_enc" not in state:
