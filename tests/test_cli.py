@@ -78,6 +78,8 @@ CORRUPT_SAE, PICKLED_SAE = _hostile_files()
     (["train", "--store", "/nonexistent/store", "--lr", "nan", *OUT], "--lr: nan is not a finite number"),
     (["train", "--store", "/nonexistent/store", "--batch-size", "-64", *OUT], "--batch-size: -64 is out of range"),
     (["train", "--store", "/nonexistent/store", "--seed", "-1", *OUT], "--seed: -1 is out of range"),
+    (["train", "--store", "/nonexistent/store", "--lr-warmup", "-1", *OUT], "--lr-warmup: -1 is out of range"),
+    (["main", "--lr-warmup", "1e9", *OUT], "'1e9' is not a whole number"),
     (["train", *OUT], "train needs --store, or --model and --hook"),
     (["eval", *NO_SAE, "--eval-windows", "0", *OUT], "--eval-windows: 0 is out of range"),
     (["report", *NO_SAE, *OUT], "not an SAE folder"),
