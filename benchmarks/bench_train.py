@@ -146,7 +146,7 @@ def make_ours(recipe_name, weights, a, dtype, device, sparse):
         if isinstance(getattr(recipe, key), torch.Tensor):
             setattr(recipe, key, getattr(recipe, key).to(device))
     load_weights(sae, weights)  # after the recipe, which may rescale the decoder at init
-    opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=cfg.betas)
+    opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=cfg.betas, fused=True)  # as Trainer
     # Trainer.train counts firings on the CPU (.cpu() each step); here on the device unless --trainer-syncs
     fire_counts = torch.zeros(S, dtype=torch.long, device="cpu" if a.trainer_syncs else device)
     finite = torch.ones((), dtype=torch.bool, device=device)
@@ -155,7 +155,7 @@ def make_ours(recipe_name, weights, a, dtype, device, sparse):
     path = "autograd" if device.type != "cpu" else None  # sae_step's plain-autograd fallback off the CPU
 
     def dense_loss(x):  # the recipe's loss with sae_step forced onto its dense path
-        f, recon = sae_step(sae, x, dtype=dtype, dense_density=0.0)
+        f, recon = sae_step(sae, x, dtype=dtype, dense_density=0.0)[:2]
         loss = (recon - x).pow(2).sum(-1).mean()
         if recipe_name == "l1":
             loss = loss + cfg.l1_coeff * f.sum(-1).mean()
@@ -166,7 +166,7 @@ def make_ours(recipe_name, weights, a, dtype, device, sparse):
 
     def step(x):
         with autocast:
-            loss, f, recon = recipe.loss(x, step_no) if sparse else dense_loss(x)
+            loss, f, recon = recipe.loss(x, step_no)[:3] if sparse else dense_loss(x)
         if a.trainer_syncs:  # as Trainer.train: a host round trip per step
             if not torch.isfinite(loss):
                 raise FloatingPointError("loss is not finite")

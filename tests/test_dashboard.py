@@ -151,3 +151,43 @@ def test_head_report_writes_every_head_and_skips_dead_features(tiny, tmp_path):
             assert (tmp_path / "heads" / row["dashboard"]).resolve().exists()
     assert (tmp_path / "index.html").exists() and len(r["dashboards"]) == 2
     assert r["timing"]["feature_tokens_per_second"] > 0
+
+
+def assert_same(a, b, where="dashboards"):
+    """Equal structures, floats to 1e-5."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            assert_same(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, f"{where}[{i}]")
+    elif isinstance(a, float):
+        assert a == pytest.approx(b, rel=1e-5, abs=1e-5), where
+    else:
+        assert a == b, where
+
+
+def test_dashboards_of_several_layers_at_once_equal_each_built_alone(tiny):
+    """One forward for every layer's examples gives each SAE the dashboards it gets alone (its own windows' ends
+    too, whatever the other SAEs show)."""
+    from attnsae.experiments.polysemanticity import auto_families, auto_families_many
+    from attnsae.features.dashboard import build_dashboards_many
+
+    model = tiny[0]
+    saes = [random_sae(model, layer=0, d_sae=16, seed=1), random_sae(model, layer=1, d_sae=16, seed=2)]
+    rng = np.random.default_rng(1)
+    windows = rng.integers(3, 101, size=(24, 20)).astype(np.int32)
+    windows[:, 0] = 0
+    source = ActivationSource(model, windows)
+    stats = feature_stats(source, saes, batch_size=8, progress=False, n_samples=40)
+    feats = [[int(f) for f in st.count.argsort(descending=True)[:4]] for st in stats]
+    kw = dict(n_top=5, per_group=2, before=6, batch_size=5, progress=False)
+    together = build_dashboards_many(source, list(zip(saes, stats, feats)), **kw)
+    alone = [build_dashboards(source, sae, st, fs, **kw) for sae, st, fs in zip(saes, stats, feats)]
+    assert [[d["feature"] for d in ds] for ds in together] == feats
+    assert_same(together, alone)  # floats to rounding: a window runs to another length beside other windows
+    fam_together = auto_families_many(source, list(zip(saes, stats, feats)), n_examples=4, batch_size=5, progress=False)
+    assert fam_together == [auto_families(source, sae, st, fs, n_examples=4, batch_size=5, progress=False)
+                            for sae, st, fs in zip(saes, stats, feats)]

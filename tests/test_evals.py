@@ -62,6 +62,39 @@ def test_a_partial_reconstruction_lands_between(tiny, windows):
     assert r.ce_clean < r.ce_sae < r.ce_zero and 0 < r.ce_recovered < 1
 
 
+def test_fidelity_many_equals_each_splice_in_a_whole_forward(tiny, windows):
+    """The shared clean forward and the splices that start at the SAE's block give what a whole forward with the
+    hook gives, for SAEs at different layers evaluated together."""
+    import torch.nn.functional as F
+
+    from attnsae.evals.metrics import fidelity_many
+    from attnsae.evals.splice import mean_hook, zero_hook
+
+    model = tiny[0]
+    saes = [identity_sae(model, 0), zero_sae(model, 1)]
+    with torch.no_grad():
+        saes[0].W_dec.mul_(0.5)
+    results = fidelity_many(model, saes, windows, batch_size=3, progress=False)
+    tokens = torch.from_numpy(np.asarray(windows, dtype=np.int64))
+    with torch.no_grad():
+        clean_logp = F.log_softmax(model(tokens)[:, :-1].float(), -1)
+
+        def ce_kl(fn, hook):
+            logp = F.log_softmax(model.run_with_hooks(tokens, [(hook, fn)])[:, :-1].float(), -1)
+            ce = F.nll_loss(logp.flatten(0, 1), tokens[:, 1:].flatten()).item()
+            return ce, (clean_logp.exp() * (clean_logp - logp)).sum(-1).mean().item()
+
+        for sae, r in zip(saes, results):
+            hook = sae.cfg.hook_name
+            mean = model.run_with_cache(tokens, [hook])[1][hook][:, 1:].float().mean(dim=(0, 1))
+            want = {"sae": ce_kl(sae_hook(sae), hook), "zero": ce_kl(zero_hook(1), hook),
+                    "mean": ce_kl(mean_hook(mean, 1), hook)}
+            for key, (ce, kl) in want.items():
+                assert getattr(r, f"ce_{key}") == pytest.approx(ce, rel=1e-5)
+                assert getattr(r, f"kl_{key}") == pytest.approx(kl, rel=1e-4, abs=1e-7)
+    assert results[0].ce_clean == results[1].ce_clean and results[0].ce_sae != results[1].ce_sae
+
+
 def test_sparsity_counts_l0_dead_and_explained_variance(tiny, windows):
     model = tiny[0]
     sae = identity_sae(model)
@@ -123,11 +156,11 @@ def test_sae_from_a_differently_processed_model_is_refused(windows):
 
 
 def test_mean_ablation_baseline_equals_an_sae_that_outputs_the_mean(tiny, windows):
-    from attnsae.evals.metrics import _mean_activation
+    from attnsae.evals.metrics import _mean_activations
 
     model = tiny[0]
     sae = zero_sae(model)
-    mean = _mean_activation(model, sae.cfg.hook_name, windows, 1, 8).flatten()
+    mean = _mean_activations(model, [sae], windows, 8)[0].flatten()
     with torch.no_grad():
         sae.b_dec.copy_(mean)  # reconstruction = the mean whatever the input
     r = fidelity(model, sae, windows, progress=False)

@@ -85,7 +85,7 @@ def test_jumprelu_threshold_gradients_are_the_papers_pseudo_derivatives():
     with torch.no_grad():
         sae.log_threshold.copy_(theta.log())
     x = torch.tensor([[0.9, 2.0], [1.2, 0.5], [0.3, 1.6]])  # z = x; the band |z - theta| < eps/2: (0,0) (1,0) (2,1)
-    loss, f, recon = recipe.loss(x, 0)
+    loss, f, recon, _ = recipe.loss(x, 0)
     loss.backward()
 
     z, B = x, len(x)
@@ -109,7 +109,7 @@ def test_batchtopk_selects_over_the_batch_and_tracks_its_threshold():
     sae = _tiny_sae("standard", W_dec)
     recipe = BatchTopKRecipe(sae, TrainConfig(recipe="batchtopk", k=1))
     x = torch.tensor([[3.0, 2.0, 0.5], [0.1, 0.2, -1.0]])  # top 2 of the batch: both in row 0; row 1 keeps none
-    loss, f, recon = recipe.loss(x, 0)
+    loss, f, recon, _ = recipe.loss(x, 0)
     loss.backward()
     kept = torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
     torch.testing.assert_close(f, x * kept)
@@ -135,7 +135,7 @@ def test_matryoshka_loss_and_gradient_sum_over_the_nested_prefixes():
     recipe = MatryoshkaBatchTopKRecipe(sae, TrainConfig(recipe="matryoshka_batchtopk", k=4, prefixes=(0.25, 0.5, 1.0)))
     assert recipe.widths == (1, 2, 4)
     x = torch.rand(5, 4, generator=g) + 0.1  # all positive: BatchTopK with k = d_sae keeps everything
-    loss, f, _ = recipe.loss(x, 0)
+    loss, f, _, _ = recipe.loss(x, 0)
     loss.backward()
     torch.testing.assert_close(f, x)
     want_loss, want_grad = 0.0, torch.zeros(4, 4)
@@ -320,7 +320,7 @@ def test_auxk_lets_the_top_dead_latents_explain_the_residual(n_dead):
         sae.b_enc[:] = 100.0  # the live latents win every row's top k ...
         sae.b_enc[dead] = 0.5  # ... so the dead ones, mostly positive, stay silent: AuxK has work
     x = torch.randn(16, 8)
-    loss, f, recon = recipe.loss(x, 0)
+    loss, f, recon, _ = recipe.loss(x, 0)
     e = (x - recon).detach()
     pre = (x - sae.b_dec) @ sae.W_enc[:, dead] + sae.b_enc[dead]
     vals, idx = pre.topk(min(4, n_dead), dim=-1)

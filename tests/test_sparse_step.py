@@ -48,7 +48,7 @@ def loss_fn(kind, x, f, x_hat, W_dec, l1=0.3):
 
 
 def grads(fn, kind, x, params, **kw):
-    f, x_hat = fn(x, *params, **kw)
+    f, x_hat = fn(x, *params, **kw)[:2]
     loss = loss_fn(kind, x, f, x_hat, params[2])
     return f, x_hat, torch.autograd.grad(loss, params)
 
@@ -106,7 +106,7 @@ def test_only_some_params_need_grad():
     x, params = make(-0.5, seed=6)
     params[0].requires_grad_(False)
     params[3].requires_grad_(False)
-    f, x_hat = sparse_sae_step(x, *params, dense_density=1.0)
+    f, x_hat = sparse_sae_step(x, *params, dense_density=1.0)[:2]
     loss_fn("l1", x, f, x_hat, params[2]).backward()
     ref = [p.detach().clone().requires_grad_(p.requires_grad) for p in params]
     f0, xh0 = reference(x, *ref)
@@ -172,7 +172,7 @@ def test_sae_step_matches_sae_forward(arch):
         sae.b_dec.normal_()
     x = torch.randn(B, D)
     out = sae(x)
-    f, x_hat = sae_step(sae, x)
+    f, x_hat = sae_step(sae, x)[:2]
     torch.testing.assert_close(f, out.feature_acts)
     torch.testing.assert_close(x_hat, out.reconstruction, rtol=1e-5, atol=1e-5)
 
@@ -207,18 +207,51 @@ def flat_batch_topk(pre, k):
     return torch.zeros_like(acts).scatter(0, idx, vals).view_as(pre)
 
 
-@pytest.mark.parametrize("skew", [False, True])
-def test_batch_topk_equals_the_flat_top_b_times_k(skew):
-    """The candidate shortcut is exact, also when one row holds more winners than its 4k candidates (skew)."""
-    from attnsae.sae.sparse_step import batch_topk
+@pytest.mark.parametrize("sample", [16, 1024, 65536])  # smaller than the bound needs, smaller than B*d_sae, all
+@pytest.mark.parametrize("case", ["random", "skew", "adversarial", "ties"])
+def test_batch_topk_equals_the_flat_top_b_times_k(case, sample, monkeypatch):
+    """The sampled lower bound is exact: when one row holds every winner (skew), when the sampled entries
+    are the largest so that too few entries pass the bound and it falls back (adversarial), with ties."""
+    from attnsae.sae import sparse_step
 
+    monkeypatch.setattr(sparse_step, "_SAMPLE_ENTRIES", sample)
     pre = torch.randn(B, S, generator=torch.Generator().manual_seed(3))
-    if skew:
-        pre[0] += 10.0  # row 0 wins everything: B*k = 64 winners there, more than 4k = 8 candidates
-    k = 2
-    f = batch_topk(pre, k)
-    torch.testing.assert_close(f, flat_batch_topk(pre, k))
-    assert (f[0] > 0).sum() == (B * k if skew else (f[0] > 0).sum())
+    k = 4
+    if case == "skew":
+        pre[0] += 10.0  # row 0 wins everything: B*k = 128 winners there
+    elif case == "adversarial":  # the sampled entries are the largest: the bound passes too few
+        m = min(B * S, sample)
+        pre.view(-1)[torch.arange(m) * sparse_step._HASH_STRIDE % (B * S)] += 10.0
+    elif case == "ties":
+        pre = pre.round()
+    f = sparse_step.batch_topk(pre, k)
+    if case == "ties":  # any B*k of the tied entries: the same number kept, the same values
+        ref = flat_batch_topk(pre, k)
+        assert (f > 0).sum() == (ref > 0).sum() and torch.equal(f.flatten().sort().values, ref.flatten().sort().values)
+        assert torch.equal(f[f > 0], pre[f > 0])
+    else:
+        torch.testing.assert_close(f, flat_batch_topk(pre, k))
+    rows, cols, vals = sparse_step.batch_topk_entries(pre, k)
+    key = rows * S + cols
+    assert len(key) == B * k and torch.equal(key, key.sort().values), "entries in row-major order, each once"
+    assert torch.equal(pre[rows, cols], vals)
+
+
+@pytest.mark.parametrize("path", ["relu", "topk", "batch"])
+@pytest.mark.parametrize("dense_density", [1.0, 0.0])
+@pytest.mark.parametrize("shift", [-100.0, -0.5, 1.0])
+def test_fired_and_smallest_match_f(path, dense_density, shift):
+    """The firing counts and smallest activation that the step returns, whichever path computed them, are
+    f's (TopK keeps entries whose pre-activation is <= 0 as zeros: they did not fire)."""
+    from attnsae.sae.sparse_step import firing_stats
+
+    x, params = make(shift, seed=5)
+    k, batch = {"relu": (None, False), "topk": (8, False), "batch": (3, True)}[path]
+    f, _, fired, smallest = sparse_sae_step(x, *params, k=k, batch=batch, dense_density=dense_density)
+    want_fired, want_smallest = firing_stats(f)
+    assert torch.equal(fired, want_fired) and fired.sum() == (f > 0).sum()
+    assert torch.equal(smallest, want_smallest)
+    assert (smallest == float("inf")) == (shift == -100.0)
 
 
 @pytest.mark.parametrize("shift", [-2.0, 0.0, 1.0])

@@ -53,9 +53,17 @@ def dfa_by_source(sae, pattern: torch.Tensor, v: torch.Tensor, features=None) ->
 
 def attention_parts(model, tokens: torch.Tensor, layer: int) -> dict[str, torch.Tensor]:
     """z, pattern and v of one layer from a forward that stops right after hook_z."""
-    names = {k: act_name(k, layer) for k in ("z", "pattern", "v")}
+    return attention_parts_many(model, tokens, [layer])[layer]
+
+
+def attention_parts_many(model, tokens: torch.Tensor, layers) -> dict[int, dict[str, torch.Tensor]]:
+    """{layer: z, pattern and v} of several layers from one forward that stops after the last one's hook_z."""
+    names = {(layer, k): act_name(k, layer) for layer in layers for k in ("z", "pattern", "v")}
     _, cache = model.run_with_cache(tokens, list(names.values()), stop_early=True)
-    return {k: cache[n] for k, n in names.items()}
+    parts = {layer: {} for layer in layers}
+    for (layer, k), name in names.items():
+        parts[layer][k] = cache[name]
+    return parts
 
 
 def feature_dfa(model, sae, tokens: torch.Tensor, features) -> dict[str, torch.Tensor]:

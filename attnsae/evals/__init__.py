@@ -7,6 +7,7 @@ from .metrics import (
     activation_batches,
     ce_recovered,
     fidelity,
+    fidelity_many,
     sparsity,
     sparsity_many,
     zero_ablation_by_layer,
@@ -14,6 +15,6 @@ from .metrics import (
 from .splice import IncompatibleSAE, check_compatible, sae_hook, zero_hook
 
 __all__ = [
-    "DEAD_THRESHOLD", "FidelityResult", "SparsityResult", "activation_batches", "ce_recovered", "fidelity",
+    "DEAD_THRESHOLD", "FidelityResult", "SparsityResult", "activation_batches", "ce_recovered", "fidelity", "fidelity_many",
     "sparsity", "sparsity_many", "zero_ablation_by_layer", "IncompatibleSAE", "check_compatible", "sae_hook", "zero_hook",
 ]

@@ -78,41 +78,69 @@ def _ce_kl(logits, clean_logp, tokens):
 
 @torch.no_grad()
 def fidelity(model, sae, windows: np.ndarray, batch_size: int = 8, progress: bool = True) -> FidelityResult:
-    """CE clean / spliced / zero-ablated over the next-token predictions of `windows` (on the model's device;
-    the SAE is moved there)."""
-    check_compatible(model, sae)
-    sae = sae.to(model.device)
-    hook, first = sae.cfg.hook_name, sae.cfg.first_pos
-    mean = _mean_activation(model, hook, windows, first, batch_size)
-    sums = dict(clean=0.0, sae=0.0, zero=0.0, mean=0.0, err=0.0, kl_sae=0.0, kl_zero=0.0, kl_mean=0.0)
+    """CE clean / spliced / zero-ablated / mean-ablated and the KLs over the next-token predictions of `windows`
+    (on the model's device; the SAE is moved there)."""
+    return fidelity_many(model, [sae], windows, batch_size, progress)[0]
+
+
+@torch.no_grad()
+def fidelity_many(model, saes, windows: np.ndarray, batch_size: int = 8, progress: bool = True) -> list[FidelityResult]:
+    """`fidelity` of every SAE on the same windows, sharing what they share: one forward for every hook's mean
+    activation, one clean forward per batch (its logits and the residual stream where each SAE's block starts),
+    and every splice runs from that block on (the blocks before it are the clean forward's)."""
+    for sae in saes:
+        check_compatible(model, sae)
+    saes = [sae.to(model.device) for sae in saes]
+    hooks = [sae.cfg.hook_name for sae in saes]
+    means = _mean_activations(model, saes, windows, batch_size)
+    starts = [sae.cfg.layer for sae in saes]  # None: a hook outside the blocks, spliced in a whole forward
+    resid_names = sorted({act_name("resid_pre", l) for l in starts if l is not None})
+    keys = ("clean", "sae", "zero", "mean", "err", "kl_sae", "kl_zero", "kl_mean")
+    sums = [dict.fromkeys(keys, 0.0) for _ in saes]
     n = 0
     for tokens in tqdm(token_batches(windows, batch_size), total=-(-len(windows) // batch_size), desc="CE eval",
                        disable=not progress, leave=False):
         tokens = tokens.to(model.device)
-        clean = model(tokens)
+        clean, resid = model.run_with_hooks(tokens, [], cache=resid_names) if resid_names else (model(tokens), {})
         clean_logp = F.log_softmax(clean[:, :-1].float(), -1)
-        sums["clean"] += F.nll_loss(clean_logp.flatten(0, 1), tokens[:, 1:].flatten(), reduction="sum").item()
-        for key, fn in (("sae", sae_hook(sae)), ("zero", zero_hook(first)), ("mean", mean_hook(mean, first))):
-            ce, kl = _ce_kl(model.run_with_hooks(tokens, [(hook, fn)]), clean_logp, tokens)
-            sums[key] += ce
-            sums[f"kl_{key}"] += kl
-        sums["err"] += _ce_kl(model.run_with_hooks(tokens, [(hook, sae_hook(sae, keep_error=True))]), clean_logp, tokens)[0]
+        del clean
+        ce_clean = F.nll_loss(clean_logp.flatten(0, 1), tokens[:, 1:].flatten(), reduction="sum").item()
+        for sae, hook, mean, start, acc in zip(saes, hooks, means, starts, sums):
+            first = sae.cfg.first_pos
+            resid_start = None if start is None else resid[act_name("resid_pre", start)]
+            acc["clean"] += ce_clean
+            for key, fn in (("sae", sae_hook(sae)), ("zero", zero_hook(first)), ("mean", mean_hook(mean, first)),
+                            ("err", sae_hook(sae, keep_error=True))):
+                logits = (model.run_with_hooks(tokens, [(hook, fn)]) if start is None
+                          else model.forward_from(start, resid_start, [(hook, fn)])[0])
+                ce, kl = _ce_kl(logits, clean_logp, tokens)
+                acc[key] += ce
+                if key != "err":
+                    acc[f"kl_{key}"] += kl
         n += tokens.shape[0] * (tokens.shape[1] - 1)
-    c, s, z = sums["clean"] / n, sums["sae"] / n, sums["zero"] / n
-    return FidelityResult(
-        ce_clean=c, ce_sae=s, ce_zero=z, ce_recovered=ce_recovered(c, s, z), delta_ce_sae=s - c,
-        delta_ce_zero=z - c, kl_sae=sums["kl_sae"] / n, kl_zero=sums["kl_zero"] / n, ce_mean=sums["mean"] / n,
-        kl_mean=sums["kl_mean"] / n, ce_sae_with_error=sums["err"] / n, n_tokens=n,
-    )
+    results = []
+    for acc in sums:
+        c, s, z = acc["clean"] / n, acc["sae"] / n, acc["zero"] / n
+        results.append(FidelityResult(
+            ce_clean=c, ce_sae=s, ce_zero=z, ce_recovered=ce_recovered(c, s, z), delta_ce_sae=s - c,
+            delta_ce_zero=z - c, kl_sae=acc["kl_sae"] / n, kl_zero=acc["kl_zero"] / n, ce_mean=acc["mean"] / n,
+            kl_mean=acc["kl_mean"] / n, ce_sae_with_error=acc["err"] / n, n_tokens=n,
+        ))
+    return results
 
 
-def _mean_activation(model, hook: str, windows: np.ndarray, first: int, batch_size: int) -> torch.Tensor:
-    total, count = None, 0
+def _mean_activations(model, saes, windows: np.ndarray, batch_size: int) -> list[torch.Tensor]:
+    """Each SAE's hook activation averaged over the positions it reads (>= its first_pos) of `windows`, all from
+    one forward per batch that stops after the last of them."""
+    keys = sorted({(sae.cfg.hook_name, sae.cfg.first_pos) for sae in saes})
+    totals, count = dict.fromkeys(keys, 0.0), dict.fromkeys(keys, 0)
     for tokens in token_batches(windows, batch_size):
-        x = model.run_with_cache(tokens, [hook])[1][hook][:, first:].float()
-        s = x.sum(dim=(0, 1))
-        total, count = (s if total is None else total + s), count + x.shape[0] * x.shape[1]
-    return total / count
+        acts = model.run_with_cache(tokens, sorted({hook for hook, _ in keys}))[1]
+        for hook, first in keys:
+            x = acts[hook][:, first:].float()
+            totals[hook, first] = totals[hook, first] + x.sum(dim=(0, 1))
+            count[hook, first] += x.shape[0] * x.shape[1]
+    return [totals[k] / count[k] for k in ((s.cfg.hook_name, s.cfg.first_pos) for s in saes)]
 
 
 class SparsityMeter:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..attribution.dfa import attention_parts, dfa_by_source
+from ..attribution.dfa import attention_parts_many, dfa_by_source
 from ..attribution.heads import head_attribution, layer_of, top_features_by_head
 from ..features.inputs import InputSpec, load_inputs
 from ..features.source import ActivationSource
@@ -75,7 +75,6 @@ def _majority(labels: list[str], f: int) -> str:
     return counts[0][0] if counts and counts[0][1] * 2 >= len(labels) else f"mixed (F{f})"
 
 
-@torch.no_grad()
 def auto_families(source: ActivationSource, sae, stats: FeatureStats, features, n_examples: int = 10, batch_size: int = 16,
                   progress: bool = True) -> dict[int, dict]:
     """Each feature's family from the mechanism of its top activating examples (the top windows of
@@ -85,31 +84,45 @@ def auto_families(source: ActivationSource, sae, stats: FeatureStats, features, 
     monosemanticity). The coarse family does the same after merging every "source '<token>'" label into
     CONTEXT (the head moves some earlier token that is no copy and no neighbour: context features, whatever
     the token). Returns {feature: {family, coarse_family, examples: [mechanism]}}."""
+    return auto_families_many(source, [(sae, stats, features)], n_examples, batch_size, progress)[0]
+
+
+@torch.no_grad()
+def auto_families_many(source: ActivationSource, jobs, n_examples: int = 10, batch_size: int = 16,
+                       progress: bool = True) -> list[dict[int, dict]]:
+    """`auto_families` of each (sae, stats, features) of `jobs`, the windows of all of them run once, in one forward
+    that keeps every layer's attention."""
     model, windows = source.model, source.windows
-    features = sorted({int(f) for f in features})
-    layer, bos = layer_of(sae), model.cfg.bos_token_id
+    jobs = [(sae, stats, sorted({int(f) for f in features})) for sae, stats, features in jobs]
+    bos = model.cfg.bos_token_id
     text = TokenText(getattr(model, "tokenizer", None))
-    wanted: dict[int, list[tuple[int, int]]] = {}
-    for f in features:
-        ok = stats.top_act[f] > 0
-        for w, p in list(zip(stats.top_window[f][ok].tolist(), stats.top_pos[f][ok].tolist()))[:n_examples]:
-            wanted.setdefault(w, []).append((f, p))
-    labels: dict[int, list[str]] = {f: [] for f in features}
-    ends = {w: max(p for _, p in fp) + 1 for w, fp in wanted.items()}
+    wanted: dict[int, list[tuple[int, int, int, int]]] = {}  # window: [(job, feature, rank of the example, pos)]
+    for i, (_, stats, features) in enumerate(jobs):
+        for f in features:
+            ok = stats.top_act[f] > 0
+            for r, (w, p) in enumerate(list(zip(stats.top_window[f][ok].tolist(), stats.top_pos[f][ok].tolist()))[:n_examples]):
+                wanted.setdefault(w, []).append((i, f, r, p))
+    labels = [{f: [None] * n_examples for f in features} for _, _, features in jobs]
+    ends = {w: max(p for *_, p in ifrp) + 1 for w, ifrp in wanted.items()}
     order = sorted(wanted, key=ends.get)
-    for i in tqdm(range(0, len(order), batch_size), desc="DFA of top examples", disable=not progress):
-        ws = order[i:i + batch_size]
+    layers = sorted({layer_of(sae) for sae, _, _ in jobs})
+    for b in tqdm(range(0, len(order), batch_size), desc="DFA of top examples", disable=not progress):
+        ws = order[b:b + batch_size]
         end = max(ends[w] for w in ws)
         tokens = torch.from_numpy(np.asarray(windows[ws, :end], dtype=np.int64)).to(model.device)
-        parts = attention_parts(model, tokens, layer)
+        parts = attention_parts_many(model, tokens, layers)
         for j, w in enumerate(ws):
-            for f, p in wanted[w]:
-                src = dfa_by_source(sae, parts["pattern"][j, :, p:p + 1, :p + 1].cpu(), parts["v"][j, :p + 1].cpu(), [f])
+            for i, f, r, p in wanted[w]:
+                sae = jobs[i][0]
+                layer_parts = parts[layer_of(sae)]
+                src = dfa_by_source(sae, layer_parts["pattern"][j, :, p:p + 1, :p + 1].cpu(), layer_parts["v"][j, :p + 1].cpu(),
+                                    [f])
                 top = int(src[0, 0].sum(0).argmax())  # summed over heads
-                labels[f].append(mechanism(tokens[j].cpu().numpy(), p, top, bos, text))
-    return {f: {"family": _majority(labels[f], f),
-                "coarse_family": _majority([CONTEXT if x.startswith("source ") else x for x in labels[f]], f),
-                "examples": labels[f]} for f in features}
+                labels[i][f][r] = mechanism(tokens[j].cpu().numpy(), p, top, bos, text)
+    labels = [{f: [x for x in got if x is not None] for f, got in job_labels.items()} for job_labels in labels]  # in rank order
+    return [{f: {"family": _majority(job_labels[f], f),
+                 "coarse_family": _majority([CONTEXT if x.startswith("source ") else x for x in job_labels[f]], f),
+                 "examples": job_labels[f]} for f in job_labels} for job_labels in labels]
 
 
 def read_labels(path, layers: list[int]) -> dict[tuple[int, int], str]:
@@ -229,19 +242,20 @@ def polysemanticity(source: ActivationSource, saes: list, stats: list, labels: d
     `stats` are the SAEs' over `source`."""
     model = source.model
     n_heads = model.cfg.n_heads
+    tops = [top_features_by_head(head_attribution(sae, n_heads), st.live(), k) for sae, st in zip(saes, stats)]
+    feats = [sorted({f for h in top for f, _ in h}) for top in tops]
+    if labels is None:
+        autos = auto_families_many(source, list(zip(saes, stats, feats)), n_examples, batch_size, progress)
     heads = []
-    for sae, st in zip(saes, stats):
+    for i, (sae, top) in enumerate(zip(saes, tops)):
         layer = layer_of(sae)
-        top = top_features_by_head(head_attribution(sae, n_heads), st.live(), k)
-        feats = sorted({f for h in top for f, _ in h})
         evidence, coarse = {}, {}
         if labels is None:
-            auto = auto_families(source, sae, st, feats, n_examples, batch_size, progress)
-            fam = {f: v["family"] for f, v in auto.items()}
-            coarse = {f: v["coarse_family"] for f, v in auto.items()}
-            evidence = {f: dict(Counter(v["examples"]).most_common()) for f, v in auto.items()}
+            fam = {f: v["family"] for f, v in autos[i].items()}
+            coarse = {f: v["coarse_family"] for f, v in autos[i].items()}
+            evidence = {f: dict(Counter(v["examples"]).most_common()) for f, v in autos[i].items()}
         else:
-            fam = {f: labels[layer, f] for f in feats if (layer, f) in labels}
+            fam = {f: labels[layer, f] for f in feats[i] if (layer, f) in labels}
         for h, fs in enumerate(top):
             got = [(f, s, fam.get(f)) for f, s in fs]
             known = [x for _, _, x in got if x is not None]

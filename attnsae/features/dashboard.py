@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..attribution.dfa import attention_parts, dfa_by_head, dfa_by_source
+from ..attribution.dfa import attention_parts_many, dfa_by_head, dfa_by_source
 from ..attribution.heads import head_attribution, layer_of
 from ..attribution.logit_path import logit_effects
 from ..models.text import TokenText
@@ -53,41 +53,59 @@ def choose_examples(stats: FeatureStats, f: int, n_top: int = 20, n_groups: int 
     return top, groups
 
 
-def build_dashboards(source, sae, stats: FeatureStats, features, *, n_top: int = 20, per_group: int = 3,
-                     before: int = 32, after: int = 4, n_sources: int = 5, batch_size: int = 16, seed: int = 0,
-                     progress: bool = True) -> list[dict]:
+def build_dashboards(source, sae, stats: FeatureStats, features, **kw) -> list[dict]:
     """One dashboard dict per feature (see viz.html for the layout); `stats` are the SAE's over `source`,
-    whose model runs the windows shown."""
+    whose model runs the windows shown. `kw`: build_dashboards_many's options."""
+    return build_dashboards_many(source, [(sae, stats, features)], **kw)[0]
+
+
+def build_dashboards_many(source, jobs, *, n_top: int = 20, per_group: int = 3, before: int = 32, after: int = 4,
+                          n_sources: int = 5, batch_size: int = 16, seed: int = 0, progress: bool = True) -> list[list[dict]]:
+    """`build_dashboards` for each (sae, stats, features) of `jobs` (SAEs of any layers of source's model): the
+    windows any of them shows run once, in one forward that keeps every layer's attention (instead of a forward
+    per SAE)."""
     model, windows = source.model, source.windows
-    features = [int(f) for f in features]
-    layer, n_heads = layer_of(sae), model.cfg.n_heads
+    jobs = [(sae, stats, [int(f) for f in features]) for sae, stats, features in jobs]
     text = TokenText(model.tokenizer)
+    chosen = [{f: choose_examples(stats, f, n_top, per_group=per_group, seed=seed) for f in features}
+              for _, stats, features in jobs]
+
+    # every shown (feature, window, pos) of each job, by window; a job shows a window up to its last shown position
+    # plus `after` (its own end, whatever other jobs show), and the forward runs to the furthest of those ends
+    wanted = defaultdict(lambda: defaultdict(list))
+    for i, job_chosen in enumerate(chosen):
+        for f, (top, groups) in job_chosen.items():
+            for w, p, _ in top + [e for g in groups for e in g["examples"]]:
+                wanted[w][i].append((f, p))
+    ctx = windows.shape[1]
+    ends = {w: {i: min(ctx, max(p for _, p in fp) + after + 1) for i, fp in by_job.items()} for w, by_job in wanted.items()}
+    shown = [{} for _ in jobs]
+    order = sorted(wanted, key=lambda w: max(ends[w].values()))
+    layers = sorted({layer_of(sae) for sae, _, _ in jobs})
+    with torch.no_grad():
+        for b in tqdm(range(0, len(order), batch_size), desc="dashboard examples", disable=not progress):
+            ws = order[b:b + batch_size]
+            tokens = torch.from_numpy(np.asarray(windows[ws, :max(max(ends[w].values()) for w in ws)], dtype=np.int64))
+            parts = attention_parts_many(model, tokens, layers)
+            for i, (sae, _, _) in enumerate(jobs):
+                if not any(i in wanted[w] for w in ws):
+                    continue
+                layer_parts = parts[layer_of(sae)]
+                acts = sae.encode(layer_parts["z"].flatten(2).float())
+                acts[:, :sae.cfg.first_pos] = 0
+                for j, w in enumerate(ws):
+                    for f, p in wanted[w].get(i, ()):
+                        if (f, w, p) not in shown[i]:
+                            shown[i][f, w, p] = _example(sae, layer_parts, acts, tokens, j, w, f, p, ends[w][i], before,
+                                                         n_sources, text)
+    return [_dashboards(source, sae, stats, features, chosen[i], shown[i], text) for i, (sae, stats, features) in enumerate(jobs)]
+
+
+def _dashboards(source, sae, stats: FeatureStats, features: list[int], chosen: dict, shown: dict, text) -> list[dict]:
+    model, windows = source.model, source.windows
+    layer, n_heads = layer_of(sae), model.cfg.n_heads
     attribution = head_attribution(sae, n_heads)
     path, logits = logit_effects(model, sae, features)
-    chosen = {f: choose_examples(stats, f, n_top, per_group=per_group, seed=seed) for f in features}
-
-    # every shown (feature, window, pos), grouped by window; a window is run up to its last shown position
-    wanted = defaultdict(list)
-    for f, (top, groups) in chosen.items():
-        for w, p, _ in top + [e for g in groups for e in g["examples"]]:
-            wanted[w].append((f, p))
-    ctx = windows.shape[1]
-    ends = {w: min(ctx, max(p for _, p in fp) + after + 1) for w, fp in wanted.items()}
-    shown = {}
-    order = sorted(wanted, key=ends.get)
-    with torch.no_grad():
-        for i in tqdm(range(0, len(order), batch_size), desc="dashboard examples", disable=not progress):
-            ws = order[i:i + batch_size]
-            end = max(ends[w] for w in ws)
-            tokens = torch.from_numpy(np.asarray(windows[ws, :end], dtype=np.int64))
-            parts = attention_parts(model, tokens, layer)
-            acts = sae.encode(parts["z"].flatten(2).float())
-            acts[:, :sae.cfg.first_pos] = 0
-            for j, w in enumerate(ws):
-                for f, p in wanted[w]:
-                    if (f, w, p) not in shown:
-                        shown[f, w, p] = _example(sae, parts, acts, tokens, j, w, f, p, ends[w], before, n_sources, text)
-
     dec = sae.W_dec.detach().float()
     out = []
     for f, lg in zip(features, logits):

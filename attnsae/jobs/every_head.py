@@ -24,7 +24,7 @@ import torch
 
 from ..attribution.heads import head_attribution, ranking_agreement
 from ..data import ActivationStore, load_windows
-from ..evals import fidelity, sparsity_many
+from ..evals import fidelity_many, sparsity_many
 from ..experiments.polysemanticity import polysemanticity
 from ..features.source import ActivationSource
 from ..features.stats import cached_stats
@@ -51,14 +51,14 @@ class EveryHeadConfig:
 
 def evaluate_layers(model, saes, held, cfg: EveryHeadConfig, out: Path, progress: bool = True) -> list[dict]:
     """Each layer's Table 1 row: sparsity for every layer from one pass over the held-out windows, then CE / KL
-    with the SAE, zero and mean ablation spliced in, layer by layer; rows already in L{l}/eval.json are reused."""
+    with the SAE, zero and mean ablation spliced in (evals.fidelity_many); rows already in L{l}/eval.json are reused."""
     paths = [out / f"L{sae.cfg.layer}" / "eval.json" for sae in saes]
     todo = [i for i, p in enumerate(paths) if not p.exists()]
     if todo:
         todo_saes = [saes[i].to(model.device) for i in todo]
         sparse = sparsity_many(model, todo_saes, held[: cfg.sparsity_windows], progress=progress)
-        for i, sae, (sp, _) in zip(todo, todo_saes, sparse):
-            fid = fidelity(model, sae, held[: cfg.eval_windows], progress=False)
+        fids = fidelity_many(model, todo_saes, held[: cfg.eval_windows], progress=progress)
+        for i, sae, (sp, _), fid in zip(todo, todo_saes, sparse, fids):
             row = {"layer": sae.cfg.layer, "d_sae": sae.d_sae, **sp.to_dict(), **fid.to_dict()}
             paths[i].write_text(json.dumps(row, indent=1))
     return [json.loads(p.read_text()) for p in paths]

@@ -1,9 +1,9 @@
 """The training loop shared by every recipe (recipes/: the loss, the decoder constraint, lr
 multiplier, resampling), and `train_sae`, which trains an SAE into a run folder unless it is there.
 
-The L1 and TopK recipes run the SAE through `sparse_step.sae_step`: the same gradients as plain
-autograd, but the decoder and the backward touch only the active latents; BatchTopK, JumpReLU and
-Matryoshka use plain autograd.
+The L1, TopK, BatchTopK and Matryoshka recipes run the SAE through `sparse_step.sae_step`: the same
+gradients as plain autograd, but the decoder and the backward touch only the active latents (Matryoshka
+adds its prefixes' dense products); JumpReLU uses plain autograd.
 
 The loop checkpoints atomically every `checkpoint_every` steps (checkpoint.py), so `kill -9` loses
 at most one interval, and `resume=True` continues the same run: batches come from a seeded
@@ -122,7 +122,8 @@ class Trainer:
         self.sae.reset_parameters(torch.Generator().manual_seed(cfg.seed))
         self.sae.to(self.device)
         self.recipe = RECIPES[cfg.recipe](self.sae, cfg)
-        self.opt = torch.optim.Adam(self.sae.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
+        # fused: one kernel for every parameter's update (on the CPU 3x faster than the default loop)
+        self.opt = torch.optim.Adam(self.sae.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), fused=True)
         self.step = 0
         self.tokens = 0
         self.scale = 1.0  # inputs are multiplied by this while training
@@ -205,7 +206,7 @@ class Trainer:
         for g in self.opt.param_groups:
             g["lr"] = self.lr_at(self.step)
         with self._autocast:
-            loss, f, recon = self.recipe.loss(x, self.step)
+            loss, f, recon, fired = self.recipe.loss(x, self.step)
         if not torch.isfinite(loss):
             saved = checkpoint.folder(self.out) / "state.json"
             kept = (f"the last checkpoint (step {json.loads(saved.read_text())['step']}, in {saved.parent}) is intact"
@@ -218,8 +219,8 @@ class Trainer:
         self.opt.step()
         self.recipe.after_optimizer_step()
         with torch.no_grad():
-            active = f > 0
-            fired = active.sum(0)
+            if fired is None:
+                fired = (f > 0).sum(0)
             self.fire_counts += fired
             self.recent_counts += fired
             self.fire_tokens += x.shape[0]
@@ -236,7 +237,7 @@ class Trainer:
         rec = None
         if self.step % 50 == 0 or self.step == cfg.steps:
             with torch.no_grad():
-                l0 = active.sum(-1).float().mean().item()
+                l0 = fired.sum().item() / x.shape[0]
                 mse = (recon.float() - x).pow(2).sum(-1).mean().item() / self.scale**2
                 ev = 1 - (recon.float() - x).pow(2).sum().item() / (x - x.mean(0)).pow(2).sum().item()
                 dead = int(self.silent_mask().sum())

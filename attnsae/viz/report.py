@@ -17,7 +17,7 @@ import torch
 
 from ..attribution.heads import head_attribution, head_ranking, layer_of, top_features_by_head
 from ..evals.metrics import DEAD_THRESHOLD
-from ..features.dashboard import build_dashboards
+from ..features.dashboard import build_dashboards_many
 from ..features.stats import feature_stats, random_live
 from .dashboard import write_dashboards
 from .html import render_head_page, render_index, write_html
@@ -45,19 +45,20 @@ def head_report(source, saes: list, out, k: int = 10, n_random: int = 0, seed: i
     t_stats = time.perf_counter() - t0
     model = source.model
     n_heads = model.cfg.n_heads
-    layers, t_dash, n_dash = [], 0.0, 0
-    for i, (sae, stats) in enumerate(zip(saes, all_stats)):
-        layer = layer_of(sae)
-        stats.save(out / "stats" / f"L{layer}.safetensors")
-        attribution = head_attribution(sae, n_heads)
-        live = stats.live()
-        top = top_features_by_head(head_ranking(attribution, stats.head_fve, rank_by), live, k)
-        extra = random_live(stats, n_random, seed) if n_random else []
-        features = sorted({f for head in top for f, _ in head} | set(extra))
-        t = time.perf_counter()
-        dashboards = build_dashboards(source, sae, stats, features, seed=seed, batch_size=16, progress=progress, **dashboard_kw)
-        t_dash += time.perf_counter() - t
-        n_dash += len(dashboards)
+    layers = []
+    attributions = [head_attribution(sae, n_heads) for sae in saes]
+    tops, extras, jobs = [], [], []
+    for sae, stats, attribution in zip(saes, all_stats, attributions):
+        stats.save(out / "stats" / f"L{layer_of(sae)}.safetensors")
+        tops.append(top_features_by_head(head_ranking(attribution, stats.head_fve, rank_by), stats.live(), k))
+        extras.append(random_live(stats, n_random, seed) if n_random else [])
+        jobs.append((sae, stats, sorted({f for head in tops[-1] for f, _ in head} | set(extras[-1]))))
+    t = time.perf_counter()
+    all_dashboards = build_dashboards_many(source, jobs, seed=seed, batch_size=16, progress=progress, **dashboard_kw)
+    t_dash, n_dash = time.perf_counter() - t, sum(map(len, all_dashboards))
+    for i, (sae, stats, attribution, top, extra, dashboards) in enumerate(
+            zip(saes, all_stats, attributions, tops, extras, all_dashboards)):
+        layer, live = layer_of(sae), stats.live()
         by_feature = {d["feature"]: d for d in dashboards}
         links = write_dashboards(dashboards, out, layer, n_heads)
         heads = []

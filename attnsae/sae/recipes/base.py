@@ -24,6 +24,10 @@ class StepOutput(NamedTuple):
     reconstruction: torch.Tensor
     """x_hat, [batch, d_in], on the trainer's scaled inputs."""
 
+    fired: torch.Tensor | None = None
+    """[d_sae]: on how many inputs of the batch each latent fired, when the step knows it without a pass over f
+    (sparse_step.sae_step); None: the trainer counts from f."""
+
 
 class Recipe:
     """Base: Adam on all parameters, unit-norm decoder rows, no lr change, no state.

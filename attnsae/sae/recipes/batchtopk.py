@@ -29,15 +29,15 @@ class BatchTopKRecipe(TopKRecipe):
 
     def activate(self, x):
         """The sparse step: the decoder and the backward touch only the kept entries."""
-        f, recon = sae_step(self.sae, x, batch_k=self.cfg.k)
+        step = sae_step(self.sae, x, batch_k=self.cfg.k)
         with torch.no_grad():  # a tensor, so a GPU step does not wait for the host
-            low = torch.where(f > 0, f, torch.inf).amin()  # inf when nothing was kept: no information
+            low = step.smallest  # inf when nothing was kept: no information
             if self.threshold is None:
                 self.threshold = torch.where(torch.isfinite(low), low, 0.0)
             else:
                 self.threshold = self.threshold + THRESHOLD_EMA * (torch.where(torch.isfinite(low), low, self.threshold)
                                                                    - self.threshold)
-        return f, recon
+        return step
 
     def finalize(self, sae):
         sae.set_threshold_(0.0 if self.threshold is None else float(self.threshold))

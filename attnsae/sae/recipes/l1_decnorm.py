@@ -25,11 +25,11 @@ class L1DecoderNormRecipe(Recipe):
             sae.W_enc.copy_(sae.W_dec.T)
 
     def loss(self, x, step):
-        f, recon = sae_step(self.sae, x)
+        f, recon, fired, _ = sae_step(self.sae, x)
         warm = min(1.0, step / max(1, L1_WARMUP_FRAC * self.cfg.steps))
         l2 = (recon - x).pow(2).sum(-1).mean()
         l1 = (f * self.sae.W_dec.norm(dim=1)).sum(-1).mean()
-        return StepOutput(l2 + warm * self.cfg.l1_coeff * l1, f, recon)
+        return StepOutput(l2 + warm * self.cfg.l1_coeff * l1, f, recon, fired)
 
     def finalize(self, sae):
         sae.fold_decoder_norm_()

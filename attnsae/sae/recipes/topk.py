@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..sparse_step import sae_step
+from ..sparse_step import SparseStep, sae_step
 from .base import Recipe, StepOutput
 
 AUX_COEFF = 1 / 32  # weight of the AuxK loss (Gao et al. 2024)
@@ -27,18 +27,18 @@ class TopKRecipe(Recipe):
         # or a tenth of the run when that is shorter (our choice, so short runs use AuxK at all)
         self.dead_after = min(cfg.dead_window, cfg.steps * cfg.batch_size // 10)
 
-    def activate(self, x):
-        """(f, x_hat) for the batch: TopK per row. The decoder touches only the k active latents."""
+    def activate(self, x) -> SparseStep:
+        """TopK per row. The decoder touches only the k active latents."""
         return sae_step(self.sae, x)
 
     def loss(self, x, step):
         sae = self.sae
-        f, recon = self.activate(x)
+        f, recon, fired, _ = self.activate(x)
         err = x - recon
         loss = err.pow(2).sum(-1).mean()
         with torch.no_grad():
             self.tokens_seen += x.shape[0]
-            self.last_fired[(f > 0).any(0)] = self.tokens_seen
+            self.last_fired[fired > 0] = self.tokens_seen
             dead = ((self.tokens_seen - self.last_fired) > self.dead_after).nonzero().flatten()
         if len(dead):  # AuxK on the dead latents' columns only
             xc = x - sae.b_dec if sae.cfg.apply_b_dec_to_input else x
@@ -49,4 +49,4 @@ class TopKRecipe(Recipe):
             e = err.detach()
             aux = (a_rec.float() - e).pow(2).sum(-1).mean() / e.pow(2).sum(-1).mean().clamp_min(1e-8)
             loss = loss + AUX_COEFF * aux
-        return StepOutput(loss, f, recon)
+        return StepOutput(loss, f, recon, fired)
