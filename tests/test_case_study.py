@@ -216,7 +216,7 @@ def test_cli_case_study(cli_setup, monkeypatch, capsys):
                        "n_fire_and_proxy", "density", "max_act", "mean_act", "precision", "precision_by_mass",
                        "precision_above", "sensitivity", "n_false_negatives", "false_negatives", "top_false_positives",
                        "histogram", "sae", "store", "run"]
-    assert r["run"] == {"model_dtype": "bfloat16"}  # the precision the numbers came from
+    assert r["run"] == {"model_dtype": "float32"}  # the precision the numbers came from (fp32 by default)
     assert r["sae"] == str(tmp / "sae") and r["store"] is None
     for argv, message in [
         (["--feature", "3", "--proxy", "nonsense"], "does not parse"),

@@ -161,7 +161,8 @@ def add_inputs(p, windows: int, multi_sae: bool = False, store_windows: str = "r
     which = {"random": "random windows of the corpus, or of the store", "first": "random windows of the corpus, or the "
              "store's first", "all": "without --store: random windows of the corpus; with it, all its windows"}[store_windows]
     p.add_argument("--windows", type=POSITIVE, default=windows, help=which + " (default: %(default)s)")
-    add_model_dtype(p)
+    add_model_dtype(p, "float32", help="model precision (default: %(default)s; bfloat16 is ~2x faster here but moves DFA "
+                    "by up to 14%% on SmolLM2 and flips rarely firing features between live and dead)")
     add_device(p)
     add_seed(p)
     p.set_defaults(store_windows=store_windows)

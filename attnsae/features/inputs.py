@@ -29,7 +29,7 @@ class InputSpec:
     corpus: str = "default"  # without a store
     windows: int = 2000
     seed: int = 0
-    model_dtype: str = "bfloat16"
+    model_dtype: str = "float32"  # bfloat16 moves activations and DFA by up to 14% on SmolLM2
     device: str = "auto"  # the model's (models.device.resolve_device); statistics and SAEs stay on the CPU
     store_windows: str = "random"  # which of a store's windows (STORE_WINDOWS); a corpus's are always random
 
