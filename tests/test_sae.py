@@ -1,3 +1,4 @@
+import itertools
 import json
 import math
 import os
@@ -207,6 +208,30 @@ def test_resume_refuses_a_different_config(tmp_path):
     other = TrainConfig(steps=20, batch_size=64, dtype="float32", hist_every=0, checkpoint_every=10, l1_coeff=9.0)
     with pytest.raises(ValueError, match="different training config"):
         Trainer(SAEConfig(d_in=32, d_sae=64), other, tmp_path, batches_of(data, 64), progress=False).train()
+
+
+@pytest.mark.parametrize("field,value", [("model_name", "another-model"), ("hook_name", "blocks.2.attn.hook_z"),
+                                         ("processing", {"fold_value_biases": True}), ("dataset_path", "other.txt")])
+def test_resume_and_reuse_refuse_an_sae_trained_on_other_data(tmp_path, field, value):
+    """A checkpoint or a finished SAE in the folder came from other data (another model's store, hook, processing,
+    corpus): continuing or reusing it would label old weights with the new data."""
+    import dataclasses
+
+    data, _ = planted(n=5000)
+    cfg = TrainConfig(steps=20, batch_size=64, dtype="float32", hist_every=0, checkpoint_every=10)
+    ours = SAEConfig(d_in=32, d_sae=64, model_name="tiny", hook_name="blocks.1.attn.hook_z", dataset_path="corpus.txt")
+    theirs = dataclasses.replace(ours, **{field: value})
+    tr = Trainer(ours, cfg, tmp_path / "ckpt", batches_of(data, 64), progress=False)
+    tr.start(resume=False)
+    for x in itertools.islice(batches_of(data, 64)(0), 10):
+        tr.train_step(x)  # the checkpoint at step 10
+    with pytest.raises(ValueError, match=f"holds an SAE trained on other data \\({field}: "):
+        Trainer(theirs, cfg, tmp_path / "ckpt", batches_of(data, 64), progress=False).train()
+    train_sae(ours, cfg, tmp_path / "run", batches_of(data, 64), progress=False)
+    with pytest.raises(ValueError, match=f"holds an SAE trained on other data \\({field}: .*--restart"):
+        train_sae(theirs, cfg, tmp_path / "run", batches_of(data, 64), progress=False)
+    train_sae(theirs, cfg, tmp_path / "run", batches_of(data, 64), progress=False, resume=False)  # --restart retrains
+    assert getattr(load_sae(tmp_path / "run" / "sae").cfg, field) == value
 
 
 def test_nan_loss_stops_with_a_clear_error(tmp_path):

@@ -49,6 +49,7 @@ def save(out, sae: SAE, opt: torch.optim.Optimizer, train_config: dict, counters
     meta = {k: v for k, v in counters.items() if not torch.is_tensor(v)}
     meta["recipe"] = {k: v for k, v in recipe_state.items() if not torch.is_tensor(v)}
     meta["train_config"] = train_config
+    meta["sae_config"] = sae.cfg.to_dict()  # what it is trained on: a resume on other data is refused
     (tmp / "state.json").write_text(json.dumps(meta))
     if folder(out).exists():
         if old.exists():  # left by a kill after the last save's second rename: the current checkpoint supersedes it
@@ -78,10 +79,13 @@ def load(out, sae: SAE, opt: torch.optim.Optimizer, train_config: dict) -> tuple
                                  "the start") from None
             print(f"note: checkpoint {d} is unreadable ({why}); resuming from {candidates[i + 1]}", file=sys.stderr)
     _check_same_config(meta.pop("train_config"), train_config, d)
+    if "sae_config" in meta:  # older checkpoints did not record it
+        check_same_data(meta.pop("sae_config"), sae.cfg, d)
     sae.load_state_dict({k[4:]: v for k, v in t.items() if k.startswith("sae.")})
     for i, p in enumerate(sae.parameters()):
         if f"adam.{i}.exp_avg" in t:
-            opt.state[p] = {"step": torch.tensor(float(t[f"adam.{i}.step"][0]))}
+            # on the parameter's device: the fused Adam wants it there
+            opt.state[p] = {"step": torch.tensor(float(t[f"adam.{i}.step"][0]), device=p.device)}
             opt.state[p] |= {key: t[f"adam.{i}.{key}"] for key in ADAM_MOMENTS}
     recipe_state = meta.pop("recipe") | {k[7:]: v for k, v in t.items() if k.startswith("recipe.")}
     counters = meta | {k: v for k, v in t.items() if "." not in k}
@@ -93,6 +97,21 @@ def config_diff(saved: dict, current: dict) -> dict:
     one predates (added to TrainConfig since) are not compared; tuples compare as the lists JSON saved."""
     current = json.loads(json.dumps(current))
     return {k: (saved[k], v) for k, v in current.items() if k in saved and saved[k] != v}
+
+
+# The fields of an SAE config that say what data it is trained on
+DATA_FIELDS = ("model_name", "hook_name", "hook_head_index", "processing", "context_size", "first_pos", "dataset_path", "d_in")
+
+
+def check_same_data(saved: dict, asked, where: Path) -> None:
+    """Refuse to continue (or reuse) an SAE trained on other data (another model, hook, processing, context or
+    corpus) than `asked` (an SAEConfig): the result would be labelled with the new data but learnt from the old."""
+    asked = json.loads(json.dumps(asked.to_dict()))
+    diff = {k: (saved[k], asked[k]) for k in DATA_FIELDS if k in saved and saved[k] != asked[k]}
+    if diff:
+        detail = ", ".join(f"{k}: {a!r} there, {b!r} asked" for k, (a, b) in diff.items())
+        raise ValueError(f"{where} holds an SAE trained on other data ({detail}); use a new output folder, or --restart "
+                         "to train from the start")
 
 
 def _check_same_config(saved: dict, current: dict, where: Path) -> None:

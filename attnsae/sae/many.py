@@ -39,7 +39,7 @@ def _train(sae_cfgs, cfg, out_dirs, source, progress, resume, device) -> dict[st
     for hook, sae_cfg in sae_cfgs.items():
         out = Path(out_dirs[hook])
         if resume and (out / "sae" / "cfg.json").exists():
-            check_same_training(out / "sae", cfg)
+            check_same_training(out / "sae", cfg, sae_cfg)
             done[hook] = out / "sae"
             continue
         trainers[hook] = Trainer(sae_cfg, cfg, out / "train",

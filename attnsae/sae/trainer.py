@@ -28,7 +28,7 @@ from ..models.device import autocast as device_autocast
 from ..models.device import resolve_device
 from ..models.hooks import parse
 from . import checkpoint
-from .io import save_sae
+from .io import load_sae, save_sae
 from .recipes import RECIPES
 from .sae import SAE, SAEConfig
 
@@ -303,8 +303,10 @@ class Trainer:
                           title=f"density over {self.recent_tokens:,} inputs to step {self.step}")
 
 
-def check_same_training(sae_dir: Path, train_cfg: TrainConfig) -> None:
-    """Refuse to reuse a finished SAE trained with another config: its numbers would silently stand for this one."""
+def check_same_training(sae_dir: Path, train_cfg: TrainConfig, sae_cfg: SAEConfig) -> None:
+    """Refuse to reuse a finished SAE trained with another config or on other data: its numbers would silently
+    stand for this one."""
+    checkpoint.check_same_data(load_sae(sae_dir).cfg.to_dict(), sae_cfg, sae_dir)
     saved = json.loads((sae_dir / "cfg.json").read_text()).get("attnsae", {}).get("training", {})
     diff = checkpoint.config_diff(saved, train_cfg.to_dict())
     if diff:
@@ -321,7 +323,7 @@ def train_sae(sae_cfg: SAEConfig, train_cfg: TrainConfig, out_dir, batches_from,
     out = Path(out_dir)
     with hold(out, "training"):  # two runs on one folder would overwrite each other's checkpoints
         if resume and (out / "sae" / "cfg.json").exists():
-            check_same_training(out / "sae", train_cfg)
+            check_same_training(out / "sae", train_cfg, sae_cfg)
             return out / "sae"
         trainer = Trainer(sae_cfg, train_cfg, out / "train", batches_from, progress=progress, device=device)
         return trainer.save(out / "sae", trainer.train(resume=resume))
