@@ -1,0 +1,113 @@
+"""Recursive DFA: every split sums exactly to what it splits, checked against the model's own forward on tiny
+GPT-2, Llama (GQA, RoPE) and Gemma 3 (post-attention norm, 1 + w gains) models."""
+
+import pytest
+import torch
+
+from attnsae.attribution.rdfa import PromptTrace, feature_dfa, rdfa_tree, source_parts, value_readout
+from attnsae.sae import SAE, SAEConfig
+
+from .test_attribution import random_sae
+
+
+def resid_sae(model, layer, d_sae=48, seed=3):
+    c = model.cfg
+    sae = SAE(SAEConfig(d_in=c.d_model, d_sae=d_sae, hook_name=f"blocks.{layer}.hook_resid_pre", model_name=c.name))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.randn(c.d_model, d_sae, generator=g) * 0.3)
+        sae.W_dec.copy_(torch.randn(d_sae, c.d_model, generator=g) * 0.3)
+        sae.b_enc.copy_(torch.randn(d_sae, generator=g) * 0.1)
+        sae.b_dec.copy_(torch.randn(c.d_model, generator=g) * 0.1)
+    return sae
+
+
+@pytest.fixture
+def trace(tiny, tokens):
+    model = tiny[0]
+    attn = {0: random_sae(model, layer=0, d_sae=40, seed=1), 1: random_sae(model, layer=1, d_sae=40, seed=2)}
+    for sae in attn.values():
+        with torch.no_grad():
+            sae.W_dec.normal_(generator=torch.Generator().manual_seed(5))
+    return PromptTrace(model, tokens[0], attn, {1: resid_sae(model, 1)})
+
+
+def close(a, b):
+    assert a == pytest.approx(b, rel=1e-4, abs=1e-5)
+
+
+def test_dfa_by_head_and_source_sum_to_the_pre_activation(trace):
+    for dest in (3, len(trace) - 1):
+        for f in range(0, 40, 7):
+            d = feature_dfa(trace, 1, f, dest)
+            close(d.bias + float(d.by_head.sum()), d.pre)
+            close(d.bias + float(d.by_source.sum()), d.pre)
+            assert d.by_source.shape == (dest + 1, trace.model.cfg.n_heads)
+
+
+def test_each_source_term_is_the_residual_stream_read_out_through_frozen_ln1(trace):
+    """r . x[S] + c, from the weights and the frozen scale, equals the term DFA gets from the model's own v."""
+    dest, f = len(trace) - 1, 11
+    d = feature_dfa(trace, 1, f, dest)
+    for src in range(dest + 1):
+        parts = source_parts(trace, 1, f, dest, src, top=None)
+        close(parts["total"], float(d.by_source[src].sum()))
+        close(sum(parts["components"].values()) + parts["value_bias"], parts["total"])
+        up = parts["upstream"][0]  # layer 0's output into its attention-SAE features (through Gemma's post-norm)
+        close(up["total"], parts["components"]["attn_out.0"])
+        close(sum(v for *_, v in up["features"]) + up["error"] + up["bias"], up["total"])
+        assert up["n_active"] == len(up["features"]) == int((trace.acts[0][src] > 0).sum())
+        res = parts["resid"]  # the residual stream into the residual SAE's features
+        close(sum(v for *_, v in res["features"]) + res["error"] + res["bias"] + parts["value_bias"], parts["total"])
+
+
+def test_the_readout_is_linear_in_the_residual_stream(trace):
+    """Doubling the stream's part along r changes nothing else: r is the gradient of the source term w.r.t. x[S]
+    with scale and pattern frozen, checked against autograd through the model's own ln1 and W_V."""
+    model, c = trace.model, trace.model.cfg
+    dest, src, f = len(trace) - 1, 2, 5
+    r, const = value_readout(trace, 1, f, dest, src)
+    block = model.blocks[1]
+    x = trace.cache["blocks.1.hook_resid_pre"][src].clone().requires_grad_()
+    scale = trace.cache["blocks.1.ln1.hook_scale"][src]
+    xc = x - x.mean() if c.norm == "layernorm" else x
+    ln = xc / scale * (block.ln1_w.float() + c.norm_gain_offset) + (block.ln1_b if c.norm == "layernorm" else 0)
+    v = (ln @ block.W_V.float() + (block.b_V if c.biases else 0)).view(c.n_kv_heads, c.d_head)
+    v = v[torch.arange(c.n_heads) // c.group_size]
+    a = trace.cache["blocks.1.attn.hook_pattern"][:, dest, src]
+    w = trace.attn_saes[1].W_enc.float()[:, f].view(c.n_heads, c.d_head)
+    term = (a[:, None] * v * w).sum()
+    term.backward()
+    torch.testing.assert_close(r, x.grad, rtol=1e-4, atol=1e-6)
+    close(float(r @ x.detach()) + const, float(term.detach()))
+
+
+def test_recursion_traces_an_upstream_feature_as_a_feature_at_its_source(trace):
+    tree = rdfa_tree(trace, 1, 11, len(trace) - 1, depth=2, n_sources=2, n_features=2)
+    assert len(tree["sources"]) == 2
+    for s in tree["sources"]:
+        assert len(s["children"]) == 2
+        for child in s["children"]:
+            assert child["layer"] == 0 and child["dest"] == s["src"]
+            close(child["pre"], float(trace.pre[0][s["src"], child["feature"]]))
+            up = {j: v for j, _, v in s["parts"]["upstream"][0]["features"]}
+            close(child["value"], up[child["feature"]])
+            assert child["sources"] and all(not g["children"] for g in child["sources"])  # depth 2: leaves
+
+
+def test_bad_requests_are_refused_with_the_reason(tiny, tokens, trace):
+    model = tiny[0]
+    with pytest.raises(ValueError, match="no attention SAE at layer 3"):
+        feature_dfa(trace, 3, 0, 2)
+    with pytest.raises(ValueError, match="feature 40 out of range"):
+        feature_dfa(trace, 1, 40, 2)
+    with pytest.raises(ValueError, match="position 99 out of range"):
+        feature_dfa(trace, 1, 0, 99)
+    with pytest.raises(ValueError, match="source 5 out of range"):
+        source_parts(trace, 1, 0, 4, 5)
+    with pytest.raises(ValueError, match="reads blocks.1.attn.hook_z"):
+        PromptTrace(model, tokens[0], {0: random_sae(model, layer=1)})
+    with pytest.raises(ValueError, match="needs the model in float32"):
+        import copy
+
+        PromptTrace(copy.deepcopy(model).to(torch.bfloat16), tokens[0], {1: random_sae(model)})
