@@ -109,6 +109,11 @@ CORRUPT_SAE, PICKLED_SAE = _hostile_files()
     (["train", "--store", "/nonexistent/store", "--prefixes", "1.5", *OUT], "--prefixes: 1.5 is out of range"),
     (["train", "--store", "/nonexistent/store", "--recipe", "matryoshka_batchtopk", "--prefixes", "0.5", "0.25", *OUT],
      "prefixes must be fractions of d_sae rising strictly within (0, 1]"),
+    (["trace", *NO_SAE, "--prompt", "hi", *OUT], "not an SAE folder"),
+    (["trace", *NO_SAE, "--prompt", "hi", "--depth", "0", *OUT], "--depth: 0 is out of range"),
+    (["trace", *NO_SAE, "--prompt", "hi", "--sources", "99", *OUT], "--sources: 99 is out of range"),
+    (["trace", *NO_SAE, "--prompt", "hi", "--feature", "1", "x", "3", *OUT], "invalid int value: 'x'"),
+    (["trace", *NO_SAE, *OUT], "the following arguments are required: --prompt"),
 ])
 def test_bad_input_is_a_one_line_error_not_a_traceback(args, message):
     r = attnsae(*args)
@@ -160,6 +165,31 @@ def test_harvest_train_eval_from_the_command_line_on_a_local_gpt2(gpt2_run):
                 "--steps", "10", "--batch-size", "64", "--expansion", "2", env=env)
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "streamed" / "sae" / "cfg.json").read_text())["hook_name"] == "blocks.0.attn.hook_z"
+
+
+def test_trace_writes_top_features_and_an_rdfa_tree(gpt2_run):
+    tmp_path, common, env = gpt2_run
+    sae = str(tmp_path / "run" / "sae")
+    out = tmp_path / "trace"
+    r = attnsae("trace", "--sae", sae, "--model", common[1], "--prompt", "The quick brown fox jumps", "--k", "3",
+                "--feature", "1", "0", "-1", "--depth", "1", "--out", str(out), env=env)
+    assert r.returncode == 0, r.stderr
+    t = json.loads((out / "trace.json").read_text())
+    assert t["tokens"][1:] == ["The", " quick", " brown", " fox", " jumps"] and t["layers"] == [1]
+    assert len(t["top"]["1"]) == 6 and all(len(fs) <= 3 for fs in t["top"]["1"])
+    tree = t["tree"]
+    assert (tree["layer"], tree["feature"], tree["dest"]) == (1, 0, 5) and t["run"] == {"model_dtype": "float32"}
+    assert tree["pre"] == pytest.approx(tree["bias"] + sum(tree["by_head"]), abs=1e-4)
+    assert "RDFA" in r.stdout and "<- source" in r.stdout
+    for argv, message in [(["--feature", "0", "1", "2"], "no attention SAE at layer 0 (layers with one: [1])"),
+                          (["--feature", "1", "999", "2"], "feature 999 out of range"),
+                          (["--feature", "1", "0", "6"], "position 6 out of range"),
+                          (["--prompt", ""], "the prompt is empty"),
+                          (["--resid-sae", sae], "reads blocks.1.attn.hook_z, not blocks.1.hook_resid_pre")]:
+        args = ["--prompt", "The quick brown fox jumps", *argv] if argv[0] != "--prompt" else argv
+        r = attnsae("trace", "--sae", sae, "--model", common[1], *args, "--out", str(tmp_path / "bad"), env=env)
+        assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "bad").exists()
 
 
 def test_report_dfa_and_rating_from_the_command_line(gpt2_run):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import features, heads, inspect, jobs, train
+from . import explore, features, heads, inspect, jobs, train
 
 EPILOG = """\
 examples:
@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    for area in (jobs, train, inspect, heads, features):
+    for area in (jobs, train, inspect, heads, features, explore):
         area.add_parsers(sub)
     return parser
 

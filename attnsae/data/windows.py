@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 
@@ -86,10 +87,25 @@ def load_windows(model, spec: WindowSpec) -> tuple[np.ndarray, np.ndarray]:
     """Tokenize `spec.corpus` with the model's tokenizer; returns (train, heldout) windows."""
     from .corpus import iter_documents
 
+    windows = make_windows(iter_documents(spec.corpus), model.tokenizer, spec, bos_id(model))
+    return split_windows(windows, spec.heldout_frac, spec.seed)
+
+
+def bos_id(model) -> int:
+    """The token every window starts with: the model's BOS (its tokenizer's, else its EOS)."""
     if model.tokenizer is None:
         raise ValueError("this model has no tokenizer; pass token windows directly")
     bos = model.cfg.bos_token_id
     if bos is None:
         bos = model.tokenizer.bos_token_id if model.tokenizer.bos_token_id is not None else model.tokenizer.eos_token_id
-    windows = make_windows(iter_documents(spec.corpus), model.tokenizer, spec, bos)
-    return split_windows(windows, spec.heldout_frac, spec.seed)
+    return bos
+
+
+def prompt_tokens(model, text: str, max_tokens: int | None = None) -> torch.Tensor:
+    """[n] token ids of `text` after BOS, as the windows SAEs are trained on start."""
+    ids = [bos_id(model)] + model.tokenizer.encode(text, add_special_tokens=False)
+    if len(ids) < 2:
+        raise ValueError("the prompt is empty")
+    if max_tokens is not None and len(ids) > max_tokens:
+        raise ValueError(f"the prompt is {len(ids)} tokens (BOS included), more than the {max_tokens} allowed")
+    return torch.tensor(ids)

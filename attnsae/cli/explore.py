@@ -1,0 +1,76 @@
+"""Tracing prompts through features: `trace` (one prompt, top features and a recursive DFA tree, as files)."""
+
+from __future__ import annotations
+
+import argparse
+
+from . import args as a
+
+MAX_PROMPT_TOKENS = 512  # a trace holds every layer's pattern: [n_heads, n, n] per layer
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser(
+        "trace", help="one prompt through the SAEs: top features at every position and layer, and a feature's recursive "
+        "DFA (RDFA) tree back through sources, components and upstream features",
+        description="Runs the prompt (BOS first, as in training) in float32 with an attention SAE per --sae, and writes "
+        "trace.json: every position's top --k features per layer. With --feature L F POS it also traces that feature "
+        "(layer L, index F, at position POS): DFA by head and by source; each of the --sources strongest sources split "
+        "into the residual stream's components (embedding, each earlier attention and MLP output), each earlier "
+        "attention output into its SAE's features, and the residual stream into --resid-sae features; then the "
+        "--features strongest upstream attention features are traced the same way at their source, --depth levels "
+        "down. Attention patterns and norm scales are frozen at the prompt's values, so every split sums exactly; "
+        "MLP outputs are not split (not linear).",
+        epilog="example: attnsae trace --sae runs/every_head/L9/sae --sae runs/every_head/L15/sae --prompt 'When Mary and "
+        "John went to the store, John gave a drink to' --feature 15 1200 -1 --out runs/trace",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sae", action="append", required=True, help="an attention SAE folder (blocks.L.attn.hook_z); repeat")
+    p.add_argument("--resid-sae", action="append", default=[], help="a residual-stream SAE folder (blocks.L.hook_resid_pre) "
+                   "for step 3; repeat")
+    a.add_model(p, None, "default: the model named in the SAEs' configs")
+    p.add_argument("--prompt", required=True, help=f"the text (at most {MAX_PROMPT_TOKENS} tokens)")
+    p.add_argument("--k", type=a.POSITIVE, default=5, help="top features per position and layer (default: %(default)s)")
+    p.add_argument("--feature", nargs=3, type=int, metavar=("LAYER", "FEATURE", "POS"),
+                   help="trace this feature; POS counts tokens from 0 = BOS, negative from the end")
+    p.add_argument("--depth", type=a._number(int, 1, 6, what="give 1 to 6"), default=2,
+                   help="levels of recursion (default: %(default)s)")
+    p.add_argument("--sources", type=a._number(int, 1, 20, what="give 1 to 20"), default=3,
+                   help="strongest sources split per node (default: %(default)s)")
+    p.add_argument("--features", type=a._number(int, 1, 20, what="give 1 to 20"), default=3,
+                   help="strongest upstream attention features followed per source (default: %(default)s)")
+    a.add_device(p)
+    p.add_argument("--out", required=True)
+    p.set_defaults(fn=run_trace, model_dtype="float32")
+
+
+def run_trace(args) -> None:
+    from ..attribution.trace import trace_prompt
+    from ..data.windows import prompt_tokens
+    from ..evals import check_compatible
+    from ..evals.splice import model_for_saes
+    from ..sae import load_sae
+
+    saes = [load_sae(p) for p in args.sae]
+    resid = [load_sae(p) for p in args.resid_sae]
+    model = model_for_saes(saes + resid, args.model, dtype="float32", device=args.device)
+    for sae in saes + resid:
+        check_compatible(model, sae)
+    attn = _by_layer(saes, "--sae")
+    tokens = prompt_tokens(model, args.prompt, MAX_PROMPT_TOKENS)
+    feature = None
+    if args.feature:
+        layer, f, pos = args.feature
+        feature = (layer, f, pos + len(tokens) if pos < 0 else pos)
+    a.report(trace_prompt(model, attn, tokens, args.prompt, _by_layer(resid, "--resid-sae"), args.k, feature, args.depth,
+                          args.sources, args.features), args)
+
+
+def _by_layer(saes, option: str) -> dict:
+    out = {}
+    for sae in saes:
+        if sae.cfg.layer is None:
+            raise ValueError(f"{option}: {sae.cfg.hook_name} is not in a block")
+        if sae.cfg.layer in out:
+            raise ValueError(f"{option}: two SAEs for layer {sae.cfg.layer}")
+        out[sae.cfg.layer] = sae
+    return out
