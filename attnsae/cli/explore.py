@@ -1,8 +1,10 @@
-"""Tracing prompts through features: `trace` (one prompt, top features and a recursive DFA tree, as files)."""
+"""Tracing prompts through features: `trace` (one prompt, top features and a recursive DFA tree, as files) and
+`explore` (the same, interactively, in a local web app)."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from . import args as a
 
@@ -42,10 +44,29 @@ def add_parsers(sub) -> None:
     p.add_argument("--out", required=True)
     p.set_defaults(fn=run_trace, model_dtype="float32")
 
+    p = sub.add_parser(
+        "explore", help="the circuit explorer: a local web app to trace any prompt through features by recursive DFA",
+        description="Loads the model (float32) and the SAEs once and serves the explorer page and its JSON API (see "
+        "/api/docs) on http://HOST:PORT. Type a prompt, pick a token and a feature, expand its sources into the residual "
+        "stream's parts and upstream attention features, and trace those in turn. Listens on 127.0.0.1 only unless "
+        "--host says otherwise.",
+        epilog="example: attnsae explore --sae runs/every_head/L9/sae --sae runs/every_head/L15/sae --dashboards "
+        "runs/every_head/heads",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sae", action="append", required=True, help="an attention SAE folder (blocks.L.attn.hook_z); repeat")
+    p.add_argument("--resid-sae", action="append", default=[], help="a residual-stream SAE folder; repeat")
+    a.add_model(p, None, "default: the model named in the SAEs' configs")
+    p.add_argument("--dashboards", default=None, help="a report folder (attnsae report / every-head's heads/): features "
+                   "link to their dashboards there")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine only)")
+    p.add_argument("--port", type=a._number(int, 1, 65535, what="give 1 to 65535"), default=8000,
+                   help="(default: %(default)s)")
+    a.add_device(p)
+    p.set_defaults(fn=run_explore)
 
-def run_trace(args) -> None:
-    from ..attribution.trace import trace_prompt
-    from ..data.windows import prompt_tokens
+
+def _load(args):
+    """(model, {layer: attention SAE}, {layer: residual SAE}) from the command line, checked against each other."""
     from ..evals import check_compatible
     from ..evals.splice import model_for_saes
     from ..sae import load_sae
@@ -55,13 +76,33 @@ def run_trace(args) -> None:
     model = model_for_saes(saes + resid, args.model, dtype="float32", device=args.device)
     for sae in saes + resid:
         check_compatible(model, sae)
-    attn = _by_layer(saes, "--sae")
+    return model, _by_layer(saes, "--sae"), _by_layer(resid, "--resid-sae")
+
+
+def run_explore(args) -> None:
+    import uvicorn
+
+    from ..explorer import Explorer, create_app
+
+    if args.dashboards and not (Path(args.dashboards) / "features").is_dir():
+        raise ValueError(f"--dashboards {args.dashboards}: no features/ folder there (give a report folder)")
+    model, attn, resid = _load(args)
+    app = create_app(Explorer(model, attn, resid, args.dashboards))
+    print(f"circuit explorer on http://{args.host}:{args.port}/ (API docs at /api/docs); Ctrl-C stops it")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+
+
+def run_trace(args) -> None:
+    from ..attribution.trace import trace_prompt
+    from ..data.windows import prompt_tokens
+
+    model, attn, resid = _load(args)
     tokens = prompt_tokens(model, args.prompt, MAX_PROMPT_TOKENS)
     feature = None
     if args.feature:
         layer, f, pos = args.feature
         feature = (layer, f, pos + len(tokens) if pos < 0 else pos)
-    a.report(trace_prompt(model, attn, tokens, args.prompt, _by_layer(resid, "--resid-sae"), args.k, feature, args.depth,
+    a.report(trace_prompt(model, attn, tokens, args.prompt, resid, args.k, feature, args.depth,
                           args.sources, args.features), args)
 
 
