@@ -181,6 +181,18 @@ def test_trace_writes_top_features_and_an_rdfa_tree(gpt2_run):
     assert (tree["layer"], tree["feature"], tree["dest"]) == (1, 0, 5) and t["run"] == {"model_dtype": "float32"}
     assert tree["pre"] == pytest.approx(tree["bias"] + sum(tree["by_head"]), abs=1e-4)
     assert "RDFA" in r.stdout and "<- source" in r.stdout
+    # a residual-stream SAE (step 3), trained by the same trainer streamed from the model
+    r = attnsae("train", *common, "--hook", "blocks.1.hook_resid_pre", "--ctx", "32", "--out", str(tmp_path / "resid"),
+                "--steps", "10", "--batch-size", "64", "--expansion", "2", env=env)
+    assert r.returncode == 0, r.stderr
+    r = attnsae("trace", "--sae", sae, "--resid-sae", str(tmp_path / "resid" / "sae"), "--model", common[1], "--prompt",
+                "The quick brown fox jumps", "--feature", "1", "0", "5", "--depth", "1", "--out", str(out), env=env)
+    assert r.returncode == 0, r.stderr
+    t = json.loads((out / "trace.json").read_text())
+    assert t["resid_layers"] == [1]
+    for s in t["tree"]["sources"]:
+        res = s["parts"]["resid"]  # all its features (only the top 3 listed), error, bias and the value bias
+        assert res["total"] == pytest.approx(s["value"], rel=1e-4, abs=1e-5) and res["n_active"] >= len(res["features"])
     for argv, message in [(["--feature", "0", "1", "2"], "no attention SAE at layer 0 (layers with one: [1])"),
                           (["--feature", "1", "999", "2"], "feature 999 out of range"),
                           (["--feature", "1", "0", "6"], "position 6 out of range"),
