@@ -111,3 +111,25 @@ def test_bad_requests_are_refused_with_the_reason(tiny, tokens, trace):
         import copy
 
         PromptTrace(copy.deepcopy(model).to(torch.bfloat16), tokens[0], {1: random_sae(model)})
+
+
+@pytest.mark.parametrize("resid", [False, True])
+def test_qk_table_sums_to_the_models_attention_score(trace, resid):
+    """Query part x key part terms (rotary, Gemma's q/k norms and GQA's shared keys included) sum to the score."""
+    from attnsae.attribution.qk import qk_table
+
+    c = trace.model.cfg
+    for head in range(c.n_heads):
+        window = c.sliding_window if c.is_sliding(1) and c.sliding_window else len(trace)
+        for dest, src in ((len(trace) - 1, len(trace) - window), (5, 5), (7, max(0, 8 - window))):
+            t = qk_table(trace, 1, head, dest, src, resid_sae=resid)
+            assert t["table"].shape == (len(t["rows"]), len(t["cols"]))
+            # large terms cancel to a small score: float error scales with the terms, not with the score
+            assert abs(float(t["table"].sum()) - t["score"]) <= 1e-5 * float(t["table"].abs().sum()) + 1e-6
+            assert t["rows"][-1] == "query constant" and t["cols"][-1] == "key constant"
+    t = qk_table(trace, 1, 0, 9, 9)
+    assert "L0 error" in t["rows"] and "mlp_out.0" in t["cols"] and any(r.startswith("L0.F") for r in t["rows"])
+    with pytest.raises(ValueError, match="source 10 out of range"):
+        qk_table(trace, 1, 0, 9, 10)
+    with pytest.raises(ValueError, match="head 99 out of range"):
+        qk_table(trace, 1, 99, 9, 4)

@@ -13,7 +13,8 @@ import torch
 from .heads import layer_of
 
 
-def _gain(model, w: torch.Tensor) -> torch.Tensor:
+def norm_gain(model, w: torch.Tensor) -> torch.Tensor:
+    """A norm's gain from its stored weight."""
     return w.detach().float() + model.cfg.norm_gain_offset  # Gemma stores norm gains as (gain - 1)
 
 
@@ -22,12 +23,12 @@ def through_final_norm(model, layer: int, out: torch.Tensor, post_scale=None, fi
     post-attention norm gain, LayerNorm's centring, the final norm gain (divided by the scales if given)."""
     c, out = model.cfg, out.float()
     if c.post_norms:
-        out = out * _gain(model, model.blocks[layer].ln1_post_w)
+        out = out * norm_gain(model, model.blocks[layer].ln1_post_w)
         if post_scale is not None:
             out = out / post_scale.float()
     if c.norm == "layernorm":
         out = out - out.mean(-1, keepdim=True)
-    out = out * _gain(model, model.ln_final_w)
+    out = out * norm_gain(model, model.ln_final_w)
     return out if final_scale is None else out / final_scale.float()
 
 

@@ -28,10 +28,7 @@ import torch
 from ..models.hooks import act_name
 from .dfa import dfa_by_head, dfa_by_source
 from .heads import require_hook_z
-
-
-def _gain(model, w: torch.Tensor) -> torch.Tensor:
-    return w.detach().float() + model.cfg.norm_gain_offset  # Gemma stores norm gains as (gain - 1)
+from .logit_path import norm_gain
 
 
 class PromptTrace:
@@ -66,9 +63,11 @@ class PromptTrace:
         names = ["hook_embed"] + (["hook_pos_embed"] if c.learned_pos else [])
         for l in range(last + 1):
             names += [act_name("resid_pre", l), f"blocks.{l}.ln1.hook_scale", act_name("pattern", l), act_name("v", l),
-                      act_name("z", l), act_name("attn_out", l), act_name("mlp_out", l)]
+                      act_name("z", l), act_name("attn_out", l), act_name("mlp_out", l), act_name("attn_scores", l)]
             if c.post_norms:
                 names.append(f"blocks.{l}.ln1_post.hook_scale")
+            if c.qk_norm:  # for attribution.qk
+                names += [f"blocks.{l}.attn.q_norm.hook_scale", f"blocks.{l}.attn.k_norm.hook_scale"]
         with torch.no_grad():
             _, cache = model.run_with_cache(tokens[None].to(model.device), names, stop_early=False)
         self.cache = {k: v[0].detach().float().cpu() for k, v in cache.items()}
@@ -136,7 +135,7 @@ def value_readout(trace: PromptTrace, layer: int, feature: int, dest: int, src: 
     a = trace.cache[act_name("pattern", layer)][:, dest, src]  # [n_heads]
     W_V = block.W_V_heads.detach().float()[torch.arange(c.n_heads) // c.group_size]  # [n_heads, d_model, d_head]
     omega = torch.einsum("h,hmd,hd->m", a, W_V, w)  # sum_h A_h w_{i,h} through W_V: a vector in LN1's output space
-    r = omega * _gain(model, block.ln1_w)
+    r = omega * norm_gain(model, block.ln1_w)
     if c.norm == "layernorm":
         r = r - r.mean()  # P is symmetric
     r = r / trace.cache[f"blocks.{layer}.ln1.hook_scale"][src].float()
@@ -147,13 +146,13 @@ def value_readout(trace: PromptTrace, layer: int, feature: int, dest: int, src: 
     return r, float(torch.einsum("h,hd,hd->", a, v_const, w))
 
 
-def _post(trace: PromptTrace, layer: int, y: torch.Tensor, pos: int) -> torch.Tensor:
+def post_attention(trace: PromptTrace, layer: int, y: torch.Tensor, pos: int) -> torch.Tensor:
     """y [..., d_model] (a part of z W_O + b_O at `pos`) -> its part of the layer's output: through Gemma's
     post-attention norm with the scale frozen, unchanged elsewhere."""
     model = trace.model
     if not model.cfg.post_norms:
         return y
-    return y * _gain(model, model.blocks[layer].ln1_post_w) / trace.cache[f"blocks.{layer}.ln1_post.hook_scale"][pos].float()
+    return y * norm_gain(model, model.blocks[layer].ln1_post_w) / trace.cache[f"blocks.{layer}.ln1_post.hook_scale"][pos].float()
 
 
 def _sae_split(sae, x: torch.Tensor, acts: torch.Tensor, to_resid, r: torch.Tensor, top: int | None) -> dict:
@@ -201,7 +200,7 @@ def source_parts(trace: PromptTrace, layer: int, feature: int, dest: int, src: i
             y = y @ W_O
             if with_bias and c.biases:
                 y = y + block.b_O.detach().float()
-            return _post(trace, l, y, src)
+            return post_attention(trace, l, y, src)
 
         out["upstream"][l] = _sae_split(sae, trace.z(l)[src].flatten(), trace.acts[l][src], to_resid, r, top)
     if layer in trace.resid_saes:

@@ -103,6 +103,11 @@ def _rotate_half(x):
     return torch.cat((-x2, x1), dim=-1)
 
 
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding (HF's rotate-half layout) of x [..., d_head] with a position's cos and sin."""
+    return x * cos + _rotate_half(x) * sin
+
+
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
@@ -172,8 +177,8 @@ class Block(nn.Module):
             k = _hooked_norm(k, self.k_norm_w, None, c, run, p + "k_norm.")
         if rope is not None:
             cos, sin = rope
-            q = run.hook(p + "hook_rot_q", q * cos + _rotate_half(q) * sin)
-            k = run.hook(p + "hook_rot_k", k * cos + _rotate_half(k) * sin)
+            q = run.hook(p + "hook_rot_q", apply_rope(q, cos, sin))
+            k = run.hook(p + "hook_rot_k", apply_rope(k, cos, sin))
         # [b, heads, pos, d_head]; kv heads repeated so query head h reads kv head h // group_size
         qh = q.transpose(1, 2)
         kh = k.transpose(1, 2).repeat_interleave(c.group_size, dim=1)

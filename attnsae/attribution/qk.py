@@ -1,0 +1,109 @@
+"""An attention score split into query-side x key-side pairs of features (the paper's appendix K.3).
+
+With ln1's scale (and Gemma's q/k-norm scales) frozen, a head's query at D and key at S are affine in the
+residual streams x[D] and x[S], rotary embedding included (a fixed rotation at each position):
+
+    q[D] = Q_D(x[D]) + q0,   k[S] = K_S(x[S]) + k0,   score = scale * q[D] . k[S]
+
+so splitting each stream into parts (attention-SAE features of earlier layers with their error and bias,
+MLP outputs, embeddings, or a residual SAE's features) gives a table of part x part terms, plus each side's
+parts against the other's constant, that sums exactly to the score the model computes."""
+
+from __future__ import annotations
+
+import torch
+
+from ..models.hooks import act_name
+from ..models.transformer import apply_rope
+from .logit_path import norm_gain
+from .rdfa import PromptTrace, post_attention
+
+
+def residual_parts(trace: PromptTrace, layer: int, pos: int, resid_sae: bool = False) -> tuple[list[str], torch.Tensor]:
+    """(names, vectors [n, d_model]) summing to the residual stream entering `layer` at `pos`: with `resid_sae`, the
+    residual SAE's active features, its error and b_dec; else the embeddings, each earlier attention output split
+    into its SAE's active features, error and bias (or whole, without an SAE), and each earlier MLP output."""
+    model, c = trace.model, trace.model.cfg
+    if resid_sae:
+        sae = trace.resid_saes.get(layer)
+        if sae is None:
+            raise ValueError(f"no residual SAE at layer {layer} (layers with one: {sorted(trace.resid_saes)})")
+        acts = trace.resid_acts[layer][pos]
+        active = acts.nonzero().flatten().tolist()
+        W = sae.W_dec.detach().float()
+        x = trace.cache[act_name("resid_pre", layer)][pos]
+        recon = acts @ W + sae.b_dec.detach().float()
+        vecs = [acts[j] * W[j] for j in active] + [x - recon, sae.b_dec.detach().float()]
+        return [f"resid L{layer}.F{j}" for j in active] + ["resid error", "resid bias"], torch.stack(vecs)
+    names, vecs = ["embed"], [trace.cache["hook_embed"][pos]]
+    if c.learned_pos:
+        names.append("pos_embed")
+        vecs.append(trace.cache["hook_pos_embed"][pos])
+    for l in range(layer):
+        sae = trace.attn_saes.get(l)
+        if sae is None:
+            names.append(f"attn_out.{l}")
+            vecs.append(trace.cache[act_name("attn_out", l)][pos])
+        else:
+            block = model.blocks[l]
+            W_O, W = block.W_O.detach().float(), sae.W_dec.detach().float()
+            acts = trace.acts[l][pos]
+            active = acts.nonzero().flatten().tolist()
+            z = trace.z(l)[pos].flatten()
+            err = z - (acts @ W + sae.b_dec.detach().float())
+            bias = sae.b_dec.detach().float() @ W_O + (block.b_O.detach().float() if c.biases else 0)
+            parts = torch.stack([acts[j] * W[j] for j in active] + [err]) @ W_O if active else (err @ W_O)[None]
+            names += [f"L{l}.F{j}" for j in active] + [f"L{l} error", f"L{l} bias"]
+            vecs += list(post_attention(trace, l, torch.cat([parts, bias[None]]), pos))
+        names.append(f"mlp_out.{l}")
+        vecs.append(trace.cache[act_name("mlp_out", l)][pos])
+    return names, torch.stack(vecs)
+
+
+def _project(trace: PromptTrace, layer: int, head: int, pos: int, side: str, parts: torch.Tensor):
+    """(the parts' share of the head's query or key at `pos` [n, d_head], its constant [d_head]): through ln1 with
+    its scale frozen, W_Q or W_K (+ bias), Gemma's q/k norm with its scale frozen, and the rotation at `pos`."""
+    model, c = trace.model, trace.model.cfg
+    block = model.blocks[layer]
+    h = head if side == "q" else head // c.group_size  # a key belongs to the query head's kv group
+    W = (block.W_Q_heads if side == "q" else block.W_K_heads).detach().float()[h]  # [d_model, d_head]
+    lin = parts - parts.mean(-1, keepdim=True) if c.norm == "layernorm" else parts  # LayerNorm centres, then the gain
+    lin = lin * norm_gain(model, block.ln1_w) / trace.cache[f"blocks.{layer}.ln1.hook_scale"][pos].float() @ W
+    const = torch.zeros(c.d_head)
+    if getattr(block, "ln1_b", None) is not None:
+        const = const + block.ln1_b.detach().float() @ W
+    if c.biases:
+        const = const + (block.b_Q if side == "q" else block.b_K).detach().float().view(-1, c.d_head)[h]
+    if c.qk_norm:
+        w = (block.q_norm_w if side == "q" else block.k_norm_w).detach().float() + c.norm_gain_offset
+        s = trace.cache[f"blocks.{layer}.attn.{side}_norm.hook_scale"][pos, h].float()
+        lin, const = lin * w / s, const * w / s
+    rope = model._rope(len(trace), layer, torch.float32, torch.device("cpu"))
+    if rope is not None:
+        cos, sin = rope[0][pos, 0], rope[1][pos, 0]
+        lin, const = apply_rope(lin, cos, sin), apply_rope(const, cos, sin)
+    return lin, const
+
+
+def qk_table(trace: PromptTrace, layer: int, head: int, dest: int, src: int, resid_sae: bool = False) -> dict:
+    """Head `head` of `layer`'s attention score from `dest` to `src` split into query part x key part terms:
+    {score (the model's), rows, cols (part names; the last row and column are each side's constant: ln1's bias,
+    b_Q / b_K), table [rows, cols] summing to the score}. Parts: residual_parts at dest (query) and src (key)."""
+    c = trace.model.cfg
+    if not 0 <= head < c.n_heads:
+        raise ValueError(f"head {head} out of range: the model has {c.n_heads} heads")
+    trace.check(layer, None, dest)
+    window = c.sliding_window if c.is_sliding(layer) and c.sliding_window else None
+    lo = max(0, dest - window + 1) if window else 0
+    if not lo <= src <= dest:
+        raise ValueError(f"source {src} out of range: a query at {dest} attends to positions {lo}..{dest}"
+                         + (f" (layer {layer} attends within a window of {window})" if window else ""))
+    q_names, q_parts = residual_parts(trace, layer, dest, resid_sae)
+    k_names, k_parts = residual_parts(trace, layer, src, resid_sae)
+    q, q0 = _project(trace, layer, head, dest, "q", q_parts)
+    k, k0 = _project(trace, layer, head, src, "k", k_parts)
+    q, k = torch.cat([q, q0[None]]), torch.cat([k, k0[None]])
+    table = (q @ k.T) * c.attn_scale
+    return {"layer": layer, "head": head, "dest": dest, "src": src,
+            "score": float(trace.cache[act_name("attn_scores", layer)][head, dest, src]),
+            "rows": q_names + ["query constant"], "cols": k_names + ["key constant"], "table": table}
