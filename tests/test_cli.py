@@ -114,6 +114,9 @@ CORRUPT_SAE, PICKLED_SAE = _hostile_files()
     (["trace", *NO_SAE, "--prompt", "hi", "--sources", "99", *OUT], "--sources: 99 is out of range"),
     (["trace", *NO_SAE, "--prompt", "hi", "--feature", "1", "x", "3", *OUT], "invalid int value: 'x'"),
     (["trace", *NO_SAE, *OUT], "the following arguments are required: --prompt"),
+    (["explore", *NO_SAE, "--port", "0"], "--port: 0 is out of range"),
+    (["explore", *NO_SAE], "not an SAE folder"),
+    (["explore", *NO_SAE, "--dashboards", "/nonexistent/report"], "no features/ folder there"),
 ])
 def test_bad_input_is_a_one_line_error_not_a_traceback(args, message):
     r = attnsae(*args)

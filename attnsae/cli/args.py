@@ -37,6 +37,11 @@ FRACTION = _number(float, 0.0, 1.0, what="give a number from 0 to 1")
 PART = _number(float, 0.0, 1.0, lo_open=True, what="give a number > 0 and <= 1")
 CTX = _number(int, 2, 1 << 20, what="give at least 2 tokens per window (BOS and one more)")
 
+
+def int_range(lo: int, hi: int):
+    """An argparse type: a whole number from lo to hi."""
+    return _number(int, lo, hi, what=f"give {lo} to {hi}")
+
 DTYPE_CHOICES = list(MODEL_DTYPES)
 
 

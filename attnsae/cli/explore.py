@@ -26,21 +26,16 @@ def add_parsers(sub) -> None:
         epilog="example: attnsae trace --sae runs/every_head/L9/sae --sae runs/every_head/L15/sae --prompt 'When Mary and "
         "John went to the store, John gave a drink to' --feature 15 1200 -1 --out runs/trace",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sae", action="append", required=True, help="an attention SAE folder (blocks.L.attn.hook_z); repeat")
-    p.add_argument("--resid-sae", action="append", default=[], help="a residual-stream SAE folder (blocks.L.hook_resid_pre) "
-                   "for step 3; repeat")
-    a.add_model(p, None, "default: the model named in the SAEs' configs")
+    _add_saes(p)
     p.add_argument("--prompt", required=True, help=f"the text (at most {MAX_PROMPT_TOKENS} tokens)")
     p.add_argument("--k", type=a.POSITIVE, default=5, help="top features per position and layer (default: %(default)s)")
     p.add_argument("--feature", nargs=3, type=int, metavar=("LAYER", "FEATURE", "POS"),
                    help="trace this feature; POS counts tokens from 0 = BOS, negative from the end")
-    p.add_argument("--depth", type=a._number(int, 1, 6, what="give 1 to 6"), default=2,
-                   help="levels of recursion (default: %(default)s)")
-    p.add_argument("--sources", type=a._number(int, 1, 20, what="give 1 to 20"), default=3,
+    p.add_argument("--depth", type=a.int_range(1, 6), default=2, help="levels of recursion (default: %(default)s)")
+    p.add_argument("--sources", type=a.int_range(1, 20), default=3,
                    help="strongest sources split per node (default: %(default)s)")
-    p.add_argument("--features", type=a._number(int, 1, 20, what="give 1 to 20"), default=3,
+    p.add_argument("--features", type=a.int_range(1, 20), default=3,
                    help="strongest upstream attention features followed per source (default: %(default)s)")
-    a.add_device(p)
     p.add_argument("--out", required=True)
     p.set_defaults(fn=run_trace, model_dtype="float32")
 
@@ -53,16 +48,21 @@ def add_parsers(sub) -> None:
         epilog="example: attnsae explore --sae runs/every_head/L9/sae --sae runs/every_head/L15/sae --dashboards "
         "runs/every_head/heads",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sae", action="append", required=True, help="an attention SAE folder (blocks.L.attn.hook_z); repeat")
-    p.add_argument("--resid-sae", action="append", default=[], help="a residual-stream SAE folder; repeat")
-    a.add_model(p, None, "default: the model named in the SAEs' configs")
+    _add_saes(p)
     p.add_argument("--dashboards", default=None, help="a report folder (attnsae report / every-head's heads/): features "
                    "link to their dashboards there")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine only)")
-    p.add_argument("--port", type=a._number(int, 1, 65535, what="give 1 to 65535"), default=8000,
-                   help="(default: %(default)s)")
-    a.add_device(p)
+    p.add_argument("--port", type=a.int_range(1, 65535), default=8000, help="(default: %(default)s)")
     p.set_defaults(fn=run_explore)
+
+
+def _add_saes(p) -> None:
+    """The SAEs (and model, device) of a trace."""
+    p.add_argument("--sae", action="append", required=True, help="an attention SAE folder (blocks.L.attn.hook_z); repeat")
+    p.add_argument("--resid-sae", action="append", default=[], help="a residual-stream SAE folder (blocks.L.hook_resid_pre) "
+                   "for step 3; repeat")
+    a.add_model(p, None, "default: the model named in the SAEs' configs")
+    a.add_device(p)
 
 
 def _load(args):
