@@ -111,10 +111,13 @@ async function expand(box, layer, feature, dest, src) {
     const comps = el("table", {class: "parts"});
     const entries = Object.entries(p.components).sort((a, b) => Math.abs(b[1]) - Math.abs(a[1]));
     entries.push(["value bias (b_V, LN bias)", p.value_bias]);
-    for (const [name, v] of entries) {
-      comps.append(el("tr", {}, el("td", {text: name + (name.startsWith("mlp_out") ? " (not split: MLP)" : "")}), el("td", {}, val(v))));
-    }
+    const rest = el("table", {class: "parts"});
+    entries.forEach(([name, v], i) => {
+      (i < 6 ? comps : rest).append(el("tr", {}, el("td", {text: name + (name.startsWith("mlp_out") ? " (not split: MLP)" : "")}),
+                                        el("td", {}, val(v))));
+    });
     box.append(el("div", {text: `source ${src} ${tok(src)}: ${fmt(p.total)} = the residual stream's parts`}), comps);
+    if (entries.length > 6) box.append(el("details", {}, el("summary", {text: `${entries.length - 6} smaller parts`}), rest));
     for (const [l, u] of Object.entries(p.upstream)) {
       const t = el("table", {class: "parts"});
       for (const [j, act, v] of u.features) {
