@@ -29,7 +29,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
-from .attribution.rdfa import PromptTrace, feature_dfa, source_parts
+from .attribution.rdfa import PromptTrace, source_parts, traced_dfa
 from .data.windows import prompt_tokens
 from .evals.splice import sae_hook
 from .models.text import TokenText
@@ -98,7 +98,7 @@ class Explorer:
 
     def feature(self, q: FeatureIn) -> dict:
         t = self.trace(q.prompt)
-        d = feature_dfa(t, q.layer, q.feature, q.dest)
+        d = traced_dfa(t, q.layer, q.feature, q.dest)
         terms = d.by_source.sum(1)
         order = terms.abs().argsort(descending=True)[:q.n_sources].tolist()
         tokens = self.text(t.tokens)

@@ -4,7 +4,7 @@ GPT-2, Llama (GQA, RoPE) and Gemma 3 (post-attention norm, 1 + w gains) models."
 import pytest
 import torch
 
-from attnsae.attribution.rdfa import PromptTrace, feature_dfa, rdfa_tree, source_parts, value_readout
+from attnsae.attribution.rdfa import PromptTrace, rdfa_tree, source_parts, traced_dfa, value_readout
 from attnsae.sae import SAE, SAEConfig
 
 from .test_attribution import random_sae
@@ -39,7 +39,7 @@ def close(a, b):
 def test_dfa_by_head_and_source_sum_to_the_pre_activation(trace):
     for dest in (3, len(trace) - 1):
         for f in range(0, 40, 7):
-            d = feature_dfa(trace, 1, f, dest)
+            d = traced_dfa(trace, 1, f, dest)
             close(d.bias + float(d.by_head.sum()), d.pre)
             close(d.bias + float(d.by_source.sum()), d.pre)
             assert d.by_source.shape == (dest + 1, trace.model.cfg.n_heads)
@@ -48,7 +48,7 @@ def test_dfa_by_head_and_source_sum_to_the_pre_activation(trace):
 def test_each_source_term_is_the_residual_stream_read_out_through_frozen_ln1(trace):
     """r . x[S] + c, from the weights and the frozen scale, equals the term DFA gets from the model's own v."""
     dest, f = len(trace) - 1, 11
-    d = feature_dfa(trace, 1, f, dest)
+    d = traced_dfa(trace, 1, f, dest)
     for src in range(dest + 1):
         parts = source_parts(trace, 1, f, dest, src, top=None)
         close(parts["total"], float(d.by_source[src].sum()))
@@ -98,11 +98,11 @@ def test_recursion_traces_an_upstream_feature_as_a_feature_at_its_source(trace):
 def test_bad_requests_are_refused_with_the_reason(tiny, tokens, trace):
     model = tiny[0]
     with pytest.raises(ValueError, match="no attention SAE at layer 3"):
-        feature_dfa(trace, 3, 0, 2)
+        traced_dfa(trace, 3, 0, 2)
     with pytest.raises(ValueError, match="feature 40 out of range"):
-        feature_dfa(trace, 1, 40, 2)
+        traced_dfa(trace, 1, 40, 2)
     with pytest.raises(ValueError, match="position 99 out of range"):
-        feature_dfa(trace, 1, 0, 99)
+        traced_dfa(trace, 1, 0, 99)
     with pytest.raises(ValueError, match="source 5 out of range"):
         source_parts(trace, 1, 0, 4, 5)
     with pytest.raises(ValueError, match="reads blocks.1.attn.hook_z"):

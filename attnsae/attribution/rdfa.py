@@ -116,7 +116,7 @@ class FeatureDFA:
     by_source: torch.Tensor  # [dest + 1, n_heads]: source S through head h
 
 
-def feature_dfa(trace: PromptTrace, layer: int, feature: int, dest: int) -> FeatureDFA:
+def traced_dfa(trace: PromptTrace, layer: int, feature: int, dest: int) -> FeatureDFA:
     trace.check(layer, feature, dest)
     sae = trace.attn_saes[layer]
     by_head, bias = dfa_by_head(sae, trace.z(layer)[dest], [feature])
@@ -216,7 +216,7 @@ def rdfa_tree(trace: PromptTrace, layer: int, feature: int, dest: int, depth: in
     3-5), and for each, the `n_features` strongest upstream attention features (by |value|) traced again as
     features at that source, `depth` levels down. Each node: feature, layer, dest, pre, act, bias, by_head,
     sources [{src, value, parts, children}]."""
-    d = feature_dfa(trace, layer, feature, dest)
+    d = traced_dfa(trace, layer, feature, dest)
     terms = d.by_source.sum(1)
     node = {"layer": layer, "feature": feature, "dest": dest, "pre": d.pre, "act": d.act, "bias": d.bias,
             "by_head": d.by_head.tolist(), "sources": []}
