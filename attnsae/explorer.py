@@ -2,8 +2,8 @@
 
 A FastAPI app: the page (GET /) and a JSON API a notebook can call as well. The model and SAEs load once;
 each prompt's trace (one float32 forward) is kept for the last few prompts, so expanding a tree only reads it.
-Work per request is bounded (prompt length, how many features or sources a reply lists); bad input gets a
-4xx with the reason in "detail", never a stack trace.
+Work per request is bounded (prompt length, how many features or sources a reply lists) and a request waits at
+most MAX_WAIT_S for the model (then a 503); bad input gets a 4xx with the reason in "detail", never a stack trace.
 
     GET  /api/info                        model, layers with SAEs, limits
     POST /api/prompt   {prompt, k}        tokens; each position's top k features per layer
@@ -12,6 +12,9 @@ Work per request is bounded (prompt length, how many features or sources a reply
     POST /api/source   {prompt, layer, feature, dest, src, top}
                                           that source split into components, upstream attention features and
                                           residual-SAE features (steps 3-5; recurse with /api/feature at src)
+    POST /api/qk       {prompt, layer, head, dest, src, top, resid}
+                                          that head's attention score from dest to src split into query part x
+                                          key part pairs (attribution.qk): the top pairs, each side's parts
     POST /api/ablate   {prompt, layer, feature}
                                           next-token loss at every position with the feature zero-ablated
                                           (the error term kept), minus the clean loss
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -29,6 +33,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
+from .attribution.qk import qk_table
 from .attribution.rdfa import PromptTrace, source_parts, traced_dfa
 from .data.windows import prompt_tokens
 from .evals.splice import sae_hook
@@ -38,6 +43,11 @@ MAX_TOKENS = 128  # per prompt (BOS included)
 MAX_BODY = 16_384  # bytes of a request body
 MAX_LIST = 50  # features or sources one reply lists
 CACHED_PROMPTS = 8
+MAX_WAIT_S = 30.0  # a request that cannot start its model work within this long gets a 503 instead of queueing on
+
+
+class Busy(Exception):
+    """The model is taken by other requests for longer than MAX_WAIT_S."""
 
 
 class PromptIn(BaseModel):
@@ -58,6 +68,16 @@ class SourceIn(FeatureIn):
     top: int = Field(8, ge=1, le=MAX_LIST)
 
 
+class QKIn(BaseModel):
+    prompt: str = Field(min_length=1, max_length=4000)
+    layer: int
+    head: int
+    dest: int
+    src: int
+    top: int = Field(10, ge=1, le=MAX_LIST)
+    resid: bool = False  # split both streams into the residual SAE's features instead of upstream components
+
+
 class AblateIn(BaseModel):
     prompt: str = Field(min_length=1, max_length=4000)
     layer: int
@@ -74,8 +94,18 @@ class Explorer:
         self._traces: OrderedDict[str, PromptTrace] = OrderedDict()
         self._lock = threading.Lock()  # one computation at a time: the CPU has no room for two
 
+    @contextmanager
+    def _model_time(self):
+        """The lock around model forwards, waited on at most MAX_WAIT_S."""
+        if not self._lock.acquire(timeout=MAX_WAIT_S):
+            raise Busy(f"the explorer has been busy with other requests for over {MAX_WAIT_S:g} s; try again")
+        try:
+            yield
+        finally:
+            self._lock.release()
+
     def trace(self, prompt: str) -> PromptTrace:
-        with self._lock:
+        with self._model_time():
             if prompt in self._traces:
                 self._traces.move_to_end(prompt)
                 return self._traces[prompt]
@@ -115,6 +145,22 @@ class Explorer:
         parts = source_parts(t, q.layer, q.feature, q.dest, q.src, top=q.top)
         return parts | {"token": self.text(t.tokens[q.src : q.src + 1])[0]}
 
+    def qk(self, q: QKIn) -> dict:
+        t = self.trace(q.prompt)
+        r = qk_table(t, q.layer, q.head, q.dest, q.src, resid_sae=q.resid)
+        table, rows, cols = r["table"], r["rows"], r["cols"]
+        flat = table.flatten()
+        order = flat.abs().argsort(descending=True)[: q.top].tolist()
+        by_row, by_col = table.sum(1), table.sum(0)
+        side = lambda names, v: [[names[i], float(v[i])] for i in v.abs().argsort(descending=True)[: q.top].tolist()]  # noqa: E731
+        tokens = self.text(t.tokens)
+        return {"layer": q.layer, "head": q.head, "dest": q.dest, "src": q.src, "dest_token": tokens[q.dest],
+                "src_token": tokens[q.src], "score": r["score"], "total": float(flat.sum()), "n_terms": len(flat),
+                "top_abs_share": float(flat[order].abs().sum() / flat.abs().sum().clamp_min(1e-30)),
+                "pairs": [{"query": rows[i // len(cols)], "key": cols[i % len(cols)], "value": float(flat[i])}
+                          for i in order],
+                "query_parts": side(rows, by_row), "key_parts": side(cols, by_col)}
+
     @torch.no_grad()
     def ablate(self, q: AblateIn) -> dict:
         t = self.trace(q.prompt)
@@ -127,7 +173,7 @@ class Explorer:
             return f
 
         tokens = t.tokens[None].to(self.model.device)
-        with self._lock:
+        with self._model_time():
             clean = self.model.loss(tokens, per_token=True)[0]
             hook = (sae.cfg.hook_name, sae_hook(sae, keep_error=True, edit=without))
             ablated = self.model.loss(tokens, [hook], per_token=True)[0]
@@ -138,6 +184,7 @@ class Explorer:
 
 def create_app(explorer: Explorer) -> FastAPI:
     app = FastAPI(title="attnsae circuit explorer", docs_url="/api/docs", redoc_url=None, openapi_url="/api/openapi.json")
+    app.state.explorer = explorer
 
     @app.middleware("http")
     async def limit_body(request: Request, call_next):
@@ -149,6 +196,10 @@ def create_app(explorer: Explorer) -> FastAPI:
     @app.exception_handler(ValueError)
     async def bad_value(request: Request, e: ValueError):
         return JSONResponse({"detail": str(e)}, status_code=400)
+
+    @app.exception_handler(Busy)
+    async def busy(request: Request, e: Busy):
+        return JSONResponse({"detail": str(e)}, status_code=503, headers={"Retry-After": "5"})
 
     @app.get("/", response_class=HTMLResponse)
     def page():
@@ -166,5 +217,6 @@ def create_app(explorer: Explorer) -> FastAPI:
     app.post("/api/prompt")(explorer.prompt)
     app.post("/api/feature")(explorer.feature)
     app.post("/api/source")(explorer.source)
+    app.post("/api/qk")(explorer.qk)
     app.post("/api/ablate")(explorer.ablate)
     return app

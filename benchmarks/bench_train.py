@@ -60,9 +60,9 @@ def flops_ours(B, D, S, nnz, path, **_):
 
 
 def flops_matryoshka(B, D, S, nnz, path, **_):
-    # ours: the sparse step for the whole dictionary, plus the nested prefixes' dense decoder products
-    # (forward, grad f, grad W_dec over all d_sae columns in total)
-    return flops_ours(B, D, S, nnz, path) + 3 * 2 * B * D * S
+    # ours: the sparse step for the whole dictionary, plus the inner prefixes' dense decoder products (forward,
+    # grad f, grad W_dec); each prefix adds only its own columns, so they span the largest inner prefix in total
+    return flops_ours(B, D, S, nnz, path) + 3 * 2 * B * D * matryoshka_widths(S)[-2]
 
 
 def flops_sparse_decoder(B, D, S, k, **_):

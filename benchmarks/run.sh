@@ -6,9 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$(pwd)"
 ARGS=()
+QUICK=()
 while [ $# -gt 0 ]; do
   case "$1" in
-    --quick) ARGS+=(--quick) ;;
+    --quick) ARGS+=(--quick); QUICK=(--quick) ;;
     --device) [ $# -ge 2 ] || { echo "run.sh: --device needs a value" >&2; exit 2; }; ARGS+=(--device "$2"); shift ;;
     --device=*) ARGS+=(--device "${1#--device=}") ;;
     *) echo "usage: bash benchmarks/run.sh [--quick] [--device auto|cpu|cuda[:N]]" >&2; exit 2 ;;
@@ -30,3 +31,7 @@ echo "== SAE training step: acts/s, attnsae (dense, sparse) vs SAELens =="
 echo
 echo "== many SAEs from one stream vs one at a time =="
 "$VENV/bin/python" benchmarks/bench_many.py ${ARGS[@]+"${ARGS[@]}"}
+echo
+echo "== the circuit explorer: one RDFA step with an SAE on every SmolLM2 layer; 50 concurrent clients =="
+# the project's own venv: the real model comes with it (scripts/setup.sh), no peer is needed
+"$ROOT/.venv/bin/python" benchmarks/bench_explorer.py ${QUICK[@]+"${QUICK[@]}"}

@@ -117,6 +117,11 @@ CORRUPT_SAE, PICKLED_SAE = _hostile_files()
     (["explore", *NO_SAE, "--port", "0"], "--port: 0 is out of range"),
     (["explore", *NO_SAE], "not an SAE folder"),
     (["explore", *NO_SAE, "--dashboards", "/nonexistent/report"], "no features/ folder there"),
+    (["qk-pairs", *NO_SAE, "--layer", "1", "--head", "0", *OUT], "not an SAE folder"),
+    (["qk-pairs", *NO_SAE, "--layer", "1", *OUT], "the following arguments are required: --head"),
+    (["qk-pairs", *NO_SAE, "--layer", "1", "--head", "0", "--ioi", "5000", *OUT], "--ioi: 5000 is out of range"),
+    (["qk-pairs", *NO_SAE, "--layer", "1", "--head", "0", "--to", "end", *OUT], "invalid choice: 'end'"),
+    (["layers", "--init-subspace", "1.5", *OUT], "--init-subspace: 1.5 is out of range"),
 ])
 def test_bad_input_is_a_one_line_error_not_a_traceback(args, message):
     r = attnsae(*args)
@@ -203,6 +208,23 @@ def test_trace_writes_top_features_and_an_rdfa_tree(gpt2_run):
                           (["--resid-sae", sae], "reads blocks.1.attn.hook_z, not blocks.1.hook_resid_pre")]:
         args = ["--prompt", "The quick brown fox jumps", *argv] if argv[0] != "--prompt" else argv
         r = attnsae("trace", "--sae", sae, "--model", common[1], *args, "--out", str(tmp_path / "bad"), env=env)
+        assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "bad").exists()
+    # a head's QK score over IOI prompts into resid-SAE feature pairs: the shares of all pairs sum to 1
+    resid = str(tmp_path / "resid" / "sae")
+    r = attnsae("qk-pairs", "--sae", sae, "--resid-sae", resid, "--model", common[1], "--layer", "1", "--head", "2",
+                "--resid", "--ioi", "7", "--to", "s2", "--top", "3", "--out", str(tmp_path / "qk"), env=env)
+    assert r.returncode == 0, r.stderr
+    q = json.loads((tmp_path / "qk" / "qk_pairs.json").read_text())
+    assert len(q["prompts"]) == 7 and q["variance"]["share_sum"] == pytest.approx(1.0, abs=1e-6)
+    assert len(q["variance"]["top"]) == 3 and all(t["key"].startswith("resid") for t in q["variance"]["top"])
+    assert "of the variance" in r.stdout
+    for argv, message in [(["--layer", "1", "--head", "9"], "head 9 out of range"),
+                          (["--layer", "7", "--head", "0"], "--layer 7 out of range"),
+                          (["--layer", "0", "--head", "0", "--resid"], "--resid needs a --resid-sae at layer 0"),
+                          (["--layer", "1", "--head", "0", "--ioi", "1"], "--ioi: 1 is out of range")]:
+        r = attnsae("qk-pairs", "--sae", sae, "--resid-sae", resid, "--model", common[1], *argv, "--out",
+                    str(tmp_path / "bad"), env=env)
         assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert not (tmp_path / "bad").exists()
 

@@ -63,6 +63,16 @@ def test_prompt_feature_source_and_recursion_sum_exactly(client):
     assert child["act"] == pytest.approx(act, rel=1e-5)
 
 
+def test_the_qk_pairs_of_a_head_sum_to_its_attention_score(client):
+    n = len(post(client, "/api/prompt", prompt=PROMPT, k=1).json()["tokens"])
+    r = post(client, "/api/qk", prompt=PROMPT, layer=1, head=1, dest=n - 1, src=3, top=5).json()
+    assert r["total"] == pytest.approx(r["score"], rel=1e-4, abs=1e-4)
+    assert len(r["pairs"]) == 5 and [abs(p["value"]) for p in r["pairs"]] == sorted((abs(p["value"]) for p in r["pairs"]),
+                                                                                  reverse=True)
+    assert 0 < r["top_abs_share"] <= 1 and r["n_terms"] > 5
+    assert any(q.startswith("L0.F") for q, _ in r["query_parts"]) or any(p["query"].startswith("L0") for p in r["pairs"])
+
+
 def test_ablating_a_feature_moves_the_loss_only_where_it_fires(client):
     """The loss of predicting token p+1 moves only once the feature has fired at some position <= p (causal);
     a feature that never fires moves nothing."""
@@ -89,6 +99,9 @@ def test_ablating_a_feature_moves_the_loss_only_where_it_fires(client):
     ("/api/source", {"prompt": PROMPT, "layer": 1, "feature": 0, "dest": 3, "src": 4}, 400, "source 4 out of range"),
     ("/api/source", {"prompt": PROMPT, "layer": 1, "feature": 0, "dest": 3, "src": 1, "top": 10**6}, 422, "less than"),
     ("/api/ablate", {"prompt": PROMPT, "layer": 1, "feature": -1}, 400, "feature -1 out of range"),
+    ("/api/qk", {"prompt": PROMPT, "layer": 1, "head": 9, "dest": 5, "src": 2}, 400, "head 9 out of range"),
+    ("/api/qk", {"prompt": PROMPT, "layer": 1, "head": 0, "dest": 5, "src": 6}, 400, "source 6 out of range"),
+    ("/api/qk", {"prompt": PROMPT, "layer": 1, "head": 0, "dest": 5, "src": 2, "resid": True}, 400, "no residual SAE"),
 ])
 def test_bad_requests_get_a_4xx_with_the_reason(client, path, body, status, message):
     r = post(client, path, **body)
@@ -102,6 +115,17 @@ def test_malformed_and_oversized_bodies_are_refused(client):
                     headers={"Content-Type": "application/json"})
     assert r.status_code == 413 and "request body over" in r.text
     assert client.get("/api/nothing").status_code == 404
+
+
+def test_a_request_that_waits_too_long_for_the_model_gets_a_503(client, monkeypatch):
+    import attnsae.explorer as explorer_module
+
+    ex = client.app.state.explorer
+    monkeypatch.setattr(explorer_module, "MAX_WAIT_S", 0.1)
+    with ex._lock:  # another request holds the model
+        r = post(client, "/api/prompt", prompt="a prompt not traced yet", k=1)
+    assert r.status_code == 503 and "busy" in r.json()["detail"] and r.headers["retry-after"] == "5"
+    assert post(client, "/api/prompt", prompt="a prompt not traced yet", k=1).status_code == 200
 
 
 def test_a_script_prompt_comes_back_as_text(client):
@@ -157,6 +181,8 @@ def test_the_explorer_in_headless_chromium(client, tmp_path):
             assert page.locator("details.node details.node").count() == 1  # the upstream feature, nested in its parent
             page.locator("details.node details.node button.expand").first.click()
             page.wait_for_function("document.querySelectorAll('details.node details.node table.parts').length >= 2")
+            page.locator("button.qk").first.click()  # the QK pair table of the source's strongest head
+            page.wait_for_selector("table.qk-table tr:nth-child(3)")
             page.locator("details.node button.small", has_text="ablate").first.click()
             page.wait_for_selector("text=Δ next-token loss")
             page.screenshot(path=str(shots / "explorer.png"), full_page=True)

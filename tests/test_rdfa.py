@@ -133,3 +133,44 @@ def test_qk_table_sums_to_the_models_attention_score(trace, resid):
         qk_table(trace, 1, 0, 9, 10)
     with pytest.raises(ValueError, match="head 99 out of range"):
         qk_table(trace, 1, 99, 9, 4)
+
+
+def test_pair_variance_shares_sum_to_one_and_find_the_pair_that_moves_the_score():
+    """Hand-made tables over 50 'prompts': one pair varies strongly, one a little, the rest are noise; prompts list
+    different parts (an active feature set changes), so pairs are matched by name, absent meaning 0."""
+    from attnsae.attribution.qk import pair_variance
+
+    g = torch.Generator().manual_seed(0)
+    tables = []
+    for i in range(50):
+        rows = ["L3.F1", "L3.F2", f"L3.F{10 + i % 3}", "L3 error", "query constant"]
+        cols = ["resid F7", f"resid F{20 + i % 2}", "resid error", "key constant"]
+        t = 0.01 * torch.randn(len(rows), len(cols), generator=g)
+        t[0, 0] += 3 * torch.randn((), generator=g)  # L3.F1 x resid F7 moves the score most
+        t[3, 2] += 0.5 * torch.randn((), generator=g)  # error x error a little
+        tables.append({"rows": rows, "cols": cols, "table": t})
+    r = pair_variance(tables, n=1)
+    assert r["share_sum"] == pytest.approx(1.0, abs=1e-9)
+    assert (r["top"][0]["query"], r["top"][0]["key"]) == ("L3.F1", "resid F7")
+    assert 0.9 < r["top_share"] < 1 and 0.9 < r["explained"] < 1
+    assert 0 < r["error_share"] < 0.1
+    score = torch.stack([t["table"].sum() for t in tables]).double()
+    assert r["score_var"] == pytest.approx(float(score.var(unbiased=False)))
+    every = pair_variance(tables, n=10**6)  # every pair together explains everything
+    assert every["top_share"] == pytest.approx(1.0, abs=1e-9) and every["explained"] == pytest.approx(1.0, abs=1e-9)
+    with pytest.raises(ValueError, match="at least 2 prompts"):
+        pair_variance(tables[:1])
+
+
+def test_pair_variance_over_real_tables_sums_to_one(trace):
+    from attnsae.attribution.qk import pair_variance, qk_table
+
+    tables = [qk_table(trace, 1, 0, dest, dest - 2) for dest in range(4, len(trace))]
+    r = pair_variance(tables, n=5)
+    assert r["share_sum"] == pytest.approx(1.0, abs=1e-6) and len(r["top"]) == 5
+    # `explained` recomputed from the tables: the score minus the top pairs' terms, prompt by prompt
+    top = {(t["query"], t["key"]) for t in r["top"]}
+    score = torch.tensor([float(t["table"].double().sum()) for t in tables], dtype=torch.float64)
+    rest = score - torch.tensor([sum(float(t["table"][i, j]) for i, q in enumerate(t["rows"]) for j, k in
+                                     enumerate(t["cols"]) if (q, k) in top) for t in tables], dtype=torch.float64)
+    assert r["explained"] == pytest.approx(float(1 - rest.var(unbiased=False) / score.var(unbiased=False)), rel=1e-5)

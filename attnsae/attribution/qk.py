@@ -11,10 +11,14 @@ parts against the other's constant, that sums exactly to the score the model com
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 
 from ..models.hooks import act_name
 from ..models.transformer import apply_rope
+from ..results import Result
 from .logit_path import norm_gain
 from .rdfa import PromptTrace, post_attention
 
@@ -92,7 +96,10 @@ def qk_table(trace: PromptTrace, layer: int, head: int, dest: int, src: int, res
     c = trace.model.cfg
     if not 0 <= head < c.n_heads:
         raise ValueError(f"head {head} out of range: the model has {c.n_heads} heads")
-    trace.check(layer, None, dest)
+    if act_name("attn_scores", layer) not in trace.cache:
+        raise ValueError(f"layer {layer} was not traced (PromptTrace keeps layers up to its last SAE, or `upto`)")
+    if not 0 <= dest < len(trace):
+        raise ValueError(f"position {dest} out of range: the prompt has {len(trace)} tokens")
     window = c.sliding_window if c.is_sliding(layer) and c.sliding_window else None
     lo = max(0, dest - window + 1) if window else 0
     if not lo <= src <= dest:
@@ -107,3 +114,84 @@ def qk_table(trace: PromptTrace, layer: int, head: int, dest: int, src: int, res
     return {"layer": layer, "head": head, "dest": dest, "src": src,
             "score": float(trace.cache[act_name("attn_scores", layer)][head, dest, src]),
             "rows": q_names + ["query constant"], "cols": k_names + ["key constant"], "table": table}
+
+
+def pair_variance(tables: list[dict], n: int = 8) -> dict:
+    """How much of a head's score, over a prompt set (one `qk_table` per prompt, e.g. END -> S2 of each IOI prompt),
+    the top n (query part, key part) pairs explain (the paper's K.3: 8 pairs, 62% over 100 prompts).
+
+    A pair's share is Cov(term, score) / Var(score): the shares of all pairs sum to exactly 1, so the top n's sum
+    is the part of the variance they carry; `explained` is 1 - Var(score - their terms) / Var(score), the variance
+    left once they are taken out. `error_share` is the summed share of every pair with an SAE error term on a side."""
+    if len(tables) < 2:
+        raise ValueError("the variance over prompts needs at least 2 prompts")
+    rows, cols = {}, {}
+    for t in tables:
+        for name in t["rows"]:
+            rows.setdefault(name, len(rows))
+        for name in t["cols"]:
+            cols.setdefault(name, len(cols))
+    ids, vals, sample = [], [], []
+    for i, t in enumerate(tables):
+        r = torch.tensor([rows[name] for name in t["rows"]])
+        c = torch.tensor([cols[name] for name in t["cols"]])
+        ids.append((r[:, None] * len(cols) + c[None, :]).flatten())
+        vals.append(t["table"].flatten().double())
+        sample.append(torch.full((len(ids[-1]),), i))
+    ids, vals, sample = torch.cat(ids), torch.cat(vals), torch.cat(sample)
+    pairs, inv = ids.unique(return_inverse=True)
+    score = torch.zeros(len(tables), dtype=torch.float64).index_add_(0, sample, vals)
+    m = len(tables)
+    mean_t = torch.zeros(len(pairs), dtype=torch.float64).index_add_(0, inv, vals) / m
+    mean_ts = torch.zeros(len(pairs), dtype=torch.float64).index_add_(0, inv, vals * score[sample]) / m
+    var = score.var(unbiased=False)
+    if var <= 0:
+        raise ValueError("the score is the same on every prompt: no variance to explain")
+    share = (mean_ts - mean_t * score.mean()) / var
+    top = share.argsort(descending=True)[:n]
+    in_top = torch.isin(inv, top)
+    rest = score - torch.zeros(m, dtype=torch.float64).index_add_(0, sample[in_top], vals[in_top])
+    row_names, col_names = list(rows), list(cols)
+    name = lambda p: (row_names[int(p) // len(cols)], col_names[int(p) % len(cols)])  # noqa: E731
+    is_error = torch.tensor([any("error" in s for s in name(p)) for p in pairs])
+    return {"n_prompts": m, "score_mean": float(score.mean()), "score_var": float(var),
+            "top": [{"query": name(pairs[p])[0], "key": name(pairs[p])[1], "share": float(share[p]),
+                     "mean": float(mean_t[p])} for p in top],
+            "top_share": float(share[top].sum()), "explained": float(1 - rest.var(unbiased=False) / var),
+            "error_share": float(share[is_error].sum()), "share_sum": float(share.sum())}
+
+
+@dataclass
+class QKPairs(Result):
+    """A head's attention score from dest to src over a prompt set, split into query x key pairs (pair_variance)."""
+
+    name: ClassVar[str] = "qk_pairs"
+    model: str
+    layer: int
+    head: int
+    sides: str  # what the streams are split into: "components" or "resid-SAE features"
+    prompts: list[str]
+    dest: list[int]
+    src: list[int]
+    variance: dict  # pair_variance's answer
+
+    def summary(self) -> str:
+        v = self.variance
+        lines = [f"{self.model} L{self.layer} head {self.head}: score over {v['n_prompts']} prompts, mean "
+                 f"{v['score_mean']:+.3f}, variance {v['score_var']:.4f}; streams split into {self.sides}",
+                 f"the top {len(v['top'])} (query part, key part) pairs carry {100 * v['top_share']:.1f}% of the variance "
+                 f"(taking them out leaves {100 * (1 - v['explained']):.1f}%); pairs with an SAE error term carry "
+                 f"{100 * v['error_share']:.1f}%"]
+        lines += [f"  {t['share']:+7.1%}  {t['query']} x {t['key']}  (mean term {t['mean']:+.3f})" for t in v["top"]]
+        return "\n".join(lines)
+
+
+def qk_pairs(model, attn_saes: dict, resid_saes: dict, prompts: list[tuple[str, torch.Tensor, int, int]], layer: int,
+             head: int, resid_sae: bool = False, n: int = 8) -> QKPairs:
+    """`prompts`: (text, tokens, dest, src) each; one qk_table per prompt, then pair_variance over them."""
+    tables = [qk_table(PromptTrace(model, tokens, attn_saes, resid_saes, upto=layer), layer, head, dest, src, resid_sae)
+              for _, tokens, dest, src in prompts]
+    return QKPairs(model=model.cfg.name, layer=layer, head=head,
+                   sides="resid-SAE features" if resid_sae else "components (attention-SAE features upstream)",
+                   prompts=[p[0] for p in prompts], dest=[p[2] for p in prompts], src=[p[3] for p in prompts],
+                   variance=pair_variance(tables, n))

@@ -35,10 +35,11 @@ class PromptTrace:
     """One prompt's forward with what RDFA freezes and reads, and every SAE's activations on it.
 
     `attn_saes` {layer: SAE on blocks.{layer}.attn.hook_z}, `resid_saes` {layer: SAE on
-    blocks.{layer}.hook_resid_pre} (optional: step 3). The model must run in float32: the splits are exact
-    only up to its rounding."""
+    blocks.{layer}.hook_resid_pre} (optional: step 3); what every layer up to the last of them (or `upto`) computes
+    is kept. The model must run in float32: the splits are exact only up to its rounding."""
 
-    def __init__(self, model, tokens: torch.Tensor, attn_saes: dict, resid_saes: dict | None = None):
+    def __init__(self, model, tokens: torch.Tensor, attn_saes: dict, resid_saes: dict | None = None,
+                 upto: int | None = None):
         if model.dtype != torch.float32:
             raise ValueError(f"RDFA needs the model in float32 (it is {model.dtype}): its sums are exact only to the "
                              "model's rounding")
@@ -59,7 +60,7 @@ class PromptTrace:
                 raise ValueError(f"the residual SAE given for layer {l} reads {sae.cfg.hook_name}, not "
                                  f"{act_name('resid_pre', l)}")
         c = model.cfg
-        last = max([*self.attn_saes, *self.resid_saes])
+        last = max([*self.attn_saes, *self.resid_saes, *([] if upto is None else [upto])])  # the last layer kept
         names = ["hook_embed"] + (["hook_pos_embed"] if c.learned_pos else [])
         for l in range(last + 1):
             names += [act_name("resid_pre", l), f"blocks.{l}.ln1.hook_scale", act_name("pattern", l), act_name("v", l),

@@ -123,6 +123,10 @@ def add_train(p, base: TrainConfig | None = None, sweep: bool = False) -> None:
     p.add_argument("--lr", type=POSITIVE_FLOAT, default=base.lr, help="(default: %(default)s)")
     p.add_argument("--lr-warmup", type=COUNT, default=base.lr_warmup, help="steps of linear lr warm-up from 0; fewer "
                    "latents die under the first large Adam steps (default: %(default)s)")
+    p.add_argument("--init-subspace", type=FRACTION, default=base.init_subspace, help="draw the initial decoder (and "
+                   "encoder) directions inside the span of the top principal directions holding this fraction of the "
+                   "data's variance: attention outputs are low-rank, so random directions leave latents dead; 0: "
+                   "uniformly random (default: %(default)s)")
     p.add_argument("--dtype", choices=DTYPE_CHOICES, default=base.dtype, help="matmul precision while training (default: "
                    "%(default)s)")
     p.add_argument("--seed", type=SEED, default=base.seed, help="(default: %(default)s)")
@@ -146,7 +150,7 @@ def train_config(args, base: TrainConfig | None = None) -> TrainConfig:
         del given["l1_coeff"]
     cfg = replace(base or TrainConfig(), recipe=args.recipe, expansion=args.expansion, steps=args.steps,
                   batch_size=args.batch_size, lr=args.lr, lr_warmup=args.lr_warmup, dtype=args.dtype, seed=args.seed,
-                  **given)
+                  init_subspace=args.init_subspace, **given)
     recipe.check(cfg)
     return cfg
 

@@ -55,6 +55,29 @@ def add_parsers(sub) -> None:
     p.add_argument("--port", type=a.int_range(1, 65535), default=8000, help="(default: %(default)s)")
     p.set_defaults(fn=run_explore)
 
+    p = sub.add_parser(
+        "qk-pairs", help="a head's attention score over IOI prompts split into (query feature, key feature) pairs, and "
+        "how much of its variance the top pairs explain (the paper's appendix K.3)",
+        description="For each of --ioi IOI prompts (half ABBA, half BABA), the score of head --head of layer --layer "
+        "from the final position to --to (the indirect object, or the subject's first or second mention) is split into "
+        "query part x key part terms: with --resid, both residual streams into the residual SAE's features at that "
+        "layer (its error and bias included); else into embeddings, MLP outputs and each earlier layer's attention-SAE "
+        "features. Terms are matched across prompts by their pair of names; a pair's share is Cov(term, score) / "
+        "Var(score), so all shares sum to 1. Writes qk_pairs.json with the top --top pairs.",
+        epilog="example: attnsae qk-pairs --sae runs/every_head/L5/sae --resid-sae runs/resid9/sae --layer 9 --head 6 "
+        "--resid --ioi 100 --to s2 --out runs/qk",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_saes(p)
+    p.add_argument("--layer", type=a.COUNT, required=True, help="the head's layer")
+    p.add_argument("--head", type=a.COUNT, required=True)
+    p.add_argument("--ioi", type=a.int_range(2, 1000), default=100, help="IOI prompts (default: %(default)s)")
+    p.add_argument("--to", choices=("io", "s1", "s2"), default="io", help="the key position (default: %(default)s)")
+    p.add_argument("--resid", action="store_true", help="split the streams into the residual SAE's features at --layer")
+    p.add_argument("--top", type=a.int_range(1, 100), default=8, help="pairs to report (default: %(default)s)")
+    p.add_argument("--seed", type=a.COUNT, default=0)
+    p.add_argument("--out", required=True)
+    p.set_defaults(fn=run_qk_pairs, model_dtype="float32")
+
 
 def _add_saes(p) -> None:
     """The SAEs (and model, device) of a trace."""
@@ -104,6 +127,23 @@ def run_trace(args) -> None:
         feature = (layer, f, pos + len(tokens) if pos < 0 else pos)
     a.report(trace_prompt(model, attn, tokens, args.prompt, resid, args.k, feature, args.depth,
                           args.sources, args.features), args)
+
+
+def run_qk_pairs(args) -> None:
+    from ..attribution.qk import qk_pairs
+    from ..experiments.ioi.prompts import encode, ioi_prompts, ioi_vocab
+
+    model, attn, resid = _load(args)
+    if args.layer >= model.cfg.n_layers:
+        raise ValueError(f"--layer {args.layer} out of range: {model.cfg.name} has {model.cfg.n_layers} layers")
+    if args.resid and args.layer not in resid:
+        raise ValueError(f"--resid needs a --resid-sae at layer {args.layer} (given: {sorted(resid) or 'none'})")
+    vocab = ioi_vocab(model)
+    batch = encode(vocab, ioi_prompts(vocab, (args.ioi + 1) // 2, args.seed))  # ABBA and BABA in turn
+    keys = getattr(batch, args.to)
+    prompts = [(batch.text[i], batch.tokens[i, : int(batch.length[i])], int(batch.end[i]), int(keys[i]))
+               for i in range(len(batch))][: args.ioi]
+    a.report(qk_pairs(model, attn, resid, prompts, args.layer, args.head, args.resid, args.top), args)
 
 
 def _by_layer(saes, option: str) -> dict:

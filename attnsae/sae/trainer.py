@@ -62,6 +62,11 @@ class TrainConfig:
     dtype: str = "bfloat16"  # matmul precision (autocast); parameters and Adam stay fp32
     normalize_input: bool = True  # scale inputs so E|x| = sqrt(d_in); folded into the saved SAE
     init_b_dec_median: bool = True  # geometric median estimate of the data (Bricken et al.)
+    # Active subspace initialisation (Wang et al. 2025, "Attention Layers Add Into Low-Dimensional Residual
+    # Subspaces"): decoder rows (and the tied encoder) drawn at random inside the span of the top principal
+    # directions that hold this fraction of the data's variance, instead of all of R^d_in. Attention outputs are
+    # low-rank, so a random direction mostly points where no input goes and its latent never fires. 0: off.
+    init_subspace: float = 0.0
     # resampling (l1 recipe)
     resample_every: int | None = None  # default: steps // 5
     n_resamples: int = 4  # the paper's training code: 4
@@ -101,6 +106,18 @@ def geometric_median(x: torch.Tensor, iters: int = 50) -> torch.Tensor:
             return y_new
         y = y_new
     return y
+
+
+def subspace_directions(x: torch.Tensor, frac: float, n: int, seed: int) -> torch.Tensor:
+    """[n, d] random unit vectors in the span of the top principal directions of `x` that hold `frac` of its
+    variance (the active subspace)."""
+    xc = (x - x.mean(0)).float()
+    _, s, vh = torch.linalg.svd(xc, full_matrices=False)
+    share = (s**2).cumsum(0) / (s**2).sum().clamp_min(1e-30)
+    rank = int((share < frac).sum()) + 1
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    w = torch.randn(n, min(rank, len(s)), generator=g).to(xc.device) @ vh[:rank]
+    return w / w.norm(dim=1, keepdim=True).clamp_min(1e-8)
 
 
 class Trainer:
@@ -165,7 +182,7 @@ class Trainer:
         return True
 
     def _init_from_data(self):
-        if not (self.cfg.normalize_input or self.cfg.init_b_dec_median):
+        if not (self.cfg.normalize_input or self.cfg.init_b_dec_median or self.cfg.init_subspace):
             return
         it, sample, n = self.batches_from(0), [], 0
         while n < INIT_ROWS:
@@ -177,6 +194,11 @@ class Trainer:
         if self.cfg.init_b_dec_median:
             with torch.no_grad():
                 self.sae.b_dec.copy_(geometric_median(x[:GEOMETRIC_MEDIAN_SAMPLES] * self.scale))
+        if self.cfg.init_subspace:
+            w = subspace_directions(x[:GEOMETRIC_MEDIAN_SAMPLES], self.cfg.init_subspace, self.sae.d_sae, self.cfg.seed)
+            with torch.no_grad():
+                self.sae.W_dec.copy_(w)
+                self.sae.W_enc.copy_(w.T)
 
     def start(self, resume: bool = True) -> None:
         """Continue from the checkpoint (resume=True and there is one), else initialise from the data."""

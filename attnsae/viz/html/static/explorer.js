@@ -88,10 +88,15 @@ async function addNode(parent, layer, feature, dest, value) {
     for (const s of d.sources) {
       const row = el("div", {class: "src"}, `← ${s.src} ${tok(s.src)}: `, val(s.value), " ");
       const out = el("div");
+      // the head that carries most of this source's term is picked first
+      const top = s.by_head.reduce((b, v, h) => (Math.abs(v) > Math.abs(s.by_head[b]) ? h : b), 0);
+      const head = el("select", {class: "head", "aria-label": "head for the QK table"});
+      s.by_head.forEach((v, h) => head.append(el("option", {value: h, text: `head ${h}`})));
+      head.value = top;
       row.append(el("button", {class: "small expand", text: "expand", onclick: (ev) => {
         ev.target.disabled = true;
         expand(out, layer, feature, dest, s.src);
-      }}), out);
+      }}), " ", head, el("button", {class: "small qk", text: "QK pairs", onclick: () => qk(out, layer, Number(head.value), dest, s.src)}), out);
       srcs.append(row);
     }
     node.append(srcs);
@@ -137,6 +142,23 @@ async function expand(box, layer, feature, dest, src) {
       t.append(el("tr", {}, el("td", {text: "bias (b_dec) + value bias"}), el("td", {}, val(p.resid.bias + p.value_bias))));
       box.append(el("details", {}, el("summary", {}, `the residual stream into resid-SAE features `, val(p.resid.total)), t));
     }
+  } catch (e) { showError(e); }
+}
+
+async function qk(box, layer, head, dest, src) {
+  showError(null);
+  try {
+    const r = await api("/api/qk", {prompt: PROMPT, layer, head, dest, src, top: 10, resid: INFO.resid_layers.includes(layer)});
+    const t = el("table", {class: "parts qk-table"}, el("tr", {}, el("th", {text: `query part at ${dest}`}),
+                 el("th", {text: `key part at ${src}`}), el("th", {text: "term"})));
+    for (const p of r.pairs) t.append(el("tr", {}, el("td", {text: p.query}), el("td", {text: p.key}), el("td", {}, val(p.value))));
+    const sides = (title, parts) => el("details", {}, el("summary", {text: title}),
+      el("table", {class: "parts"}, ...parts.map(([n, v]) => el("tr", {}, el("td", {text: n}), el("td", {}, val(v))))));
+    box.append(el("div", {class: "qk"},
+      el("b", {text: `L${layer} head ${head}: score ${tok(dest)} → ${tok(src)} `}), val(r.score),
+      el("span", {class: "note", text: ` = the sum of ${r.n_terms} query × key terms; the ${r.pairs.length} largest ` +
+                                         `carry ${(100 * r.top_abs_share).toFixed(0)}% of their total size`}),
+      t, sides("query side, summed over keys", r.query_parts), sides("key side, summed over queries", r.key_parts)));
   } catch (e) { showError(e); }
 }
 
