@@ -95,6 +95,23 @@ def test_fidelity_many_equals_each_splice_in_a_whole_forward(tiny, windows):
     assert results[0].ce_clean == results[1].ce_clean and results[0].ce_sae != results[1].ce_sae
 
 
+def test_zero_ablation_by_layer_equals_each_ablation_in_a_whole_forward(tiny, windows):
+    from attnsae.evals.metrics import zero_ablation_by_layer
+    from attnsae.evals.splice import zero_hook
+    from attnsae.models.hooks import act_name
+
+    model = tiny[0]
+    rows = zero_ablation_by_layer(model, windows, batch_size=5, progress=False)  # 24 windows: a short last batch
+    tokens = torch.from_numpy(np.asarray(windows, dtype=np.int64))
+    with torch.no_grad():
+        clean = model.loss(tokens).item()
+        for r in rows:
+            zero = model.loss(tokens, [(act_name("z", r["layer"]), zero_hook(1))]).item()
+            assert r["ce_clean"] == pytest.approx(clean, rel=1e-5) and r["ce_zero"] == pytest.approx(zero, rel=1e-5)
+            assert r["delta_ce_zero"] == pytest.approx(zero - clean, rel=1e-4, abs=1e-6)
+    assert [r["layer"] for r in rows] == list(range(model.cfg.n_layers))
+
+
 def test_sparsity_counts_l0_dead_and_explained_variance(tiny, windows):
     model = tiny[0]
     sae = identity_sae(model)

@@ -174,3 +174,37 @@ def test_pair_variance_over_real_tables_sums_to_one(trace):
     rest = score - torch.tensor([sum(float(t["table"][i, j]) for i, q in enumerate(t["rows"]) for j, k in
                                      enumerate(t["cols"]) if (q, k) in top) for t in tables], dtype=torch.float64)
     assert r["explained"] == pytest.approx(float(1 - rest.var(unbiased=False) / score.var(unbiased=False)), rel=1e-5)
+
+
+def test_every_split_sums_on_real_smollm2():
+    """The same sums on the real SmolLM2-135M (GQA, RoPE, RMSNorm) weights, on an IOI prompt: DFA by head and by source,
+    a source into components and upstream features, recursion, and a head's QK table against the model's score."""
+    from attnsae.attribution.qk import qk_table
+    from attnsae.data.windows import prompt_tokens
+
+    from .conftest import real_model
+
+    model = real_model("smollm2-135m")
+    assert model.dtype == torch.float32
+    saes = {2: random_sae(model, layer=2, d_sae=64, seed=1), 5: random_sae(model, layer=5, d_sae=64, seed=2)}
+    for sae in saes.values():
+        with torch.no_grad():
+            sae.W_dec.normal_(generator=torch.Generator().manual_seed(5))
+    tokens = prompt_tokens(model, "When Mary and John went to the store, John gave a drink to", 64)
+    trace = PromptTrace(model, tokens, saes)
+    _, cache = model.run_with_cache(tokens[None], ["blocks.5.attn.hook_z"])  # the model's own z, independently
+    torch.testing.assert_close(trace.pre[5], saes[5].pre_acts(cache["blocks.5.attn.hook_z"][0].flatten(1)).float())
+    dest = len(trace) - 1
+    f = int(trace.pre[5][dest].argmax())
+    d = traced_dfa(trace, 5, f, dest)
+    close(d.bias + float(d.by_head.sum()), d.pre)
+    close(d.bias + float(d.by_source.sum()), d.pre)
+    for src in (2, 10, dest):
+        parts = source_parts(trace, 5, f, dest, src, top=None)
+        close(parts["total"], float(d.by_source[src].sum()))
+        close(sum(parts["components"].values()) + parts["value_bias"], parts["total"])
+        up = parts["upstream"][2]
+        close(sum(v for *_, v in up["features"]) + up["error"] + up["bias"], up["total"])
+    for head in (0, 4, 8):
+        t = qk_table(trace, 5, head, dest, 2)
+        assert abs(float(t["table"].double().sum()) - t["score"]) <= 1e-5 * float(t["table"].abs().sum()) + 1e-5
