@@ -121,8 +121,9 @@ def pair_variance(tables: list[dict], n: int = 8) -> dict:
     the top n (query part, key part) pairs explain (the paper's K.3: 8 pairs, 62% over 100 prompts).
 
     A pair's share is Cov(term, score) / Var(score): the shares of all pairs sum to exactly 1, so the top n's sum
-    is the part of the variance they carry; `explained` is 1 - Var(score - their terms) / Var(score), the variance
-    left once they are taken out. `error_share` is the summed share of every pair with an SAE error term on a side."""
+    is the part of the variance they carry; `explained` is 1 - Var(score - their terms) / Var(score), the fraction
+    of the variance that goes once they are taken out. `error_share` is the summed share of every pair with an SAE
+    error term on a side."""
     if len(tables) < 2:
         raise ValueError("the variance over prompts needs at least 2 prompts")
     rows, cols = {}, {}
@@ -152,10 +153,11 @@ def pair_variance(tables: list[dict], n: int = 8) -> dict:
     in_top = torch.isin(inv, top)
     rest = score - torch.zeros(m, dtype=torch.float64).index_add_(0, sample[in_top], vals[in_top])
     row_names, col_names = list(rows), list(cols)
-    name = lambda p: (row_names[int(p) // len(cols)], col_names[int(p) % len(cols)])  # noqa: E731
-    is_error = torch.tensor([any("error" in s for s in name(p)) for p in pairs])
+    row_of, col_of = pairs // len(cols), pairs % len(cols)
+    is_error = (torch.tensor(["error" in r for r in row_names])[row_of]
+                | torch.tensor(["error" in c for c in col_names])[col_of])
     return {"n_prompts": m, "score_mean": float(score.mean()), "score_var": float(var),
-            "top": [{"query": name(pairs[p])[0], "key": name(pairs[p])[1], "share": float(share[p]),
+            "top": [{"query": row_names[row_of[p]], "key": col_names[col_of[p]], "share": float(share[p]),
                      "mean": float(mean_t[p])} for p in top],
             "top_share": float(share[top].sum()), "explained": float(1 - rest.var(unbiased=False) / var),
             "error_share": float(share[is_error].sum()), "share_sum": float(share.sum())}
