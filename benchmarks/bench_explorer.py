@@ -155,7 +155,7 @@ def main(argv=None):
     thread.join(10)
     lat = sorted(x for x, _ in results)
     bad = [s for _, s in results if s != 200]
-    q = statistics.quantiles(lat, n=20)
+    q = statistics.quantiles(lat, n=20, method="inclusive")
     print(f"load test: {a.clients} concurrent clients x {a.requests} requests (prompt / feature / source in turn) "
           f"over HTTP: {len(results)} requests, {len(bad)} not 200")
     print(f"  latency p50 {statistics.median(lat):.3f} s, p95 {q[18]:.3f} s, max {lat[-1]:.3f} s; "
