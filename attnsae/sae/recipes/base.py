@@ -87,3 +87,42 @@ def remove_parallel_grad(sae: SAE) -> None:
     g, w = sae.W_dec.grad, sae.W_dec.data
     if g is not None:
         g.sub_((g * w).sum(dim=1, keepdim=True) * w)
+
+
+@torch.no_grad()
+def resample_latents(sae: SAE, dead: torch.Tensor, inputs: Iterator[torch.Tensor], opt: torch.optim.Optimizer,
+                     n_inputs: int, seed: int, encoder_scale: float, b_enc: str) -> int:
+    """Bricken et al.'s resampling: each dead latent gets the direction of an input drawn with probability
+    proportional to its squared reconstruction loss, as decoder row and (times `encoder_scale` x the alive latents'
+    mean encoder norm) as encoder column; b_enc "zero", or "alive" (the alive latents' mean, so that a TopK-family
+    latent can win its competition); its Adam moments restart. Returns how many."""
+    idx = dead.nonzero().flatten()
+    if len(idx) == 0:
+        return 0
+    xs, losses, n = [], [], 0
+    while n < n_inputs:
+        x = next(inputs)
+        xs.append(x)
+        losses.append((sae(x).reconstruction - x).pow(2).sum(-1))
+        n += len(x)
+    x, loss = torch.cat(xs), torch.cat(losses)
+    probs = loss.pow(2)
+    pick = torch.multinomial(probs / probs.sum(), len(idx), replacement=len(idx) > len(x),
+                             generator=torch.Generator(device=probs.device).manual_seed(seed))
+    v = x[pick] - sae.b_dec
+    v = v / v.norm(dim=1, keepdim=True).clamp_min(1e-8)
+    alive = ~dead
+    enc_norm = sae.W_enc[:, alive].norm(dim=0).mean() if alive.any() else torch.tensor(1.0, device=sae.W_enc.device)
+    sae.W_dec[idx] = v
+    sae.W_enc[:, idx] = v.T * enc_norm * encoder_scale
+    sae.b_enc[idx] = sae.b_enc[alive].mean() if b_enc == "alive" and alive.any() else 0.0
+    for p in (sae.W_enc, sae.b_enc, sae.W_dec):
+        st = opt.state.get(p)
+        if not st:  # no Adam step taken yet
+            continue
+        for key in ("exp_avg", "exp_avg_sq"):
+            if p is sae.W_enc:
+                st[key][:, idx] = 0  # latents are W_enc's columns
+            else:
+                st[key][idx] = 0
+    return len(idx)
