@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import math
 
-import torch
-
 from ..sparse_step import sae_step
 from .base import Recipe, StepOutput, resample_latents
 
