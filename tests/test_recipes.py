@@ -289,7 +289,7 @@ def test_the_cli_refuses_an_option_the_recipe_does_not_read(recipe):
     from attnsae.cli.args import RECIPE_OPTIONS, train_config
 
     values = {"--l1": "2", "--k": "4", "--l0-coeff": "0.5", "--bandwidth": "0.1", "--init-threshold": "0.2",
-              "--prefixes": "0.5", "--resample-every": "100"}
+              "--prefixes": "0.5"}
     assert set(values) == set(RECIPE_OPTIONS.values())
     base = ["train", "--store", "s", "--out", "o", "--recipe", recipe]
     assert train_config(build_parser().parse_args(base)).recipe == recipe  # none given: the defaults, no complaint
@@ -370,38 +370,3 @@ def test_active_subspace_initialisation_leaves_fewer_dead_latents(tmp_path):
         tr.train()
         silent[frac] = int((tr.tokens - tr.last_fired > 100 * 256).sum())
     assert silent[0.99] <= 2 and silent[0.0] >= 40, silent  # measured: 0 and 86 of 128
-
-
-def test_topk_family_resampling_revives_dead_latents_at_the_alive_scale(tmp_path):
-    """--resample-every for TopK/BatchTopK: a latent that never fires is re-drawn from a high-loss input with the
-    alive latents' mean encoder norm and bias (the L1 recipe's 0.2x encoder could not win a top-k), its Adam
-    moments restart, and it fires again."""
-    data, _ = planted(n=20_000)
-    cfg = TrainConfig(recipe="batchtopk", k=3, steps=200, batch_size=256, lr=3e-3, dtype="float32", hist_every=0,
-                      checkpoint_every=10_000, resample_every=100, n_resamples=1, resample_inputs=1024)
-    tr = Trainer(SAEConfig(d_in=32, d_sae=64), cfg, tmp_path, batches_of(data, 256), progress=False)
-    assert tr.recipe.resample_steps == {100}
-    tr.start()
-    dead = torch.zeros(64, dtype=torch.bool)
-    dead[-8:] = True
-    for _ in range(99):
-        with torch.no_grad():
-            tr.sae.b_enc[dead] = -1e4  # these 8 never fire
-        tr.train_step(next(tr.batches_from(tr.step)))
-    assert bool(tr.dead_mask()[dead].all())
-    alive = ~dead
-    norm, bias = tr.sae.W_enc[:, alive].norm(dim=0).mean(), tr.sae.b_enc[alive].mean()
-    tr.train_step(next(tr.batches_from(tr.step)))  # step 100: the resample
-    assert tr.fire_tokens == 0  # counting starts again
-    torch.testing.assert_close(tr.sae.W_enc[:, dead].norm(dim=0), norm.expand(8), rtol=0.05, atol=0)
-    torch.testing.assert_close(tr.sae.b_enc[dead], bias.expand(8), rtol=0.05, atol=1e-3)
-    assert (tr.opt.state[tr.sae.W_enc]["exp_avg"][:, dead] == 0).all()
-    for _ in range(50):
-        tr.train_step(next(tr.batches_from(tr.step)))
-    assert (tr.fire_counts[dead] > 0).sum() >= 6, tr.fire_counts[dead]
-    with pytest.raises(ValueError, match="--resample-every does not apply to --recipe jumprelu"):
-        from attnsae.cli import build_parser
-        from attnsae.cli.args import train_config
-
-        train_config(build_parser().parse_args(["train", "--store", "s", "--out", "o", "--recipe", "jumprelu",
-                                                "--resample-every", "100"]))

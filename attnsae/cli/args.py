@@ -91,7 +91,7 @@ def add_data(p, multi_hook: bool = False, hook: bool = True) -> None:
 # The options that set a TrainConfig field only some recipes read (Recipe.options): given explicitly with a
 # recipe that does not read it, the command refuses it rather than silently ignoring it.
 RECIPE_OPTIONS = {"l1_coeff": "--l1", "k": "--k", "l0_coeff": "--l0-coeff", "bandwidth": "--bandwidth",
-                  "init_threshold": "--init-threshold", "prefixes": "--prefixes", "resample_every": "--resample-every"}
+                  "init_threshold": "--init-threshold", "prefixes": "--prefixes"}
 
 
 def add_train(p, base: TrainConfig | None = None, sweep: bool = False) -> None:
@@ -117,9 +117,6 @@ def add_train(p, base: TrainConfig | None = None, sweep: bool = False) -> None:
                    f"the start, on unit-scaled inputs (default: {base.init_threshold})")
     p.add_argument("--prefixes", type=PART, nargs="+", default=None, help="matryoshka_batchtopk: nested prefix sizes as "
                    f"rising fractions of d_sae; the whole dictionary is always the last (default: {list(base.prefixes)})")
-    p.add_argument("--resample-every", type=POSITIVE, default=None, help="l1: steps between resamplings of dead latents "
-                   "(default: steps / 5); topk, batchtopk, matryoshka_batchtopk: resample dead latents this often, at "
-                   "the alive latents' encoder scale (default: never; AuxK only)")
     p.add_argument("--expansion", type=POSITIVE, default=base.expansion, help="d_sae = expansion * d_in (default: %(default)s)")
     p.add_argument("--steps", type=POSITIVE, default=base.steps, help="(default: %(default)s)")
     p.add_argument("--batch-size", type=POSITIVE, default=base.batch_size, help="(default: %(default)s)")

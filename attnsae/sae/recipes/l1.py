@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 from ..sparse_step import sae_step
-from .base import Recipe, StepOutput, resample_latents
+from .base import Recipe, StepOutput
 
 # A resampled latent's encoder row is its new direction times this fraction of the alive latents'
 # mean encoder norm (Bricken et al. 2023, "Neuron Resampling"; anthropic_neuron_resample_scale in
@@ -42,8 +44,39 @@ class L1Recipe(Recipe):
         t = since / self.cfg.resample_warmup
         return WARM_BACK_START + (1 - WARM_BACK_START) * 0.5 * (1 - math.cos(math.pi * t))
 
+    @torch.no_grad()
     def resample(self, dead, step, inputs, opt):
-        n = resample_latents(self.sae, dead, inputs, opt, self.cfg.resample_inputs, self.cfg.seed + step,
-                             RESAMPLE_ENCODER_SCALE, b_enc="zero")
+        """Bricken et al.'s resampling: each dead latent gets the direction of an input drawn with
+        probability proportional to its squared reconstruction loss; its Adam moments restart."""
+        idx = dead.nonzero().flatten()
+        if len(idx) == 0:
+            return 0
+        sae = self.sae
+        xs, losses, n = [], [], 0
+        while n < self.cfg.resample_inputs:
+            x = next(inputs)
+            xs.append(x)
+            losses.append((sae(x).reconstruction - x).pow(2).sum(-1))
+            n += len(x)
+        x, loss = torch.cat(xs), torch.cat(losses)
+        g = torch.Generator().manual_seed(self.cfg.seed + step)
+        probs = loss.pow(2)
+        pick = torch.multinomial(probs / probs.sum(), len(idx), replacement=len(idx) > len(x), generator=g)
+        v = x[pick] - sae.b_dec
+        v = v / v.norm(dim=1, keepdim=True).clamp_min(1e-8)
+        alive = ~dead
+        enc_norm = sae.W_enc[:, alive].norm(dim=0).mean() if alive.any() else torch.tensor(1.0, device=sae.W_enc.device)
+        sae.W_dec[idx] = v
+        sae.W_enc[:, idx] = v.T * enc_norm * RESAMPLE_ENCODER_SCALE
+        sae.b_enc[idx] = 0.0
+        for p in (sae.W_enc, sae.b_enc, sae.W_dec):
+            st = opt.state.get(p)
+            if not st:  # no Adam step taken yet
+                continue
+            for key in ("exp_avg", "exp_avg_sq"):
+                if p is sae.W_enc:
+                    st[key][:, idx] = 0  # latents are W_enc's columns
+                else:
+                    st[key][idx] = 0
         self.last_resample, self.n_resampled = step, self.n_resampled + 1
-        return n
+        return len(idx)

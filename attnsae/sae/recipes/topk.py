@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from ..sparse_step import SparseStep, sae_step
-from .base import Recipe, StepOutput, resample_latents
+from .base import Recipe, StepOutput
 
 AUX_COEFF = 1 / 32  # weight of the AuxK loss (Gao et al. 2024)
 
@@ -15,7 +15,7 @@ AUX_COEFF = 1 / 32  # weight of the AuxK loss (Gao et al. 2024)
 class TopKRecipe(Recipe):
     name = "topk"
     architecture = "topk"
-    options = ("k", "dead_window", "resample_every", "n_resamples", "resample_inputs")
+    options = ("k", "dead_window")
     state_keys = ("last_fired", "tokens_seen")
 
     def __init__(self, sae, cfg):
@@ -26,18 +26,6 @@ class TopKRecipe(Recipe):
         # a latent silent this long is dead for AuxK: cfg.dead_window (Gao et al.: 10M tokens),
         # or a tenth of the run when that is shorter (our choice, so short runs use AuxK at all)
         self.dead_after = min(cfg.dead_window, cfg.steps * cfg.batch_size // 10)
-        # resampling is off unless asked for (--resample-every): AuxK is the TopK family's own remedy
-        every = cfg.resample_every
-        self.resample_steps = frozenset(every * i for i in range(1, cfg.n_resamples + 1) if every * i < cfg.steps) \
-            if every else frozenset()
-
-    def resample(self, dead, step, inputs, opt):
-        """Bricken et al.'s resampling, with the new latents' encoder norm and bias those of the alive ones: a
-        latent here must win a top-k against them, so the L1 recipe's small encoder would leave it silent."""
-        n = resample_latents(self.sae, dead, inputs, opt, self.cfg.resample_inputs, self.cfg.seed + step, 1.0,
-                             b_enc="alive")
-        self.last_fired[dead] = self.tokens_seen  # AuxK gives them a fresh window
-        return n
 
     def activate(self, x) -> SparseStep:
         """TopK per row. The decoder touches only the k active latents."""
