@@ -225,8 +225,8 @@ def zero_ablation_by_layer(model, windows: np.ndarray, batch_size: int = 8, prog
     n_layers = model.cfg.n_layers
     names = [act_name("resid_pre", l) for l in range(n_layers)]
     clean, zero, n = 0.0, [0.0] * n_layers, 0
-    batches = list(token_batches(windows, batch_size))
-    for tokens in tqdm(batches, desc="zero-ablate each layer", disable=not progress, leave=False):
+    for tokens in tqdm(token_batches(windows, batch_size), total=-(-len(windows) // batch_size),
+                       desc="zero-ablate each layer", disable=not progress, leave=False):
         tokens = tokens.to(model.device)
         logits, resid = model.run_with_hooks(tokens, [], cache=names)
         clean += _ce_sum(logits, tokens)
