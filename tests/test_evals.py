@@ -10,10 +10,14 @@ from attnsae.sae import SAE, SAEConfig
 from .conftest import hf_tiny
 
 
-def identity_sae(model, layer=1):
-    """A perfect reconstruction: x = relu(x) - relu(-x), with d_sae = 2 d_in."""
-    d = model.cfg.d_attn
-    sae = SAE(SAEConfig(d_in=d, d_sae=2 * d, model_name=model.cfg.name, hook_name=f"blocks.{layer}.attn.hook_z",
+def identity_sae(model, layer=1, hook="z", head=None):
+    """A perfect reconstruction of blocks.{layer}.attn.hook_{hook} (one head's vector when `head` is given):
+    x = relu(x) - relu(-x), with d_sae = 2 d_in."""
+    from attnsae.models.hooks import act_name, width
+
+    name = act_name(hook, layer)
+    d = width(model.cfg, name + ("" if head is None else f"[{head}]"))
+    sae = SAE(SAEConfig(d_in=d, d_sae=2 * d, model_name=model.cfg.name, hook_name=name, hook_head_index=head,
                         processing=model.processing.to_dict()))
     eye = torch.eye(d)
     with torch.no_grad():
@@ -24,8 +28,8 @@ def identity_sae(model, layer=1):
     return sae
 
 
-def zero_sae(model, layer=1):
-    sae = identity_sae(model, layer)
+def zero_sae(model, layer=1, hook="z", head=None):
+    sae = identity_sae(model, layer, hook, head)
     with torch.no_grad():
         sae.W_dec.zero_()
     return sae
@@ -51,6 +55,53 @@ def test_perfect_reconstruction_scores_100_and_zero_scores_0(tiny, windows):
     # the error term restores the clean forward whatever the SAE
     assert zero.ce_sae_with_error == pytest.approx(zero.ce_clean, abs=1e-5)
     assert perfect.n_tokens == windows.shape[0] * (windows.shape[1] - 1)
+
+
+@pytest.mark.parametrize("hook,head", [("q", 2), ("k", 1), ("v", 0), ("rot_q", 3), ("z", 4)])
+def test_a_per_head_sae_is_scored_against_ablating_its_own_head(hook, head, windows):
+    """An SAE on one head's q/k/v/z is compared with zero- and mean-ablating that head alone (SAELens issue #163):
+    a zeroing SAE scores 0% and equals the zero baseline, a perfect one 100%, and the baselines leave the hook's
+    other heads as they were."""
+    import torch.nn.functional as F
+
+    from attnsae.models.hooks import act_name
+
+    model = from_hf(hf_tiny("llama"), weights="random")  # 6 query heads, 2 kv heads
+    model.cfg.name = "tiny-llama"
+    with torch.no_grad():  # sharper attention, so that ablating q or k moves the loss
+        for w in (model.blocks[1].W_Q, model.blocks[1].W_K):
+            w.mul_(8)
+    zero = fidelity(model, zero_sae(model, 1, hook, head), windows, progress=False)
+    perfect = fidelity(model, identity_sae(model, 1, hook, head), windows, progress=False)
+    assert zero.ce_recovered == pytest.approx(0.0, abs=1e-4) and zero.ce_sae == pytest.approx(zero.ce_zero, abs=1e-6)
+    assert perfect.ce_recovered == pytest.approx(1.0, abs=1e-4)
+    name = act_name(hook, 1)
+    tokens = torch.from_numpy(np.asarray(windows, dtype=np.int64))
+
+    def ablate(head_only):
+        def fn(act, _):
+            act = act.clone()
+            if head_only:
+                act[:, 1:, head] = 0
+            else:
+                act[:, 1:] = 0
+            return act
+        with torch.no_grad():
+            return model.loss(tokens, [(name, fn)]).item()
+
+    assert zero.ce_zero == pytest.approx(ablate(head_only=True), rel=1e-5)
+    assert abs(ablate(head_only=False) - zero.ce_zero) > 1e-3  # the whole-hook baseline would be another number
+    with torch.no_grad():  # the mean baseline: this head's mean vector, the other heads untouched
+        x = model.run_with_cache(tokens, [name])[1][name]
+        mean = x[:, 1:, head].float().mean((0, 1))
+
+        def put_mean(act, _):
+            act = act.clone()
+            act[:, 1:, head] = mean
+            return act
+        logits = model.run_with_hooks(tokens, [(name, put_mean)])
+        ce = F.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten()).item()
+    assert zero.ce_mean == pytest.approx(ce, rel=1e-5)
 
 
 def test_a_partial_reconstruction_lands_between(tiny, windows):

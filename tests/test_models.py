@@ -115,6 +115,23 @@ def test_bad_hook_name_is_a_clear_error(tiny, tokens):
         model.run_with_cache(tokens, [f"blocks.{model.cfg.n_layers}.attn.hook_z"])
 
 
+def test_a_head_the_hook_lacks_is_refused_with_the_fix():
+    """Key/value hooks are indexed by kv head: asking hook_k for a query head names the kv head that serves it."""
+    from attnsae.models.hooks import width
+    from attnsae.models.loading import from_hf
+
+    from .conftest import hf_tiny
+
+    cfg = from_hf(hf_tiny("llama"), weights="random").cfg  # 6 query heads, 2 kv heads
+    assert width(cfg, "blocks.1.attn.hook_k[1]") == width(cfg, "blocks.1.attn.hook_q[5]") == cfg.d_head
+    with pytest.raises(ValueError, match=r"query head 5 reads key/value head 1: write blocks.1.attn.hook_k\[1\]"):
+        width(cfg, "blocks.1.attn.hook_k[5]")
+    with pytest.raises(ValueError, match="6 query heads"):
+        width(cfg, "blocks.1.attn.hook_rot_q[6]")
+    with pytest.raises(ValueError, match="2 key/value heads, each shared by 3 query heads$"):
+        width(cfg, "blocks.1.attn.hook_v[9]")
+
+
 def test_token_ids_outside_the_vocabulary_are_refused(tiny):
     with pytest.raises(ValueError, match="tokenizer"):
         tiny[0](torch.tensor([[0, 5000]]))

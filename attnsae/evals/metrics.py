@@ -109,7 +109,8 @@ def fidelity_many(model, saes, windows: np.ndarray, batch_size: int = 8, progres
             first = sae.cfg.first_pos
             resid_start = None if start is None else resid[act_name("resid_pre", start)]
             acc["clean"] += ce_clean
-            for key, fn in (("sae", sae_hook(sae)), ("zero", zero_hook(first)), ("mean", mean_hook(mean, first)),
+            head = sae.cfg.hook_spec.head  # a per-head SAE: the baselines ablate that head only
+            for key, fn in (("sae", sae_hook(sae)), ("zero", zero_hook(first, head)), ("mean", mean_hook(mean, first, head)),
                             ("err", sae_hook(sae, keep_error=True))):
                 logits = (model.run_with_hooks(tokens, [(hook, fn)]) if start is None
                           else model.forward_from(start, resid_start, [(hook, fn)])[0])
@@ -130,17 +131,17 @@ def fidelity_many(model, saes, windows: np.ndarray, batch_size: int = 8, progres
 
 
 def _mean_activations(model, saes, windows: np.ndarray, batch_size: int) -> list[torch.Tensor]:
-    """Each SAE's hook activation averaged over the positions it reads (>= its first_pos) of `windows`, all from
-    one forward per batch that stops after the last of them."""
-    keys = sorted({(sae.cfg.hook_name, sae.cfg.first_pos) for sae in saes})
+    """Each SAE's input (its hook, or its head of the hook) averaged over the positions it reads (>= its first_pos)
+    of `windows`, all from one forward per batch that stops after the last of them."""
+    keys = sorted({(str(sae.cfg.hook_spec), sae.cfg.first_pos) for sae in saes})
     totals, count = dict.fromkeys(keys, 0.0), dict.fromkeys(keys, 0)
     for tokens in token_batches(windows, batch_size):
-        acts = model.run_with_cache(tokens, sorted({hook for hook, _ in keys}))[1]
-        for hook, first in keys:
-            x = acts[hook][:, first:].float()
-            totals[hook, first] = totals[hook, first] + x.sum(dim=(0, 1))
-            count[hook, first] += x.shape[0] * x.shape[1]
-    return [totals[k] / count[k] for k in ((s.cfg.hook_name, s.cfg.first_pos) for s in saes)]
+        for first in {f for _, f in keys}:
+            specs = [spec for spec, f in keys if f == first]
+            for spec, x in collect(model, tokens.to(model.device), specs, first).items():
+                totals[spec, first] = totals[spec, first] + x.float().sum(0)
+                count[spec, first] += x.shape[0]
+    return [totals[k] / count[k] for k in ((str(s.cfg.hook_spec), s.cfg.first_pos) for s in saes)]
 
 
 class SparsityMeter:

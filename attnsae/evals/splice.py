@@ -95,21 +95,31 @@ def sae_hook(
     return fn
 
 
-def mean_hook(mean: torch.Tensor, first_pos: int = 0):
-    """Replace the hook (positions >= first_pos) by a fixed activation, e.g. its dataset mean."""
+def _target(act: torch.Tensor, first_pos: int, head: int | None):
+    """The part of a hook activation an ablation replaces: positions >= first_pos, only `head`'s vector when
+    given (an SAE on one head's q or k is ablated on that head alone, not on the whole hook)."""
+    return (slice(None), slice(first_pos, None)) + (() if head is None else (head,))
+
+
+def mean_hook(mean: torch.Tensor, first_pos: int = 0, head: int | None = None):
+    """Replace the hook (positions >= first_pos; only `head` when given) by a fixed activation, e.g. its dataset
+    mean: one row of the SAE's input (a head's vector, or every head concatenated)."""
 
     def fn(act, name):
         act = act.clone()
-        act[:, first_pos:] = mean.to(act.dtype).view(act.shape[2:])
+        where = _target(act, first_pos, head)
+        act[where] = mean.to(act.dtype).view(act[where].shape[2:])
         return act
 
     return fn
 
 
-def zero_hook(first_pos: int = 0):
+def zero_hook(first_pos: int = 0, head: int | None = None):
+    """Zero the hook at positions >= first_pos (only `head`'s vector when given)."""
+
     def fn(act, name):
         act = act.clone()
-        act[:, first_pos:] = 0
+        act[_target(act, first_pos, head)] = 0
         return act
 
     return fn

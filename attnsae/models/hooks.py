@@ -96,6 +96,7 @@ def width(cfg, spec: str | HookSpec) -> int:
     """The width of one row of `spec` once flattened (heads concatenated, or one head's vector).
     `cfg` is a ModelConfig. Does not check that the name exists (Transformer.check_hook_name does)."""
     s = spec if isinstance(spec, HookSpec) else parse(spec)
+    check_head(cfg, s)
     if s.kind in QUERY_HEAD_KINDS and s.name.endswith(f"attn.hook_{s.kind}"):
         return cfg.d_head if s.head is not None else cfg.d_attn
     if s.kind in KV_HEAD_KINDS and s.name.endswith(f"attn.hook_{s.kind}"):
@@ -103,6 +104,21 @@ def width(cfg, spec: str | HookSpec) -> int:
     if s.head is not None:
         raise ValueError(f"{s.name} has no head dimension; drop the [{s.head}]")
     return cfg.d_model
+
+
+def check_head(cfg, spec: HookSpec) -> None:
+    """Refuse a head index the hook does not have, naming the fix: hook_k / hook_v / hook_rot_k are indexed by
+    key/value head (grouped-query attention shares one among n_heads / n_kv_heads query heads)."""
+    if spec.head is None or not spec.name.endswith(f"attn.hook_{spec.kind}"):
+        return
+    if spec.kind in KV_HEAD_KINDS and spec.head >= cfg.n_kv_heads:
+        group = cfg.n_heads // cfg.n_kv_heads
+        fix = (f"; query head {spec.head} reads key/value head {spec.head // group}: write {spec.name}[{spec.head // group}]"
+               if spec.head < cfg.n_heads else "")
+        raise ValueError(f"{spec}: {cfg.name} has {cfg.n_kv_heads} key/value heads, each shared by {group} query "
+                         f"heads{fix}")
+    if spec.kind in QUERY_HEAD_KINDS and spec.head >= cfg.n_heads:
+        raise ValueError(f"{spec}: {cfg.name} has {cfg.n_heads} query heads (0..{cfg.n_heads - 1})")
 
 
 def parse_heads(specs, cfg) -> list[tuple[int, int]]:
