@@ -122,6 +122,11 @@ CORRUPT_SAE, PICKLED_SAE = _hostile_files()
     (["qk-pairs", *NO_SAE, "--layer", "1", "--head", "0", "--ioi", "5000", *OUT], "--ioi: 5000 is out of range"),
     (["qk-pairs", *NO_SAE, "--layer", "1", "--head", "0", "--to", "end", *OUT], "invalid choice: 'end'"),
     (["layers", "--init-subspace", "1.5", *OUT], "--init-subspace: 1.5 is out of range"),
+    (["qk-study", *OUT], "the following arguments are required: --head"),
+    (["qk-study", "--head", "18.6", "--n-top", "0", *OUT], "--n-top: 0 is out of range"),
+    (["qk-study", "--head", "18.6", "--scale", "-1", *OUT], "--scale: -1 is out of range"),
+    (["qk-study", "--head", "18.6", "--recipe", "l1", "--k", "4", *OUT], "--k does not apply to --recipe l1"),
+    (["qk-study", "--head", "18.6", "--model", "/nonexistent/m.gguf", *OUT], "no GGUF file"),
 ])
 def test_bad_input_is_a_one_line_error_not_a_traceback(args, message):
     r = attnsae(*args)

@@ -82,7 +82,7 @@ def _project(trace: PromptTrace, layer: int, head: int, pos: int, side: str, par
         w = (block.q_norm_w if side == "q" else block.k_norm_w).detach().float() + c.norm_gain_offset
         s = trace.cache[f"blocks.{layer}.attn.{side}_norm.hook_scale"][pos, h].float()
         lin, const = lin * w / s, const * w / s
-    rope = model._rope(len(trace), layer, torch.float32, torch.device("cpu"))
+    rope = model.rope(len(trace), layer, torch.float32, torch.device("cpu"))
     if rope is not None:
         cos, sin = rope[0][pos, 0], rope[1][pos, 0]
         lin, const = apply_rope(lin, cos, sin), apply_rope(const, cos, sin)

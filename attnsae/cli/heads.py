@@ -59,6 +59,48 @@ def add_parsers(sub) -> None:
     p.add_argument("--out", required=True)
     p.set_defaults(fn=run_induction)
 
+    from ..jobs.qk_study import PROMPT, QKStudyConfig, qk_train_config
+
+    d = QKStudyConfig(heads=[])
+    p = sub.add_parser(
+        "qk-study", help="query/key SAEs of chosen heads (the seed 002 study): train, fidelity, pattern KL, positional "
+        "and token features, QK matrices, reconstructed patterns, a key-feature intervention, dashboards",
+        formatter_class=argparse.RawDescriptionHelpFormatter, description="""\
+For each --head L.H: a query SAE on that query head (hook_q[H], or hook_rot_q[H] with --post-rotary) and
+a key SAE on the key/value head it reads (hook_k[G]; with grouped-query attention it serves several
+query heads, named everywhere), all trained from one model stream; then
+  fidelity      each SAE spliced into its own head only: CE recovered against zero-ablating that head
+  pattern       KL(real || reconstructed pattern) from reconstructed q, k, both; the head's induction and
+                previous-token scores from them on repeated random tokens
+  positional    each feature's top --n-top activations: position histogram, mode; "I am [X]" (token there)
+                and "I follow [X]" (token before) features
+  matrix        query x key feature scores by modal position; score against relative offset (rotary)
+  prompt        real vs reconstructed pattern on --prompt; features whose removal moves one score most
+  intervention  the "I follow [--x-token]" key feature scaled by --scale: induction on X vs other tokens
+  objective     TopK pairs trained with MSE + --pattern-coeff x pattern KL vs MSE only, at equal L0
+and out/index.html with every figure and dashboard. Resumable: a stage whose output exists is skipped.""")
+    a.add_model(p)
+    p.add_argument("--head", action="append", required=True, help="query head LAYER.HEAD, repeatable")
+    p.add_argument("--post-rotary", action="store_true", help="SAEs on hook_rot_q / hook_rot_k (after the rotary embedding)")
+    p.add_argument("--corpus", default="default", help="(default: %(default)s)")
+    p.add_argument("--ctx", type=a.CTX, default=d.windows.ctx, help="tokens per window (default: %(default)s)")
+    p.add_argument("--eval-windows", type=a.POSITIVE, default=d.eval_windows, help="held-out windows for CE, KL and "
+                   "pattern KL (default: %(default)s)")
+    p.add_argument("--top-windows", type=a.POSITIVE, default=d.top_windows, help="windows scanned for each feature's "
+                   "top activations (default: %(default)s)")
+    p.add_argument("--n-top", type=a.POSITIVE, default=d.n_top, help="top activations per feature (default: %(default)s)")
+    p.add_argument("--prompt", default=PROMPT, help="prompt for the reconstructed pattern (default: %(default)r)")
+    p.add_argument("--x-token", default=d.x_token, help="the intervention's token, one token (default: %(default)r)")
+    p.add_argument("--scale", type=a.NONNEG, default=d.scale, help="scale of the 'I follow [X]' key feature (0 removes it; "
+                   "default: %(default)s)")
+    p.add_argument("--pattern-coeff", type=a.NONNEG, default=d.pattern_coeff, help="pattern-KL weight of the objective "
+                   "comparison, 0 skips it (default: %(default)s)")
+    p.add_argument("--objective-steps", type=a.POSITIVE, default=d.objective_steps, help="(default: %(default)s)")
+    a.add_train(p, qk_train_config())
+    a.add_device(p)
+    p.add_argument("--out", required=True)
+    p.set_defaults(fn=run_qk_study_cmd)
+
     p = sub.add_parser(
         "ioi", help="indirect object identification (paper 4.3, app. K): head roles, SAE splicing, features at S2, noising",
         formatter_class=argparse.RawDescriptionHelpFormatter, description="""\
@@ -136,3 +178,14 @@ def run_ioi_cmd(args) -> None:
                      k_s_inhibition=args.k_s_inhibition, noise_layers=args.noise_layers,
                      sections=parse_sections(args.cross_section, model.cfg) if args.cross_section else None,
                      feature_layers=args.feature_layers, min_attn=args.min_attn, chunk=args.chunk), args)
+
+
+def run_qk_study_cmd(args) -> None:
+    from ..jobs.qk_study import QKStudyConfig, qk_train_config, run_qk_study
+
+    cfg = QKStudyConfig(heads=args.head, out=args.out, model=args.model, post_rotary=args.post_rotary,
+                        windows=WindowSpec(corpus=args.corpus, ctx=args.ctx), train=a.train_config(args, qk_train_config()),
+                        eval_windows=args.eval_windows, top_windows=args.top_windows, n_top=args.n_top, prompt=args.prompt,
+                        x_token=args.x_token, scale=args.scale, pattern_coeff=args.pattern_coeff,
+                        objective_steps=args.objective_steps, device=args.device, seed=args.seed)
+    print(f"report: {run_qk_study(cfg)}")

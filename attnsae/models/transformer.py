@@ -42,7 +42,7 @@ class Run:
         self.wanted = set(cache)
         self.cache: dict[str, torch.Tensor] = {}
         self.active = self.wanted | set(self.hooks)
-        self.stop_early = stop_early and not self.hooks  # interventions need the rest of the forward
+        self.stop_early = stop_early  # with interventions: the caller wants only what they do to the cached hooks
 
     def needs(self, name: str) -> bool:
         return name in self.active
@@ -302,7 +302,9 @@ class Transformer(nn.Module):
                 f"Hooks follow TransformerLens names, e.g. 'blocks.0.attn.hook_z'."
             )
 
-    def _rope(self, n, layer, dtype, device):
+    def rope(self, n, layer, dtype, device):
+        """(cos, sin) of the rotary embedding at positions 0..n-1 of `layer` ([n, 1, d_head]: broadcast over heads), or
+        None for a model without one."""
         c = self.cfg
         if c.rope_theta is None:
             return None
@@ -337,7 +339,7 @@ class Transformer(nn.Module):
         """Blocks start.. applied to the residual stream x (blocks.{start}.hook_resid_pre)."""
         n = x.shape[1]
         for i in range(start, self.cfg.n_layers):
-            x = self.blocks[i](x, run, self._rope(n, i, x.dtype, x.device))
+            x = self.blocks[i](x, run, self.rope(n, i, x.dtype, x.device))
         return x
 
     def final_norm(self, x: torch.Tensor):
@@ -364,9 +366,10 @@ class Transformer(nn.Module):
 
     @torch.no_grad()
     def forward_from(self, start: int, resid: torch.Tensor, hooks: list[tuple[str, HookFn]] = (), cache: Iterable[str] = (),
-                     at: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                     at: torch.Tensor | None = None, stop_early: bool = False) -> tuple[torch.Tensor | None, dict]:
         """(logits, cache) of a forward that starts at block `start` from its residual stream `resid`
-        (blocks.{start}.hook_resid_pre, [b, p, d_model]); only hooks at or after that point apply.
+        (blocks.{start}.hook_resid_pre, [b, p, d_model]); only hooks at or after that point apply. With
+        `stop_early` it stops after the last hook in `cache` (logits None): what the interventions do to it.
 
         With `at` ([b] positions) the final norm and unembedding run at those positions only ([b, vocab]
         logits; ln_final hooks then see [b, d_model]): a big batch's full logits need not fit in memory."""
@@ -376,8 +379,11 @@ class Transformer(nn.Module):
         table: dict[str, list[HookFn]] = {}
         for name, fn in hooks:
             table.setdefault(name, []).append(fn)
-        run = Run(cache=names, hooks=table)
-        x = self.blocks_from(start, resid.to(self.device), run)
+        run = Run(cache=names, hooks=table, stop_early=stop_early)
+        try:
+            x = self.blocks_from(start, resid.to(self.device), run)
+        except _StopForward:
+            return None, run.cache
         if at is not None:
             x = x[torch.arange(x.shape[0], device=x.device), torch.as_tensor(at).to(x.device)]
         return self.unembed(x, run), run.cache

@@ -16,6 +16,7 @@ import dataclasses
 import json
 import math
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,6 +97,13 @@ def sae_config_for(cfg: TrainConfig, d_in: int, hook: str, meta: dict) -> SAECon
     )
 
 
+def init_seed(seed: int, sae_cfg: SAEConfig) -> int:
+    """The seed of an SAE's random initialisation: the run's seed mixed with its hook, so that SAEs trained side by side
+    on different hooks do not start from the same directions (a query SAE and a key SAE of one head would otherwise
+    share decoder rows, and their untrained features would look like matched pairs)."""
+    return (seed + zlib.crc32(str(sae_cfg.hook_spec).encode())) % 2**63
+
+
 def geometric_median(x: torch.Tensor, iters: int = 50) -> torch.Tensor:
     """Weiszfeld's algorithm; a robust b_dec initialisation."""
     y = x.mean(0)
@@ -136,7 +144,7 @@ class Trainer:
         self.progress = progress
         torch.manual_seed(cfg.seed)
         self.sae = SAE(sae_cfg)
-        self.sae.reset_parameters(torch.Generator().manual_seed(cfg.seed))
+        self.sae.reset_parameters(torch.Generator().manual_seed(init_seed(cfg.seed, sae_cfg)))
         self.sae.to(self.device)
         self.recipe = RECIPES[cfg.recipe](self.sae, cfg)
         # fused: one kernel for every parameter's update (on the CPU 3x faster than the default loop)
@@ -195,7 +203,8 @@ class Trainer:
             with torch.no_grad():
                 self.sae.b_dec.copy_(geometric_median(x[:GEOMETRIC_MEDIAN_SAMPLES] * self.scale))
         if self.cfg.init_subspace:
-            w = subspace_directions(x[:GEOMETRIC_MEDIAN_SAMPLES], self.cfg.init_subspace, self.sae.d_sae, self.cfg.seed)
+            w = subspace_directions(x[:GEOMETRIC_MEDIAN_SAMPLES], self.cfg.init_subspace, self.sae.d_sae,
+                                    init_seed(self.cfg.seed, self.sae.cfg))
             with torch.no_grad():
                 self.sae.W_dec.copy_(w)
                 self.sae.W_enc.copy_(w.T)

@@ -61,3 +61,13 @@ def render_index(idx: dict) -> str:
 def render_study(s: dict) -> str:
     """The every-head study's index: Table 1, ranking agreement, polysemanticity, links to the head report."""
     return render("study.html", title=f"Every head of {s.get('model', '')}", s=s)
+
+
+def render_qk_study(s: dict) -> str:
+    """The query/key SAE study's index (attnsae.experiments.qk.study)."""
+    return render("qk_study.html", title=f"Query/key SAEs of {s.get('model', '')}", s=s)
+
+
+def render_qk_feature(d: dict) -> str:
+    """One query or key SAE feature's dashboard (attnsae.experiments.qk.study)."""
+    return render("qk_feature.html", title=f"{d['side']} feature {d['feature']} · {d['head']}", d=d, p=d["profile"])
