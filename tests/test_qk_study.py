@@ -261,7 +261,7 @@ def test_qk_study_writes_every_part_and_resumes(llama_run):
         assert sum(h[f"positional_{side}"]["shares"].values()) == pytest.approx(1)
         assert h["dashboards"][side] and (out / "L1H4" / side / "features" / f"F{h['dashboards'][side][0]}.html").exists()
     assert [row["pattern_coeff"] for row in h["objective"]["runs"]] == [0.0, 1.0]
-    for name in ("prompt_pattern.png", "qk_matrix.png", "qk_offsets.png", "intervention.png", "q/positional.png"):
+    for name in ("prompt_pattern.png", "qk_matrix.png", "qk_offsets.png", "intervention.png"):
         assert (out / "L1H4" / name).exists(), name
     html = (out / "index.html").read_text()
     assert 'href="#hL1H4"' in html and "L1H4/prompt_pattern.png" in html and "serves 3, 4, 5" in html
@@ -284,3 +284,28 @@ def test_qk_study_bad_input_is_refused_before_any_work(llama_run, extra, message
                 *extra, "--out", str(tmp / "bad"), env=env)
     assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert message in r.stderr and not (tmp / "bad" / "sae").exists()
+
+
+def test_qk_study_pages_render_in_headless_chromium(llama_run):
+    """The study's index and a feature dashboard it links to, opened in Chromium: no errors, the parts are there."""
+    from .test_html import ARGS, CHROMIUM, _playwright
+
+    tmp, _, _ = llama_run
+    site = tmp / "qk"
+    if not (site / "index.html").exists():
+        pytest.skip("made by test_qk_study_writes_every_part_and_resumes")
+    errors = []
+    with _playwright()() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto((site / "index.html").as_uri())
+        assert page.locator("table.list").first.locator("tbody tr").count() == 4  # 2 heads x (q, k)
+        assert page.evaluate("[...document.images].every(i => i.complete && i.naturalWidth > 0)")
+        page.locator("a[href*='/k/features/F']").first.click()
+        assert "/k/features/F" in page.url
+        assert page.locator(".ex").count() >= 1 and page.locator("svg.poshist rect").count() >= 8
+        assert page.evaluate("document.documentElement.scrollWidth") <= 1280
+        browser.close()
+    assert errors == []

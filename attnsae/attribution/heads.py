@@ -12,7 +12,10 @@ def require_hook_z(sae) -> None:
     """Head attribution and DFA split an SAE's input into heads: it must be a whole layer's hook_z."""
     spec = sae.cfg.hook_spec
     if spec is None or not spec.is_layer_z:
-        raise ValueError(f"this needs an SAE trained on a whole layer's attn.hook_z, not {str(spec) if spec else None!r}")
+        hint = ("; for query / key SAEs of one head, `attnsae qk-study` has their dashboards and analyses"
+                if spec is not None and spec.kind in ("q", "k", "rot_q", "rot_k") else "")
+        raise ValueError(f"this needs an SAE trained on a whole layer's attn.hook_z, not {str(spec) if spec else None!r}"
+                         + hint)
 
 
 def layer_of(sae) -> int:

@@ -76,7 +76,7 @@ query heads, named everywhere), all trained from one model stream; then
                 and "I follow [X]" (token before) features
   matrix        query x key feature scores by modal position; score against relative offset (rotary)
   prompt        real vs reconstructed pattern on --prompt; features whose removal moves one score most
-  intervention  the "I follow [--x-token]" key feature scaled by --scale: induction on X vs other tokens
+  intervention  an "I follow [X]" key feature scaled by --scale: induction on X vs on the other tokens
   objective     TopK pairs trained with MSE + --pattern-coeff x pattern KL vs MSE only, at equal L0
 and out/index.html with every figure and dashboard. Resumable: a stage whose output exists is skipped.""")
     a.add_model(p)
@@ -90,7 +90,8 @@ and out/index.html with every figure and dashboard. Resumable: a stage whose out
                    "top activations (default: %(default)s)")
     p.add_argument("--n-top", type=a.POSITIVE, default=d.n_top, help="top activations per feature (default: %(default)s)")
     p.add_argument("--prompt", default=PROMPT, help="prompt for the reconstructed pattern (default: %(default)r)")
-    p.add_argument("--x-token", default=d.x_token, help="the intervention's token, one token (default: %(default)r)")
+    p.add_argument("--x-token", default=None, help="the intervention's token, one token (default: the token the clearest "
+                   "'I follow [X]' key feature follows)")
     p.add_argument("--scale", type=a.NONNEG, default=d.scale, help="scale of the 'I follow [X]' key feature (0 removes it; "
                    "default: %(default)s)")
     p.add_argument("--pattern-coeff", type=a.NONNEG, default=d.pattern_coeff, help="pattern-KL weight of the objective "

@@ -61,7 +61,7 @@ class QKStudyConfig:
     top_windows: int = 4000  # training windows scanned for each feature's top activations (4,000 x 127 = 508k tokens)
     n_top: int = 2000  # the seed: top 2,000 of 500k tokens
     prompt: str = PROMPT
-    x_token: str = " D"  # the intervention's planted token (the seed's "I follow [ D]")
+    x_token: str | None = None  # the intervention's token (the seed's " D"); None: the clearest "I follow [X]" feature's X
     scale: float = 0.0  # what the "I follow [X]" key feature is scaled by (0: removed)
     pattern_coeff: float = 1.0  # weight of the pattern KL in the objective comparison (0: skip it)
     objective_steps: int = 600
@@ -75,17 +75,18 @@ def _done(path: Path) -> dict | None:
 
 
 def run_qk_study(cfg: QKStudyConfig, progress: bool = True) -> Path:
-    out = Path(cfg.out)
-    with hold(out, "qk-study"):
-        return _run(cfg, out, progress)
-
-
-def _run(cfg: QKStudyConfig, out: Path, progress: bool) -> Path:
+    """Train, evaluate and report; the inputs are checked before anything is written."""
     model = load_model(cfg.model, dtype="bfloat16", device=cfg.device)
     heads = [qk_head(model.cfg, h, cfg.post_rotary) for h in cfg.heads]
-    x = model.tokenizer.encode(cfg.x_token, add_special_tokens=False)
+    x = model.tokenizer.encode(cfg.x_token, add_special_tokens=False) if cfg.x_token is not None else [0]
     if len(x) != 1:
         raise ValueError(f"--x-token {cfg.x_token!r} is {len(x)} tokens for this tokenizer; give one token")
+    out = Path(cfg.out)
+    with hold(out, "qk-study"):
+        return _run(cfg, out, model, heads, progress)
+
+
+def _run(cfg: QKStudyConfig, out: Path, model, heads: list[QKHead], progress: bool) -> Path:
     train_w, held = load_windows(model, cfg.windows)
     specs = sorted({s for h in heads for s in (h.q_spec, h.k_spec)})
     source = StreamedActivations(model, train_w, specs)
@@ -172,8 +173,9 @@ def _study_head(model, qk: QKHead, q_sae, k_sae, tops, windows, train_w, held, d
 
     iv = _done(out / "intervention.json")
     if iv is None:
-        x, = model.tokenizer.encode(cfg.x_token, add_special_tokens=False)  # one token: checked in _run
-        r = intervene(model, qk, k_sae, x, scale=cfg.scale, seed=cfg.seed)
+        x_str, candidates = _follow_target(profs["k"]["features"], cfg.x_token, model.tokenizer)
+        x, = model.tokenizer.encode(x_str, add_special_tokens=False)
+        r = intervene(model, qk, k_sae, x, scale=cfg.scale, seed=cfg.seed, candidates=candidates)
         write(r, out)
         iv = r.to_json()
     summary["intervention"] = {k: iv[k] for k in ("feature", "token", "scale", "loss_x", "loss_other", "attn_x", "attn_other")}
@@ -194,7 +196,24 @@ def _study_head(model, qk: QKHead, q_sae, k_sae, tops, windows, train_w, held, d
                     windows, decode, cfg, out / side / "features")
     summary["dashboards"] = {side: sorted(int(p.stem[1:]) for p in (out / side / "features").glob("F*.html"))
                              for side in ("q", "k")}
+    summary["figures"] = sorted(str(p.relative_to(out)) for p in out.rglob("*.png"))  # a plot with nothing to show is absent
     return summary
+
+
+def _follow_target(k_profiles: list[dict], x_token: str | None, tokenizer) -> tuple[str, list[int]]:
+    """(X, the key features whose top activations follow X at least 20% of the time). X is `x_token`, or by default
+    the token the clearest "I follow [X]" feature follows (the most of its top activations; one token, not BOS)."""
+    bos = tokenizer.decode([tokenizer.bos_token_id]) if tokenizer.bos_token_id is not None else None
+
+    def usable(t: str) -> bool:
+        return t.strip() != "" and t != bos and len(tokenizer.encode(t, add_special_tokens=False)) == 1
+
+    if x_token is None:  # an "I follow" feature if there is one, else the feature most tied to one preceding token
+        follows = [p for p in k_profiles if usable(p["follow"])]
+        if not follows:
+            raise ValueError("no key feature follows a usable token often enough to test: give --x-token")
+        x_token = max(follows, key=lambda p: (p["kind"] == "I follow", p["follow_share"] * p["n"]))["follow"]
+    return x_token, [p["feature"] for p in k_profiles if p["follow"] == x_token and p["follow_share"] >= 0.2]
 
 
 @torch.no_grad()
@@ -219,11 +238,9 @@ def _objective(model, qk: QKHead, train_w, held, cfg: QKStudyConfig, progress: b
 def _dashboards(model, qk, side, sae, top, prof: dict, pointed: set, windows, decode, cfg, out: Path,
                 n_examples: int = 8, around: int = 24) -> None:
     """A page per feature: its top examples (position shown), the "I am" / "I follow" token lists, its positions."""
-    if out.exists() and any(out.glob("F*.html")):
-        return
     feats = {p["feature"]: p for p in prof["features"]}
     by_count = sorted(feats, key=lambda f: -feats[f]["n"])[: cfg.dashboards]
-    chosen = sorted((set(by_count) | pointed) & set(feats))
+    chosen = [f for f in sorted((set(by_count) | pointed) & set(feats)) if not (out / f"F{f}.html").exists()]
     pick = {}  # feature -> [(window, pos, act)] from distinct windows
     for f in chosen:
         seen, rows = set(), []

@@ -98,10 +98,10 @@ def sae_config_for(cfg: TrainConfig, d_in: int, hook: str, meta: dict) -> SAECon
 
 
 def init_seed(seed: int, sae_cfg: SAEConfig) -> int:
-    """The seed of an SAE's random initialisation: the run's seed mixed with its hook, so that SAEs trained side by side
-    on different hooks do not start from the same directions (a query SAE and a key SAE of one head would otherwise
-    share decoder rows, and their untrained features would look like matched pairs)."""
-    return (seed + zlib.crc32(str(sae_cfg.hook_spec).encode())) % 2**63
+    """The seed of an SAE's random initialisation: the run's seed mixed with its hook (if it has one), so that SAEs
+    trained side by side on different hooks do not start from the same directions (a query SAE and a key SAE of one
+    head would otherwise share decoder rows, and their untrained features would look like matched pairs)."""
+    return seed if sae_cfg.hook_spec is None else (seed + zlib.crc32(str(sae_cfg.hook_spec).encode())) % 2**63
 
 
 def geometric_median(x: torch.Tensor, iters: int = 50) -> torch.Tensor:

@@ -8,7 +8,7 @@ loss of predicting r_{pos+1} at n + pos rises, the head's attention to pos + 1 f
 tokens, the controls, stays. The key head is shared: every query head reading it sees the edit.
 
 The feature is the one whose activation after X most exceeds its activation after other tokens at the same place
-(`follow_feature`), unless given.
+(`follow_feature`), among the key features whose top activations mostly follow X when there are any, unless given.
 """
 
 from __future__ import annotations
@@ -41,9 +41,10 @@ def planted_sequences(model, x_token: int, n: int = 50, pos: int = 30, batch: in
 
 @torch.no_grad()
 def follow_feature(model, qk: QKHead, k_sae, x_token: int, n: int = 50, pos: int = 30, batch: int = 32,
-                   seed: int = 0) -> tuple[int, float, float]:
-    """(feature, mean activation after X, mean activation after other tokens) of the key feature most specific to
-    following X: activation at position pos + 1 with X at pos, minus the same with the random tokens left there."""
+                   seed: int = 0, candidates: list[int] | None = None) -> tuple[int, float, float]:
+    """(feature, mean activation after X, mean activation after other tokens) of the key feature (among `candidates`,
+    e.g. the "I follow [X]" features of its profile, when given) most specific to following X: activation at position
+    pos + 1 with X at pos, minus the same with the random tokens left there."""
     spec = k_sae.cfg.hook_name
 
     def acts(tokens):
@@ -55,7 +56,12 @@ def follow_feature(model, qk: QKHead, k_sae, x_token: int, n: int = 50, pos: int
     control = planted_sequences(model, x_token, n, pos, batch, seed + 1)
     control[:, pos] = torch.randint(lo, hi, (batch,), generator=torch.Generator().manual_seed(seed + 2))
     without = acts(control)
-    j = int((with_x - without).argmax())
+    gain = with_x - without
+    if candidates:
+        keep = torch.full_like(gain, float("-inf"))
+        keep[candidates] = gain[candidates]
+        gain = keep
+    j = int(gain.argmax())
     return j, float(with_x[j]), float(without[j])
 
 
@@ -105,12 +111,12 @@ class Intervention(Result):
 
 @torch.no_grad()
 def intervene(model, qk: QKHead, k_sae, x_token: int, feature: int | None = None, scale: float = 0.0, n: int = 50,
-              pos: int = 30, batch: int = 32, seed: int = 0) -> Intervention:
-    """Scale key feature `feature` (default: follow_feature for X) by `scale` in the first copy's keys and measure
-    induction on X against induction on the other tokens."""
+              pos: int = 30, batch: int = 32, seed: int = 0, candidates: list[int] | None = None) -> Intervention:
+    """Scale key feature `feature` (default: follow_feature for X among `candidates`) by `scale` in the first copy's
+    keys and measure induction on X against induction on the other tokens."""
     act_x = act_other = float("nan")
     if feature is None:
-        feature, act_x, act_other = follow_feature(model, qk, k_sae, x_token, n, pos, batch, seed)
+        feature, act_x, act_other = follow_feature(model, qk, k_sae, x_token, n, pos, batch, seed, candidates)
     if not 0 <= feature < k_sae.d_sae:
         raise ValueError(f"feature {feature} out of range: the key SAE has {k_sae.d_sae}")
     tokens = planted_sequences(model, x_token, n, pos, batch, seed + 3).to(model.device)

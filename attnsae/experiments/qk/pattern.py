@@ -134,14 +134,13 @@ class PromptPattern(Result):
 
     def plot(self, out) -> list:
         plt = pyplot()
-        fig, axes = plt.subplots(1, 3, figsize=(15, 4.8), gridspec_kw={"width_ratios": [1, 1, 1.1]})
+        fig, axes = plt.subplots(1, 3, figsize=(15, 5.6), gridspec_kw={"width_ratios": [1, 1, 1.1]})
         labels = [t.replace("\n", "\\n") for t in self.tokens]
         for ax, a, title in ((axes[0], self.real, "real"), (axes[1], self.reconstructed, "from reconstructed q and k")):
             ax.imshow(np.asarray(a, dtype=float), cmap="Blues", vmin=0, vmax=1)
             ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7)
             ax.set_yticks(range(len(labels)), labels, fontsize=7)
-            ax.set_title(f"{self.head} pattern, {title}", fontsize=9)
-            ax.set_xlabel("key (source)")
+            ax.set_title(f"{self.head} pattern, {title}\n(rows: query, columns: key)", fontsize=9)
         ax = axes[2]
         rows = sorted(self.query_features + self.key_features, key=lambda r: r["delta"])
         rows = rows[:6] + rows[-6:] if len(rows) > 12 else rows

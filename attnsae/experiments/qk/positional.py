@@ -177,16 +177,19 @@ class Positional(Result):
 
     def plot(self, out) -> list:
         """The seed's figure: each positional feature's distribution of top-activation positions, in mode order."""
+        feats = sorted((p for p in self.features if p["kind"] == "positional"), key=lambda p: p["mode"])
+        if not feats:
+            return []
         plt = pyplot()
         fig, ax = plt.subplots(figsize=(8, 3.6))
-        feats = sorted((p for p in self.features if p["kind"] == "positional"), key=lambda p: p["mode"])
         step = max(1, len(feats) // 40)
         cmap = plt.get_cmap("viridis")
         for i, p in enumerate(feats[::step]):
             ax.plot(self.hist[str(p["feature"])], color=cmap(i / max(1, len(feats[::step]) - 1)), lw=1)
         ax.set_xlabel("position in context")
         ax.set_ylabel(f"share of top {self.n_top}")
-        ax.set_title(f"{self.sae}: position of the top activations, every {step}th of {len(feats)} positional features",
+        shown = f", every {step}th shown" if step > 1 else ""
+        ax.set_title(f"{self.sae}: positions of the top activations of its {len(feats)} positional features{shown}",
                      fontsize=9)
         return [save(fig, out / "positional.png")]
 
