@@ -78,9 +78,8 @@ def run_qk_study(cfg: QKStudyConfig, progress: bool = True) -> Path:
     """Train, evaluate and report; the inputs are checked before anything is written."""
     model = load_model(cfg.model, dtype="bfloat16", device=cfg.device)
     heads = [qk_head(model.cfg, h, cfg.post_rotary) for h in cfg.heads]
-    x = model.tokenizer.encode(cfg.x_token, add_special_tokens=False) if cfg.x_token is not None else [0]
-    if len(x) != 1:
-        raise ValueError(f"--x-token {cfg.x_token!r} is {len(x)} tokens for this tokenizer; give one token")
+    if cfg.x_token is not None and len(n := model.tokenizer.encode(cfg.x_token, add_special_tokens=False)) != 1:
+        raise ValueError(f"--x-token {cfg.x_token!r} is {len(n)} tokens for this tokenizer; give one token")
     out = Path(cfg.out)
     with hold(out, "qk-study"):
         return _run(cfg, out, model, heads, progress)
