@@ -83,7 +83,7 @@ def _add_saes(p) -> None:
     """The SAEs (and model, device) of a trace."""
     p.add_argument("--sae", action="append", required=True, help="an attention SAE folder (blocks.L.attn.hook_z); repeat")
     p.add_argument("--resid-sae", action="append", default=[], help="a residual-stream SAE folder (blocks.L.hook_resid_pre) "
-                   "for step 3; repeat")
+                   "to split the residual stream into features; repeat")
     a.add_model(p, None, "default: the model named in the SAEs' configs")
     a.add_device(p)
 
