@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..data.harvest import collect
+from ..data.harvest import collect, flatten_hook
 from ..data.windows import token_batches
-from ..models.hooks import act_name
+from ..models.hooks import act_name, parse
 from .splice import check_compatible, mean_hook, sae_hook, zero_hook
 
 DEAD_THRESHOLD = 1e-5
@@ -135,12 +135,13 @@ def _mean_activations(model, saes, windows: np.ndarray, batch_size: int) -> list
     of `windows`, all from one forward per batch that stops after the last of them."""
     keys = sorted({(str(sae.cfg.hook_spec), sae.cfg.first_pos) for sae in saes})
     totals, count = dict.fromkeys(keys, 0.0), dict.fromkeys(keys, 0)
+    parsed = {spec: parse(spec) for spec, _ in keys}
     for tokens in token_batches(windows, batch_size):
-        for first in {f for _, f in keys}:
-            specs = [spec for spec, f in keys if f == first]
-            for spec, x in collect(model, tokens.to(model.device), specs, first).items():
-                totals[spec, first] = totals[spec, first] + x.float().sum(0)
-                count[spec, first] += x.shape[0]
+        acts = model.run_with_cache(tokens.to(model.device), sorted({s.name for s in parsed.values()}))[1]
+        for spec, first in keys:
+            x = flatten_hook(acts[parsed[spec].name], parsed[spec].head)[:, first:].float()
+            totals[spec, first] = totals[spec, first] + x.sum(dim=(0, 1))
+            count[spec, first] += x.shape[0] * x.shape[1]
     return [totals[k] / count[k] for k in ((str(s.cfg.hook_spec), s.cfg.first_pos) for s in saes)]
 
 

@@ -52,14 +52,15 @@ def head_scores(model, n: int = 50, batch: int = 32, seed: int = 0, hooks=()) ->
     tokens = repeated_random_tokens(model, n, batch, seed)
     names = [act_name("pattern", l) for l in range(model.cfg.n_layers)]
     _, cache = model.run_with_hooks(tokens, list(hooks), cache=names)
+    per_layer = [behaviour_scores(cache[name], n) for name in names]
+    return {k: torch.stack([s[k] for s in per_layer]).numpy() for k in DEFINITIONS}
+
+
+def behaviour_scores(pattern: torch.Tensor, n: int) -> dict[str, torch.Tensor]:
+    """{'induction', 'duplicate', 'previous'}: [h] scores of patterns [b, h, dest, src] on [BOS, r_1..r_n, r_1..r_n]."""
     second = range(n + 1, 2 * n + 1)
-    out = {"induction": [], "duplicate": [], "previous": []}
-    for name in names:
-        a = cache[name]
-        out["induction"].append(diag_mean(a, n - 1, second))
-        out["duplicate"].append(diag_mean(a, n, second))
-        out["previous"].append(diag_mean(a, 1, range(2, 2 * n + 1)))
-    return {k: torch.stack(v).numpy() for k, v in out.items()}
+    return {"induction": diag_mean(pattern, n - 1, second), "duplicate": diag_mean(pattern, n, second),
+            "previous": diag_mean(pattern, 1, range(2, 2 * n + 1))}
 
 
 def top_heads(scores: np.ndarray, k: int = 5) -> list[tuple[int, int, float]]:

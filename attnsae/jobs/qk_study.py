@@ -112,9 +112,9 @@ def _run(cfg: QKStudyConfig, out: Path, model, heads: list[QKHead], progress: bo
         check_pair(model, q_sae, k_sae, cfg.post_rotary)
         summaries.append(_study_head(model, qk, q_sae, k_sae, tops, windows, train_w, held, decode, cfg,
                                      out / f"L{qk.layer}H{qk.head}", progress))
-    (out / "study.json").write_text(json.dumps({"model": model.cfg.name, "config": _cfg_dict(cfg), "heads": summaries},
-                                               indent=1))
-    write_html(out / "index.html", render_qk_study({"model": model.cfg.name, "config": _cfg_dict(cfg), "heads": summaries}))
+    study = {"model": model.cfg.name, "config": _cfg_dict(cfg), "heads": summaries}
+    (out / "study.json").write_text(json.dumps(study, indent=1))
+    write_html(out / "index.html", render_qk_study(study))
     return out / "index.html"
 
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from ...models.hooks import act_name
 from ...plotting import pyplot, save
 from ...results import Result
-from ..head_scores import random_token_range
+from ..head_scores import random_token_range, repeated_random_tokens
 from .heads import QKHead
 
 
@@ -30,13 +30,12 @@ def planted_sequences(model, x_token: int, n: int = 50, pos: int = 30, batch: in
     """[batch, 2n + 1]: BOS, n random tokens, the same n again, with token `x_token` at position pos (1..n) in both."""
     if not 1 <= pos < n:
         raise ValueError(f"the planted position must lie in 1..{n - 1}, got {pos}")
-    lo, hi = random_token_range(model)
-    g = torch.Generator().manual_seed(seed)
-    r = torch.randint(lo, hi, (batch, n), generator=g)
-    r[r == x_token] = lo  # X appears only where planted
+    tokens = repeated_random_tokens(model, n, batch, seed)
+    r = tokens[:, 1:n + 1]
+    r[r == x_token] = random_token_range(model)[0]  # X appears only where planted
     r[:, pos - 1] = x_token
-    bos = torch.full((batch, 1), model.cfg.bos_token_id or 0)
-    return torch.cat([bos, r, r], 1)
+    tokens[:, n + 1:] = r
+    return tokens
 
 
 @torch.no_grad()

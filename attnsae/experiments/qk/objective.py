@@ -22,6 +22,7 @@ from ...data.windows import token_batches
 from ...models.hooks import act_name, parse
 from ...sae import SAE, SAEConfig
 from .heads import QKHead, to_scoring_space
+from .pattern import pattern_kl
 
 
 @dataclass
@@ -65,13 +66,6 @@ def recon_scores(model, qk: QKHead, q_hat: torch.Tensor, k_hat: torch.Tensor) ->
     return s.masked_fill(~mask, float("-inf"))
 
 
-def kl_rows(real: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
-    """Mean KL(softmax real || softmax other) over query positions >= 1, differentiable in `other`."""
-    lp, lq = torch.log_softmax(real, -1), torch.log_softmax(other, -1)
-    p = lp.exp()
-    return torch.where(p > 0, p * (lp - lq), torch.zeros_like(p)).sum(-1)[:, 1:].mean()
-
-
 def train_pair(model, qk: QKHead, data: QKData, k: int = 8, expansion: int = 16, pattern_coeff: float = 0.0,
                steps: int = 600, batch_windows: int = 8, lr: float = 1e-3, seed: int = 0,
                progress: bool = True) -> tuple[SAE, SAE, list[dict]]:
@@ -92,7 +86,7 @@ def train_pair(model, qk: QKHead, data: QKData, k: int = 8, expansion: int = 16,
         q_hat = torch.cat([q[:, :1], q_sae(q[:, 1:]).reconstruction], 1)
         k_hat = torch.cat([kk[:, :1], k_sae(kk[:, 1:]).reconstruction], 1)
         mse = (q_hat - q).pow(2).sum(-1)[:, 1:].mean() / var_q + (k_hat - kk).pow(2).sum(-1)[:, 1:].mean() / var_k
-        kl = kl_rows(real, recon_scores(model, qk, q_hat, k_hat))
+        kl = pattern_kl(real, recon_scores(model, qk, q_hat, k_hat)).mean()
         loss = mse + pattern_coeff * kl
         opt.zero_grad(set_to_none=True)
         loss.backward()

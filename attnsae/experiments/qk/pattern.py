@@ -20,7 +20,7 @@ from ...evals.splice import sae_hook
 from ...models.hooks import act_name
 from ...plotting import pyplot, save
 from ...results import Result
-from ..head_scores import diag_mean, repeated_random_tokens
+from ..head_scores import behaviour_scores, repeated_random_tokens
 from .heads import QKHead, head_score
 
 VARIANTS = ("q", "k", "both")  # which side is reconstructed
@@ -78,8 +78,8 @@ def pattern_fidelity(model, qk: QKHead, q_sae=None, k_sae=None, windows: np.ndar
                      n_repeat: int = 50, repeat_batch: int = 32, seed: int = 0) -> PatternFidelity:
     """KL(real || reconstructed pattern) of the head over `windows`, for reconstructed q, k and both (those the given
     SAEs allow), and the induction / previous-token / duplicate scores of the head on repeated random tokens."""
-    variants = [v for v in VARIANTS if (v != "k" or k_sae is not None) and (v != "q" or q_sae is not None)
-                and (v != "both" or (q_sae is not None and k_sae is not None))]
+    has = {"q": q_sae is not None, "k": k_sae is not None}
+    variants = [v for v in VARIANTS if (has["q"] and has["k"] if v == "both" else has[v])]
     first = max(s.cfg.first_pos for s in (q_sae, k_sae) if s is not None)
     sums = {v: torch.zeros(len(qk.served), dtype=torch.float64) for v in variants}
     n = 0
@@ -95,18 +95,12 @@ def pattern_fidelity(model, qk: QKHead, q_sae=None, k_sae=None, windows: np.ndar
     kl = {v: float(sums[v][i] / n) for v in variants}
     kl_served = {v: {h: float(s / n) for h, s in zip(qk.served, sums[v])} for v in variants if v != "q"}
     tokens = repeated_random_tokens(model, n_repeat, repeat_batch, seed).to(model.device)
-    hs = {"real": _head_scores(scores(model, tokens, qk.layer)[:, qk.head], n_repeat)}
-    for v in variants:
-        hs[v] = _head_scores(scores(model, tokens, qk.layer, splices(q_sae, k_sae, v))[:, qk.head], n_repeat)
+    resid = model.run_with_cache(tokens, [act_name("resid_pre", qk.layer)])[1][act_name("resid_pre", qk.layer)]
+    hs = {}
+    for v in ("real", *variants):
+        s = scores(model, tokens, qk.layer, splices(q_sae, k_sae, v) if v != "real" else (), resid)
+        hs[v] = {k: float(x) for k, x in behaviour_scores(torch.softmax(s[:, qk.head:qk.head + 1], -1), n_repeat).items()}
     return PatternFidelity(head=qk.name, served=list(qk.served), n_tokens=n, kl=kl, kl_served=kl_served, head_scores=hs)
-
-
-def _head_scores(s: torch.Tensor, n: int) -> dict:
-    """One head's induction / duplicate / previous-token scores from its scores [b, dest, src] on [BOS, r, r]."""
-    a = torch.softmax(s, -1)[:, None]
-    second = range(n + 1, 2 * n + 1)
-    return {"induction": float(diag_mean(a, n - 1, second)[0]), "duplicate": float(diag_mean(a, n, second)[0]),
-            "previous": float(diag_mean(a, 1, range(2, 2 * n + 1))[0])}
 
 
 @dataclass

@@ -64,10 +64,10 @@ def render_study(s: dict) -> str:
 
 
 def render_qk_study(s: dict) -> str:
-    """The query/key SAE study's index (attnsae.experiments.qk.study)."""
+    """The query/key SAE study's index (attnsae.jobs.qk_study)."""
     return render("qk_study.html", title=f"Query/key SAEs of {s.get('model', '')}", s=s)
 
 
 def render_qk_feature(d: dict) -> str:
-    """One query or key SAE feature's dashboard (attnsae.experiments.qk.study)."""
+    """One query or key SAE feature's dashboard (attnsae.jobs.qk_study)."""
     return render("qk_feature.html", title=f"{d['side']} feature {d['feature']} · {d['head']}", d=d, p=d["profile"])
