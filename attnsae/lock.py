@@ -18,11 +18,12 @@ class FolderBusy(RuntimeError):
 
 
 @contextmanager
-def hold(folder, what: str = "run"):
-    """Hold `folder` (created if missing) for the duration of the block, or raise FolderBusy naming the holder."""
+def hold(folder, what: str = "run", lock: str = ".lock"):
+    """Hold `folder` (created if missing) for the duration of the block, or raise FolderBusy naming the holder.
+    `lock`: the lock file's name (the ranks of one distributed run each hold their own)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(folder / lock, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

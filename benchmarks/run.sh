@@ -32,6 +32,9 @@ echo
 echo "== many SAEs from one stream vs one at a time =="
 "$VENV/bin/python" benchmarks/bench_many.py ${ARGS[@]+"${ARGS[@]}"}
 echo
+echo "== scale-out under torchrun: 1 vs 2 processes (harvest, distributed modules, data parallel) =="
+"$VENV/bin/python" benchmarks/bench_distributed.py ${ARGS[@]+"${ARGS[@]}"}
+echo
 echo "== the circuit explorer: one RDFA step with an SAE on every SmolLM2 layer; 50 concurrent clients =="
 # the project's own venv: the real model comes with it (scripts/setup.sh), no peer is needed
 "$ROOT/.venv/bin/python" benchmarks/bench_explorer.py ${QUICK[@]+"${QUICK[@]}"}

@@ -127,6 +127,13 @@ CORRUPT_SAE, PICKLED_SAE = _hostile_files()
     (["qk-study", "--head", "18.6", "--scale", "-1", *OUT], "--scale: -1 is out of range"),
     (["qk-study", "--head", "18.6", "--recipe", "l1", "--k", "4", *OUT], "--k does not apply to --recipe l1"),
     (["qk-study", "--head", "18.6", "--model", "/nonexistent/m.gguf", *OUT], "no GGUF file"),
+    (["layers", "--distribute", "pipeline", *OUT], "invalid choice: 'pipeline'"),
+    (["layers", "--resample-every", "0", *OUT], "--resample-every: 0 is out of range"),
+    (["train", "--store", "/nonexistent/store", "--recipe", "jumprelu", "--resample-every", "100", *OUT],
+     "--resample-every does not apply to --recipe jumprelu"),
+    (["every-head", "--dist-backend", "mpi", *OUT], "invalid choice: 'mpi'"),
+    (["train", "--store", "/nonexistent/store", "--dist-timeout", "0", *OUT], "--dist-timeout: 0 is out of range"),
+    (["harvest", "--dist-timeout", "1e9", *OUT], "'1e9' is not a whole number"),
 ])
 def test_bad_input_is_a_one_line_error_not_a_traceback(args, message):
     r = attnsae(*args)

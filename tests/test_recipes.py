@@ -289,7 +289,7 @@ def test_the_cli_refuses_an_option_the_recipe_does_not_read(recipe):
     from attnsae.cli.args import RECIPE_OPTIONS, train_config
 
     values = {"--l1": "2", "--k": "4", "--l0-coeff": "0.5", "--bandwidth": "0.1", "--init-threshold": "0.2",
-              "--prefixes": "0.5"}
+              "--prefixes": "0.5", "--resample-every": "7"}
     assert set(values) == set(RECIPE_OPTIONS.values())
     base = ["train", "--store", "s", "--out", "o", "--recipe", recipe]
     assert train_config(build_parser().parse_args(base)).recipe == recipe  # none given: the defaults, no complaint

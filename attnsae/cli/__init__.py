@@ -4,8 +4,10 @@ function and prints what it returned. Bad input ends in one line on stderr and e
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
+from .. import distributed
 from . import explore, features, heads, inspect, jobs, train
 
 EPILOG = """\
@@ -51,9 +53,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
+    where = f" (rank {distributed.rank_env()})" if distributed.launched() else ""
     try:
+        if distributed.launched():
+            _join(args)
         args.fn(args)
     except BAD_INPUT as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"attnsae {args.command}: error: {msg}", file=sys.stderr)
+        print(f"attnsae {args.command}{where}: error: {msg}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        distributed.shutdown()
+
+
+def _join(args) -> None:
+    """Under torchrun: join the ranks (commands that can share their work); only rank 0 prints."""
+    if not hasattr(args, "dist_backend"):
+        raise ValueError("this command runs in one process; launch it without torchrun (torchrun runs harvest, train, "
+                         "layers and every-head)")
+    distributed.init(args.dist_backend, args.dist_timeout)
+    if not distributed.is_main():
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import math
 
+from .. import distributed
 from ..data import DEFAULT_CORPUS, WindowSpec
 from ..jobs import JobConfig
 from ..models import DEFAULT_MODEL, MODEL_DTYPES, resolve_device
@@ -58,6 +59,21 @@ def add_device(p) -> None:
     p.add_argument("--device", type=_device, default="auto", help=f"{DEVICE_HELP} (default: %(default)s)")
 
 
+def add_distributed(p, layouts: bool = False) -> None:
+    """The options of a command that runs under torchrun (`distributed`)."""
+    g = p.add_argument_group("torchrun", "launched as `torchrun --nproc_per_node N [--nnodes M ...] -m attnsae ...`, the "
+                             "ranks share the work (without torchrun these do nothing)")
+    g.add_argument("--dist-backend", choices=distributed.BACKENDS, default="auto",
+                   help="auto: nccl with GPUs, gloo without (default: %(default)s)")
+    g.add_argument("--dist-timeout", type=POSITIVE, default=distributed.DEFAULT_TIMEOUT_S,
+                   help="seconds a rank waits for the others before it stops with an error (default: %(default)s)")
+    if layouts:
+        g.add_argument("--distribute", choices=distributed.LAYOUTS, default="auto",
+                       help="data: every rank trains every SAE on its slice of each batch; modules: each rank trains "
+                            "some layers' SAEs on whole batches (activations exchanged); auto: modules when there are "
+                            "at least as many layers as ranks (default: %(default)s)")
+
+
 def add_model(p, default: str | None = DEFAULT_MODEL, help: str | None = None) -> None:
     p.add_argument("--model", default=default, help=help or "alias (smollm2-135m, gemma3-270m), .gguf path, local HF dir or "
                    "hub id (default: %(default)s)")
@@ -91,7 +107,7 @@ def add_data(p, multi_hook: bool = False, hook: bool = True) -> None:
 # The options that set a TrainConfig field only some recipes read (Recipe.options): given explicitly with a
 # recipe that does not read it, the command refuses it rather than silently ignoring it.
 RECIPE_OPTIONS = {"l1_coeff": "--l1", "k": "--k", "l0_coeff": "--l0-coeff", "bandwidth": "--bandwidth",
-                  "init_threshold": "--init-threshold", "prefixes": "--prefixes"}
+                  "init_threshold": "--init-threshold", "prefixes": "--prefixes", "resample_every": "--resample-every"}
 
 
 def add_train(p, base: TrainConfig | None = None, sweep: bool = False) -> None:
@@ -117,6 +133,9 @@ def add_train(p, base: TrainConfig | None = None, sweep: bool = False) -> None:
                    f"the start, on unit-scaled inputs (default: {base.init_threshold})")
     p.add_argument("--prefixes", type=PART, nargs="+", default=None, help="matryoshka_batchtopk: nested prefix sizes as "
                    f"rising fractions of d_sae; the whole dictionary is always the last (default: {list(base.prefixes)})")
+    p.add_argument("--resample-every", type=POSITIVE, default=None, help="l1, topk, batchtopk, matryoshka_batchtopk: "
+                   "re-initialise dead latents towards high-loss inputs every this many steps, at most "
+                   f"{base.n_resamples} times (default: {base.resample_every or 'l1: steps / 5; the others: never'})")
     p.add_argument("--expansion", type=POSITIVE, default=base.expansion, help="d_sae = expansion * d_in (default: %(default)s)")
     p.add_argument("--steps", type=POSITIVE, default=base.steps, help="(default: %(default)s)")
     p.add_argument("--batch-size", type=POSITIVE, default=base.batch_size, help="(default: %(default)s)")

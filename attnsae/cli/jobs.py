@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .. import distributed
 from ..attribution.heads import RANKINGS
 from ..data import WindowSpec
 from ..jobs import JobConfig, LayersConfig, main_train_config, run_job, run_layers, run_sweep
@@ -69,12 +70,14 @@ def _add_layer_options(p, out: str, layers_help: str) -> None:
     a.add_model_dtype(p, help="model precision while harvesting (default: %(default)s)")
     a.add_train(p, layers_train_config())
     a.add_device(p)
+    a.add_distributed(p, layouts=True)
 
 
 def _layers_config(args) -> LayersConfig:
     return LayersConfig(model=args.model, out=args.out, windows=_windows(args), train_windows=args.train_windows or None,
                         layers=args.layers, store=args.store, chunk_windows=args.chunk_windows,
-                        harvest_dtype=args.model_dtype, device=args.device, train=a.train_config(args, layers_train_config()))
+                        harvest_dtype=args.model_dtype, device=args.device, distribute=args.distribute,
+                        train=a.train_config(args, layers_train_config()))
 
 
 def _windows(args) -> WindowSpec:
@@ -103,4 +106,5 @@ def run_every_head_cmd(args) -> None:
                           sparsity_windows=args.sparsity_windows, report_windows=args.report_windows, k=args.top,
                           rank_by=args.rank_by)
     index = run_every_head(cfg)
-    print((Path(args.out) / "table1.md").read_text() + f"open {index}")
+    if distributed.is_main():  # the other ranks only trained
+        print((Path(args.out) / "table1.md").read_text() + f"open {index}")

@@ -30,6 +30,7 @@ def add_parsers(sub) -> None:
     a.add_model_dtype(p)
     p.add_argument("--keep-bos", action="store_true", help="also store position 0 (BOS)")
     a.add_device(p)
+    a.add_distributed(p)
     p.set_defaults(fn=run_harvest)
 
     p = sub.add_parser("train", help="train an SAE from a store, or streamed from a model (resumes from the last checkpoint)")
@@ -43,6 +44,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint or SAE and train again")
     a.add_train(p)
     a.add_device(p)
+    a.add_distributed(p)
     p.set_defaults(fn=run_train)
 
     job = JobConfig()

@@ -13,9 +13,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .. import distributed
 from ..lock import hold
 from ..models import hooks
-from .store import StoreError, StoreWriter, windows_digest
+from .store import MANIFEST, StoreError, StoreWriter, merge_parts, part_manifests, read_manifest, windows_digest
 from .windows import token_batches
 
 
@@ -69,26 +70,67 @@ def harvest(
         "n_windows": int(len(windows)),
         **(extra_meta or {}),
     }
+    if distributed.world() > 1:
+        return _harvest_ranks(model, windows, root, hooks, meta, widths, dtype, batch_size, windows_per_shard, progress)
     with hold(root, "harvest"):  # two harvests into one store would interleave shards
-        return _fill(model, windows, root, hooks, meta, widths, dtype, batch_size, windows_per_shard, progress)
+        if part_manifests(root):
+            raise StoreError(f"{root} holds a harvest started under torchrun ({part_manifests(root)[0].name}); resume it "
+                             "with torchrun and as many ranks, or use a new folder")
+        writer = StoreWriter(root, meta, widths, dtype)  # refuses another harvest's store
+        _save_windows(root, windows, meta)
+        if not (writer.manifest["complete"] and writer.start_window == len(windows)):
+            _fill(model, windows, writer, len(windows), hooks, batch_size, windows_per_shard, dtype, progress)
+            writer.finish()
+        return _open(root, windows, meta)
 
 
-def _fill(model, windows, root: Path, hooks, meta, widths, dtype, batch_size, windows_per_shard, progress):
-    from .store import ActivationStore
+def _harvest_ranks(model, windows, root: Path, hooks, meta, widths, dtype, batch_size, windows_per_shard, progress):
+    """Each rank harvests its contiguous share of the windows as a part of the store; rank 0 merges the parts."""
+    r, w = distributed.rank(), distributed.world()
+    distributed.check_shared(root)
+    with hold(root, "harvest", lock=".lock" if r == 0 else f".lock.rank{r}"):
+        merged = (root / MANIFEST).exists()
+        if merged and read_manifest(root)["complete"]:  # finished (perhaps killed before removing its parts)
+            stale = [m for m in part_manifests(root) if m.name.endswith(f"of{w}.json")]
+        else:
+            stale = [m for m in part_manifests(root) if not m.name.endswith(f"of{w}.json")]
+            distributed.agree(not merged, f"{root} holds a harvest started by one process; resume it without torchrun, or "
+                                          "use a new folder")
+            distributed.agree(not stale, f"{root} holds a harvest started with another number of ranks "
+                                         f"({stale[0].name if stale else ''}); resume it with as many, or use a new folder")
+            start, end = distributed.span(len(windows))
+            writer = StoreWriter(root, meta, widths, dtype, part=(r, w, start, end))
+            if r == 0:
+                _save_windows(root, windows, meta)
+            _fill(model, windows, writer, end, hooks, batch_size, windows_per_shard, dtype, progress and r == 0)
+            writer.finish()
+            distributed.barrier()  # every part is complete
+            if r == 0:
+                merge_parts(root, w)
+            stale = []
+        distributed.barrier()
+        if r == 0:
+            for m in stale:
+                m.unlink(missing_ok=True)
+        return _open(root, windows, meta, verify=r == 0)
 
-    writer = StoreWriter(root, meta, widths, dtype)  # refuses another harvest's store
+
+def _save_windows(root: Path, windows: np.ndarray, meta: dict) -> None:
+    """The windows this harvest's rows come from (its meta matched), beside its shards."""
     if not (root / "windows.npy").exists() or windows_digest(np.load(root / "windows.npy")) != meta["windows_sha"]:
-        np.save(root / "windows.npy.tmp.npy", windows)  # the windows this harvest's rows come from (its meta matched)
+        np.save(root / "windows.npy.tmp.npy", windows)
         (root / "windows.npy.tmp.npy").replace(root / "windows.npy")
-    start = writer.start_window
-    if start == len(windows) and writer.manifest["complete"]:
-        return ActivationStore(root)
-    first_pos = meta["first_pos"]
+
+
+def _fill(model, windows, writer: StoreWriter, end: int, hooks, batch_size, windows_per_shard, dtype, progress):
+    """Harvest windows[writer.start_window:end] into shards of `writer`."""
+    first_pos, start = writer.manifest["meta"]["first_pos"], writer.start_window
     label = hooks[0] if len(hooks) == 1 else f"{len(hooks)} hooks"  # 30 hook names would fill the terminal
-    bar = tqdm(total=len(windows), initial=start, desc=f"harvest {label}", unit="win", disable=not progress)
+    first = writer.part[2] if writer.part else 0
+    bar = tqdm(total=end - first, initial=start - first, desc=f"harvest {label}", unit="win", disable=not progress)
     with torch.inference_mode():
-        for s in range(start, len(windows), windows_per_shard):
-            e = min(s + windows_per_shard, len(windows))
+        for s in range(start, end, windows_per_shard):
+            e = min(s + windows_per_shard, end)
             parts: dict[str, list[torch.Tensor]] = {h: [] for h in hooks}
             for tokens in token_batches(windows[s:e], batch_size):
                 for h, x in collect(model, tokens, hooks, first_pos).items():
@@ -96,8 +138,13 @@ def _fill(model, windows, root: Path, hooks, meta, widths, dtype, batch_size, wi
                 bar.update(len(tokens))
             writer.add_shard((s, e), {h: torch.cat(v) for h, v in parts.items()})
     bar.close()
-    writer.finish()
-    store = ActivationStore(root)
-    if len(store) != len(windows) * (windows.shape[1] - first_pos):
-        raise StoreError(f"store has {len(store)} rows, expected {len(windows) * (windows.shape[1] - first_pos)}")
+
+
+def _open(root: Path, windows: np.ndarray, meta: dict, verify: bool = True):
+    from .store import ActivationStore
+
+    store = ActivationStore(root, verify=verify)
+    expected = len(windows) * (windows.shape[1] - meta["first_pos"])
+    if len(store) != expected:
+        raise StoreError(f"store has {len(store)} rows, expected {expected}")
     return store

@@ -9,6 +9,10 @@ Layout of a store folder:
 Shards are written to a temporary name and renamed, and the manifest is rewritten atomically
 after each shard, so a killed harvest loses at most the shard in flight and resumes after the
 last complete one.
+
+A harvest under torchrun writes each rank's contiguous share of the windows as a part: its shards
+({hook}/rank{r}of{w}_shard_00000.bin) and its own manifest (manifest.rank{r}of{w}.json), resumed the same
+way; `merge_parts` then joins the parts, in window order, into the one manifest a reader sees.
 """
 
 from __future__ import annotations
@@ -47,8 +51,8 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def read_manifest(root: Path) -> dict:
-    path = Path(root) / MANIFEST
+def read_manifest(root: Path, name: str = MANIFEST) -> dict:
+    path = Path(root) / name
     if not path.exists():
         raise StoreError(f"{root} is not an activation store (no {MANIFEST})")
     try:
@@ -63,12 +67,13 @@ def windows_digest(windows: np.ndarray) -> str:
 
 
 def check_layout(root: Path, manifest: dict, resuming: bool = False) -> None:
-    """Shards must tile the windows from 0 in order, each holding its windows' rows, and name files inside the
-    store: a row's window is found by counting, so a missing or reordered shard would shift every row after it.
-    A store marked complete must reach its last window, unless a harvest is `resuming` to refill it."""
+    """Shards must tile the windows from 0 (a part: from its first window) in order, each holding its windows' rows,
+    and name files inside the store: a row's window is found by counting, so a missing or reordered shard would
+    shift every row after it. A store marked complete must reach its last window, unless a harvest is `resuming`
+    to refill it."""
     meta = manifest["meta"]
     per_window = meta["context_size"] - meta.get("first_pos", 0)
-    end = 0
+    end = manifest["part"]["windows"][0] if "part" in manifest else 0
     for i, shard in enumerate(manifest["shards"]):
         w0, w1 = shard["windows"]
         if shard["index"] != i or w0 != end or w1 <= w0:
@@ -83,21 +88,31 @@ def check_layout(root: Path, manifest: dict, resuming: bool = False) -> None:
             if not (root / info["file"]).resolve().is_relative_to(root.resolve()):
                 raise StoreError(f"{root}: the manifest names a file outside the store ({info['file']}); refusing it")
         end = w1
-    if manifest.get("complete") and not resuming and end != meta.get("n_windows", end):
+    last = manifest["part"]["windows"][1] if "part" in manifest else meta.get("n_windows", end)
+    if manifest.get("complete") and not resuming and end != last:
         raise StoreError(f"{root}: the manifest says the harvest is complete but its shards end at window {end} of "
                          f"{meta['n_windows']}; re-run the harvest to fill it")
 
 
-class StoreWriter:
-    """Appends shards; `start_window` tells a resumed harvest where to continue."""
+def part_name(rank: int, world: int) -> str:
+    return f"rank{rank}of{world}"
 
-    def __init__(self, root, meta: dict, hooks: dict[str, int], dtype: str = "bfloat16"):
+
+class StoreWriter:
+    """Appends shards; `start_window` tells a resumed harvest where to continue. `part` (rank, world, first window,
+    end window): write that rank's share of a distributed harvest as a part (see the module docstring)."""
+
+    def __init__(self, root, meta: dict, hooks: dict[str, int], dtype: str = "bfloat16",
+                 part: tuple[int, int, int, int] | None = None):
         if dtype not in STORE_DTYPES:
             raise ValueError(f"store dtype must be one of {list(STORE_DTYPES)}, not {dtype!r}")
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        if (self.root / MANIFEST).exists():
-            self.manifest = read_manifest(self.root)
+        self.part = part
+        self.prefix = f"{part_name(*part[:2])}_" if part else ""
+        self.manifest_name = f"manifest.{part_name(*part[:2])}.json" if part else MANIFEST
+        if (self.root / self.manifest_name).exists():
+            self.manifest = read_manifest(self.root, self.manifest_name)
             want = {"meta": meta, "hooks": {h: {"d": d} for h, d in hooks.items()}, "dtype": dtype}
             have = {k: self.manifest[k] for k in want}
             if have != want:
@@ -112,15 +127,17 @@ class StoreWriter:
                 "version": 1, "meta": meta, "hooks": {h: {"d": d} for h, d in hooks.items()},
                 "dtype": dtype, "shards": [], "n_tokens": 0, "complete": False,
             }
+            if part:
+                self.manifest["part"] = {"rank": part[0], "world": part[1], "windows": list(part[2:])}
             self._write_manifest()
 
     @property
     def start_window(self) -> int:
         shards = self.manifest["shards"]
-        return shards[-1]["windows"][1] if shards else 0
+        return shards[-1]["windows"][1] if shards else (self.part[2] if self.part else 0)
 
     def _write_manifest(self):
-        _atomic_write_text(self.root / MANIFEST, json.dumps(self.manifest, indent=1))
+        _atomic_write_text(self.root / self.manifest_name, json.dumps(self.manifest, indent=1))
 
     def add_shard(self, window_range: tuple[int, int], acts: dict[str, torch.Tensor]) -> None:
         torch_dtype, np_dtype = STORE_DTYPES[self.manifest["dtype"]]
@@ -138,7 +155,7 @@ class StoreWriter:
             arr = x.detach().to("cpu", torch_dtype).contiguous().view(as_bits).numpy()
             folder = self.root / hook
             folder.mkdir(exist_ok=True)
-            path = folder / f"shard_{idx:05d}.bin"
+            path = folder / f"{self.prefix}shard_{idx:05d}.bin"
             tmp = path.with_suffix(".tmp")
             with tmp.open("wb") as f:
                 f.write(arr.tobytes())
@@ -153,6 +170,29 @@ class StoreWriter:
     def finish(self) -> None:
         self.manifest["complete"] = True
         self._write_manifest()
+
+
+def part_manifests(root: Path) -> list[Path]:
+    """The part manifests of an unmerged distributed harvest in `root`."""
+    return sorted(Path(root).glob("manifest.rank*of*.json"))
+
+
+def merge_parts(root: Path, world: int) -> None:
+    """Join the complete parts rank0of{world}..., in window order, into the store's manifest (then remove them)."""
+    root = Path(root)
+    parts = [read_manifest(root, f"manifest.{part_name(r, world)}.json") for r in range(world)]
+    shards = []
+    for part in parts:
+        if not part["complete"]:
+            raise StoreError(f"{root}: rank {part['part']['rank']}'s part of the harvest is not complete; re-run it")
+        shards += part["shards"]
+    manifest = {k: parts[0][k] for k in ("version", "meta", "hooks", "dtype")}
+    manifest |= {"shards": [s | {"index": i} for i, s in enumerate(shards)], "n_tokens": sum(s["n_tokens"] for s in shards),
+                 "complete": True}
+    check_layout(root, manifest)
+    _atomic_write_text(root / MANIFEST, json.dumps(manifest, indent=1))
+    for r in range(world):
+        (root / f"manifest.{part_name(r, world)}.json").unlink()
 
 
 class ActivationStore:

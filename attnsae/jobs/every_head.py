@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import distributed
 from ..attribution.heads import head_attribution, ranking_agreement
 from ..data import ActivationStore, load_windows
 from ..evals import fidelity_many, sparsity_many
@@ -83,6 +84,8 @@ def run_every_head(cfg: EveryHeadConfig, progress: bool = True) -> Path:
 
     sae_dirs = run_layers(cfg.layers, progress)
     lap("train")
+    if not distributed.is_main():  # under torchrun the ranks share the training; rank 0 does the rest
+        return out / "index.html"
     model = load_model(cfg.layers.model, dtype="float32", device=cfg.layers.device)
     saes = [load_sae(sae_dirs[l]) for l in sorted(sae_dirs)]
     train_w, held = load_windows(model, cfg.layers.windows)

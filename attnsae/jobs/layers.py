@@ -13,9 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import distributed
 from ..data import StreamedActivations, WindowSpec, harvest, hook_width, load_windows
 from ..models import DEFAULT_MODEL, load_model
-from ..models.device import check_fits
+from ..models.device import fits
 from ..models.hooks import act_name
 from ..sae import TrainConfig, sae_config_for
 from ..sae.many import train_saes
@@ -42,6 +43,7 @@ class LayersConfig:
     harvest_dtype: str = "bfloat16"
     store_dtype: str = "bfloat16"
     device: str = "auto"  # model and training (models.device.resolve_device)
+    distribute: str = "auto"  # under torchrun: data | modules | auto (distributed.layout)
     train: TrainConfig = field(default_factory=layers_train_config)
 
 
@@ -66,16 +68,20 @@ def run_layers(cfg: LayersConfig, progress: bool = True) -> dict[int, Path]:
         train_w = train_w[: cfg.train_windows]
     hooks = {l: act_name("z", l) for l in sorted(cfg.layers or range(n_layers))}
     t = cfg.train
+    layout = distributed.layout(list(hooks.values()), cfg.distribute, t.batch_size)
+    distributed.check_shared(out)
     if cfg.store:
         source = harvest(model, train_w, out / "store", list(hooks.values()), dtype=cfg.store_dtype, progress=progress,
                          extra_meta={"corpus": cfg.windows.corpus})
         meta, buffer = source.meta, {}
     else:
-        source = StreamedActivations(model, train_w, list(hooks.values()), chunk_windows=cfg.chunk_windows)
+        source = StreamedActivations(model, train_w, list(hooks.values()), chunk_windows=cfg.chunk_windows, layout=layout)
         meta, buffer = source.meta(cfg.windows.corpus), {"activation buffer": source.buffer_bytes()}
     sae_cfgs = {h: sae_config_for(t, hook_width(model, h), h, meta) for h in hooks.values()}
-    check_fits(buffer | training_bytes(sae_cfgs.values(), t.batch_size), model.device,
-               "train fewer layers at once (--layers), or lower --expansion, --batch-size or --chunk-windows")
+    mine = [sae_cfgs[h] for h in layout.owned()]  # this rank's SAEs
+    distributed.agree(*fits(buffer | training_bytes(mine, t.batch_size), model.device,
+                            "train fewer layers at once (--layers), or lower --expansion, --batch-size or --chunk-windows"
+                            + (", or use more ranks" if layout.mode == "modules" else "")), MemoryError)
     dirs = train_saes(sae_cfgs, t, {h: out / f"L{l}" for l, h in hooks.items()}, source, progress=progress,
-                      device=cfg.device)
+                      device=cfg.device, layout=layout)
     return {l: dirs[h] for l, h in hooks.items()}

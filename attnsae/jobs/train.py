@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .. import distributed
 from ..data import ActivationStore, StreamedActivations, WindowSpec, hook_width, load_windows
 from ..models import load_model
 from ..sae import TrainConfig, sae_config_for, train_sae
@@ -27,7 +28,8 @@ def train_one(cfg: TrainConfig, out, store: str | None = None, hook: str | None 
         windows = windows or WindowSpec()
         lm = load_model(model, dtype=model_dtype, device=device)
         train_w, _ = load_windows(lm, windows)
-        stream = StreamedActivations(lm, train_w, hook)
+        # under torchrun each rank runs the model on its share of each chunk (data layout: all ranks keep the rows)
+        stream = StreamedActivations(lm, train_w, hook, layout=distributed.layout([hook], "data", cfg.batch_size))
         d_in, meta = hook_width(lm, hook), stream.meta(windows.corpus)
 
         def batches(step):

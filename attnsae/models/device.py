@@ -1,5 +1,5 @@
-"""Which device a command runs on: "auto" (the first CUDA GPU when there is one, else the CPU), "cpu",
-"cuda" or "cuda:N". A device that is not there is refused with the reason, never silently replaced."""
+"""Which device a command runs on: "auto" (the first CUDA GPU when there is one, else the CPU; under torchrun
+the rank's own GPU), "cpu", "cuda" or "cuda:N". A device that is not there is refused with the reason, never silently replaced."""
 
 from __future__ import annotations
 
@@ -7,12 +7,16 @@ import re
 
 import torch
 
+from .. import distributed
+
 DEVICE_HELP = "auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N"
 
 
 def resolve_device(spec: str | torch.device = "auto") -> torch.device:
     if isinstance(spec, torch.device):
         spec = str(spec)
+    if spec in ("auto", "cuda") and distributed.world() > 1 and torch.cuda.is_available():
+        spec = f"cuda:{distributed.local_rank() % torch.cuda.device_count()}"  # under torchrun: this rank's GPU
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if spec == "cpu":
@@ -42,10 +46,10 @@ def available_memory(device: torch.device) -> int:
     return psutil.virtual_memory().available
 
 
-def check_fits(need: dict[str, int], device: torch.device, advice: str) -> None:
-    """Refuse work whose parts `need` ({what: bytes}) exceed what `device` has free, before it starts."""
+def fits(need: dict[str, int], device: torch.device, advice: str) -> tuple[bool, str]:
+    """(whether the parts `need` ({what: bytes}) fit in what `device` has free, the message when they do not)."""
     total, free = sum(need.values()), available_memory(device)
-    if total > free:
-        parts = ", ".join(f"{what} {n / 2**30:.1f} GiB" for what, n in need.items())
-        raise MemoryError(f"this needs about {total / 2**30:.1f} GiB on {device} ({parts}) but {free / 2**30:.1f} GiB is "
-                          f"free; {advice}")
+    parts = ", ".join(f"{what} {n / 2**30:.1f} GiB" for what, n in need.items())
+    return total <= free, (f"this needs about {total / 2**30:.1f} GiB on {device} ({parts}) but {free / 2**30:.1f} GiB is "
+                           f"free; {advice}")
+

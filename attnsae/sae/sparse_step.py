@@ -44,6 +44,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import distributed
+
 # Above this fraction of active entries (sampled from the batch) the step runs the dense matmuls.
 # Measured crossover at d_sae=24576, B=4096, 2 threads: benchmarks/bench_sparse_primitives.py --step
 # (bf16: sparse 2.17 s vs dense 2.29 s at density 0.041, 4.04 s at 0.081). The sparse path is
@@ -73,21 +75,19 @@ def _mm(a, b, dtype):
     return (a.to(dtype) @ b.to(dtype)).float()
 
 
-# batch_topk_entries: a strided sample of this many entries bounds the winners' smallest value from below
+# _largest: a strided sample of this many entries bounds the winners' smallest value from below
 _SAMPLE_ENTRIES = 65536
 _HASH_STRIDE = 2654435761  # a prime: sampled entries spread over rows and columns whatever B and d_sae are
 
 
-def batch_topk_entries(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(rows, cols, vals) of the B*k largest entries of pre [B, d_sae] over the whole batch (BatchTopK;
-    ties: any B*k of them), in row-major order. `vals` may be <= 0 (the caller applies the ReLU).
+def _largest(pre: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(rows, cols, vals) of the n largest entries of pre [B, d_sae] (ties: any n of them), in row-major order.
 
     Exact, and cheaper than a top-k over all B*d_sae entries (about 3x at d_sae 9216): a sample of the
-    entries gives a value that about twice as many entries exceed; the winners are the top B*k of those,
-    when there are at least B*k of them (else, rarely, of everything)."""
+    entries gives a value that about twice as many entries exceed; the winners are the top n of those,
+    when there are at least n of them (else, rarely, of everything)."""
     B, S = pre.shape
     N = B * S
-    n = min(B * k, N)
     flat = pre.reshape(-1)
     m = min(N, _SAMPLE_ENTRIES)
     sample = flat[torch.arange(m, device=pre.device) * _HASH_STRIDE % N]
@@ -105,9 +105,35 @@ def batch_topk_entries(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.T
     return idx // S, idx % S, vals[order]
 
 
-def batch_topk(pre: torch.Tensor, k: int) -> torch.Tensor:
-    """relu(pre) [B, d_sae] with all but its B*k largest entries zeroed (BatchTopK)."""
-    rows, cols, vals = batch_topk_entries(pre, k)
+def batch_topk_entries(pre: torch.Tensor, k: int, across_ranks: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(rows, cols, vals) of the B*k largest entries of pre [B, d_sae] over the whole batch (BatchTopK;
+    ties: any B*k of them), in row-major order. `vals` may be <= 0 (the caller applies the ReLU).
+
+    `across_ranks`: pre is this rank's rows of a global batch split over the ranks (data-parallel training):
+    the entries among the global batch's (B * world)*k largest, found from every rank's local candidates."""
+    B, S = pre.shape
+    w = distributed.world() if across_ranks else 1
+    if w == 1:
+        return _largest(pre, min(B * k, B * S))
+    n = min(B * k * w, B * S * w)
+    _, _, candidates = _largest(pre, min(n, B * S))  # the global winners held here are among them
+    threshold = distributed.all_gather(candidates).topk(n, sorted=False).values.min()
+    # exactly n winners, as one process keeps: all entries above the threshold, then entries equal to it (equal rows
+    # of a batch tie) in rank order until there are n
+    above, tied = pre > threshold, pre == threshold
+    counts = distributed.all_gather(torch.stack([above.sum(), tied.sum()])[None]).cpu()
+    room = n - int(counts[:, 0].sum()) - int(counts[: distributed.rank(), 1].sum())
+    tied_rows, tied_cols = tied.nonzero(as_tuple=True)
+    keep = above.clone()
+    keep[tied_rows[:max(0, room)], tied_cols[:max(0, room)]] = True
+    rows, cols = keep.nonzero(as_tuple=True)
+    return rows, cols, pre[rows, cols]
+
+
+def batch_topk(pre: torch.Tensor, k: int, across_ranks: bool = False) -> torch.Tensor:
+    """relu(pre) [B, d_sae] with all but its B*k largest entries zeroed (BatchTopK; `across_ranks`: of the global
+    batch, as batch_topk_entries)."""
+    rows, cols, vals = batch_topk_entries(pre, k, across_ranks)
     f = torch.zeros_like(pre)
     f[rows, cols] = vals.clamp_min(0)
     return f
@@ -137,7 +163,7 @@ class SparseStep(NamedTuple):
 class _SparseSAEStep(torch.autograd.Function):
     @staticmethod
     @torch.amp.custom_fwd(device_type="cpu")  # backward then runs under forward's autocast state: off
-    def forward(ctx, x, W_enc, b_enc, W_dec, b_dec, k, batch, dtype, apply_b_dec, dense_density):
+    def forward(ctx, x, W_enc, b_enc, W_dec, b_dec, k, batch, dtype, apply_b_dec, dense_density, across_ranks):
         ctx.set_materialize_grads(False)  # an unused f gives grad None, not a dense zero tensor
         B, S = x.shape[0], W_enc.shape[1]
         xc = x - b_dec if apply_b_dec else x
@@ -147,7 +173,7 @@ class _SparseSAEStep(torch.autograd.Function):
             pre = torch.add(xc.to(dtype) @ W_enc.to(dtype), b_enc)
         entries = None
         if batch:  # BatchTopK: then the ReLU path below (relu' = 1 on every kept entry)
-            row, col, vals = batch_topk_entries(pre, k)
+            row, col, vals = batch_topk_entries(pre, k, across_ranks)
             keep = vals > 0
             entries = row[keep], col[keep], vals[keep]
             f = torch.zeros_like(pre)
@@ -229,7 +255,8 @@ class _SparseSAEStep(torch.autograd.Function):
             gb_dec = grad_xhat.sum(0) if grad_xhat is not None else torch.zeros(W_dec.shape[1])
             if apply_b_dec:
                 gb_dec = gb_dec - W_enc @ gb_enc
-        return None, gW_enc, gb_enc if ctx.needs_input_grad[2] else None, gW_dec, gb_dec, None, None, None, None, None
+        return (None, gW_enc, gb_enc if ctx.needs_input_grad[2] else None, gW_dec, gb_dec, None, None, None, None, None,
+                None)
 
 
 def sparse_sae_step(
@@ -243,13 +270,15 @@ def sparse_sae_step(
     dtype: torch.dtype | None = None,
     apply_b_dec_to_input: bool = True,
     dense_density: float | None = None,
+    across_ranks: bool = False,
 ) -> SparseStep:
     """(f, x_hat, fired, smallest) for x [B, d_in] (see SparseStep), with a sparse-aware backward.
     `k`: TopK (else ReLU); with `batch`, BatchTopK: the B*k largest activations of the batch.
     `dtype`: matmul precision, float32 or bfloat16; None: bfloat16 inside a CPU bf16 autocast
     region, else float32. Everything returned is fp32 (autocast does not reach inside).
     `dense_density`: run dense above this fraction of active entries (default: measured, per dtype);
-    0 forces the dense path, 1 the sparse one."""
+    0 forces the dense path, 1 the sparse one. `across_ranks`: BatchTopK over the global batch of a
+    data-parallel run, of which x is this rank's part (batch_topk_entries)."""
     if x.dim() != 2:
         raise ValueError(f"x must be [batch, d_in], got shape {tuple(x.shape)}")
     if x.device.type != "cpu":
@@ -263,21 +292,23 @@ def sparse_sae_step(
     x = x.detach().to(W_enc.dtype)
     with torch.autocast("cpu", enabled=False):
         return SparseStep(*_SparseSAEStep.apply(x, W_enc, b_enc, W_dec, b_dec, k, batch, dtype, apply_b_dec_to_input,
-                                                dense_density))
+                                                dense_density, across_ranks))
 
 
 def sae_step(sae, x: torch.Tensor, dtype: torch.dtype | None = None, dense_density: float | None = None,
-             batch_k: int | None = None) -> SparseStep:
+             batch_k: int | None = None, across_ranks: bool = False) -> SparseStep:
     """`sparse_sae_step` on an `attnsae.sae.SAE` (its architecture, k and b_dec convention), or on a ReLU
-    SAE trained with BatchTopK `batch_k`; plain autograd off the CPU, where these kernels were not tuned."""
+    SAE trained with BatchTopK `batch_k` (`across_ranks`: over a data-parallel run's global batch); plain
+    autograd off the CPU, where these kernels were not tuned."""
     if sae.cfg.architecture not in ("standard", "topk") or (batch_k and sae.cfg.architecture != "standard"):
         raise ValueError(f"sae_step runs ReLU, TopK and BatchTopK SAEs, not {sae.cfg.architecture!r} (use plain autograd)")
     if x.device.type != "cpu":
         if batch_k:
-            f = batch_topk(sae.pre_acts(x).float(), batch_k)
+            f = batch_topk(sae.pre_acts(x).float(), batch_k, across_ranks)
             return SparseStep(f, sae.decode(f), *firing_stats(f))
         out = sae(x)
         return SparseStep(out.feature_acts, out.reconstruction, *firing_stats(out.feature_acts))
     k = batch_k or (sae.cfg.k if sae.cfg.architecture == "topk" else None)
     return sparse_sae_step(x, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, k=k, batch=bool(batch_k), dtype=dtype,
-                           apply_b_dec_to_input=sae.cfg.apply_b_dec_to_input, dense_density=dense_density)
+                           apply_b_dec_to_input=sae.cfg.apply_b_dec_to_input, dense_density=dense_density,
+                           across_ranks=across_ranks)

@@ -12,6 +12,7 @@ permutation indexed by step, so the data order is the same.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -23,6 +24,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from .. import distributed
 from ..evals.metrics import DEAD_THRESHOLD, DEAD_WINDOW
 from ..lock import hold
 from ..models.device import autocast as device_autocast
@@ -68,8 +70,8 @@ class TrainConfig:
     # directions that hold this fraction of the data's variance, instead of all of R^d_in. Attention outputs are
     # low-rank, so a random direction mostly points where no input goes and its latent never fires. 0: off.
     init_subspace: float = 0.0
-    # resampling (l1 recipe)
-    resample_every: int | None = None  # default: steps // 5
+    # resampling (l1; topk, batchtopk and matryoshka when resample_every is set)
+    resample_every: int | None = None  # l1's default: steps // 5; the others': off
     n_resamples: int = 4  # the paper's training code: 4
     resample_inputs: int = 65536  # inputs scored to pick high-loss examples
     resample_warmup: int = 1000  # steps to cosine-warm lr back from 0.1x (the paper's training code: 1000)
@@ -129,15 +131,21 @@ def subspace_directions(x: torch.Tensor, frac: float, n: int, seed: int) -> torc
 
 
 class Trainer:
-    """Trains one SAE from an iterator factory `batches_from(start_step) -> iterator of [B, d_in]`."""
+    """Trains one SAE from an iterator factory `batches_from(start_step) -> iterator of [B, d_in]`.
+
+    `data_parallel` (under torchrun): this rank trains on its slice of each batch and the gradients, firing counts
+    and batch-wide selections are reduced across the ranks, so every rank's SAE stays the same; `batches_from` still
+    gives the global batches (the initialisation and resampling read them whole, identically on every rank).
+    `writer`: whether this rank writes the checkpoints, plots and SAE (one rank per folder)."""
 
     # what a checkpoint keeps of the trainer besides the SAE, Adam and the recipe
     COUNTERS = ("step", "tokens", "scale", "history", "fire_counts", "fire_tokens", "recent_counts", "recent_tokens",
                 "last_fired")
 
     def __init__(self, sae_cfg: SAEConfig, cfg: TrainConfig, out_dir, batches_from, progress: bool = True,
-                 device: str | torch.device = "cpu"):
+                 device: str | torch.device = "cpu", data_parallel: bool = False, writer: bool = True):
         self.cfg, self.out = cfg, Path(out_dir)
+        self.data_parallel, self.writer = data_parallel and distributed.world() > 1, writer
         self.device = resolve_device(device)  # not part of cfg: a run may resume on another device
         self.out.mkdir(parents=True, exist_ok=True)
         self.batches_from = batches_from
@@ -146,7 +154,7 @@ class Trainer:
         self.sae = SAE(sae_cfg)
         self.sae.reset_parameters(torch.Generator().manual_seed(init_seed(cfg.seed, sae_cfg)))
         self.sae.to(self.device)
-        self.recipe = RECIPES[cfg.recipe](self.sae, cfg)
+        self.recipe = RECIPES[cfg.recipe](self.sae, cfg, self.data_parallel)
         # fused: one kernel for every parameter's update (on the CPU 3x faster than the default loop)
         self.opt = torch.optim.Adam(self.sae.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), fused=True)
         self.step = 0
@@ -175,6 +183,8 @@ class Trainer:
         return self.recipe.resample(dead, self.step, inputs, self.opt)
 
     def save_checkpoint(self):
+        if not self.writer:
+            return
         counters = {k: getattr(self, k) for k in self.COUNTERS}
         checkpoint.save(self.out, self.sae, self.opt, self.cfg.to_dict(), counters, self.recipe.state_dict())
 
@@ -213,6 +223,8 @@ class Trainer:
         """Continue from the checkpoint (resume=True and there is one), else initialise from the data."""
         if not (resume and self.load_checkpoint()):
             self._init_from_data()
+        if self.data_parallel:  # every rank loaded the same checkpoint (or none)
+            distributed.same_on_all(self.step, f"the step {self.out} resumes from")
         self._autocast = device_autocast(self.device, enabled=self.cfg.dtype == "bfloat16")
         self._t0 = time.time() - (self.history[-1]["sec"] if self.history else 0.0)
 
@@ -222,7 +234,8 @@ class Trainer:
                    disable=not self.progress)
         it = self.batches_from(self.step)
         while self.step < self.cfg.steps:
-            rec = self.train_step(next(it))
+            batch = next(it)
+            rec = self.train_step(distributed.local_rows(batch) if self.data_parallel else batch)
             if rec:
                 bar.set_postfix(L0=f"{rec['l0']:.1f}", MSE=f"{rec['mse']:.4g}", EV=f"{rec['explained_var']:.3f}",
                                 dead=rec["dead"])
@@ -238,25 +251,31 @@ class Trainer:
             g["lr"] = self.lr_at(self.step)
         with self._autocast:
             loss, f, recon, fired = self.recipe.loss(x, self.step)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.data_parallel:  # the global batch's gradient and loss, on every rank
+            loss = distributed.all_mean_grads(self.sae.parameters(), loss)
         if not torch.isfinite(loss):
             saved = checkpoint.folder(self.out) / "state.json"
             kept = (f"the last checkpoint (step {json.loads(saved.read_text())['step']}, in {saved.parent}) is intact"
                     if saved.exists() else "no checkpoint had been written yet")
             raise FloatingPointError(f"loss became {loss.item()} at step {self.step} (hook {self.sae.cfg.hook_spec}); {kept}. "
                                      "Lower lr or l1_coeff, or check the activations for NaN.")
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
         self.recipe.before_optimizer_step()
         self.opt.step()
         self.recipe.after_optimizer_step()
         with torch.no_grad():
             if fired is None:
                 fired = (f > 0).sum(0)
+            n_inputs = x.shape[0]
+            if self.data_parallel:
+                fired, n_inputs = distributed.all_sum(fired.clone()), n_inputs * distributed.world()
+            self.recipe.observe(fired, n_inputs)
             self.fire_counts += fired
             self.recent_counts += fired
-            self.fire_tokens += x.shape[0]
-            self.tokens += x.shape[0]
-            self.recent_tokens += x.shape[0]
+            self.fire_tokens += n_inputs
+            self.tokens += n_inputs
+            self.recent_tokens += n_inputs
             self.last_fired[fired > 0] = self.tokens
         self.step += 1
         if self.step in self.recipe.resample_steps:
@@ -267,15 +286,15 @@ class Trainer:
                 tqdm.write(f"step {self.step}: resampled {n} dead features")
         rec = None
         if self.step % 50 == 0 or self.step == cfg.steps:
-            with torch.no_grad():
-                l0 = fired.sum().item() / x.shape[0]
+            with torch.no_grad():  # MSE and EV over this rank's rows
+                l0 = fired.sum().item() / n_inputs
                 mse = (recon.float() - x).pow(2).sum(-1).mean().item() / self.scale**2
                 ev = 1 - (recon.float() - x).pow(2).sum().item() / (x - x.mean(0)).pow(2).sum().item()
                 dead = int(self.silent_mask().sum())
             rec = {"step": self.step, "loss": loss.item(), "l0": l0, "mse": mse, "explained_var": ev,
                    "dead": dead, "lr": self.lr_at(self.step), "sec": time.time() - self._t0}
             self.history.append(rec)
-        if cfg.hist_every and self.step % cfg.hist_every == 0:
+        if cfg.hist_every and self.step % cfg.hist_every == 0 and self.writer:
             self.plot_density(self.out / f"density_step{self.step}.png")
             if self.step < cfg.steps:
                 self.recent_counts.zero_()
@@ -287,7 +306,7 @@ class Trainer:
     def finish(self) -> SAE:
         """The last checkpoint and the training curves; returns the finished SAE."""
         self.save_checkpoint()
-        if self.history:
+        if self.history and self.writer:
             from ..evals.plots import training_curves
 
             training_curves(self.history, self.out / "curves.png")
@@ -324,7 +343,10 @@ class Trainer:
         return sae
 
     def save(self, path, sae: SAE | None = None) -> Path:
-        """Save the finished SAE (`sae` when `train` or `finish` already built it) with its feature density."""
+        """Save the finished SAE (`sae` when `train` or `finish` already built it) with its feature density (the
+        writer does; every rank returns the path)."""
+        if not self.writer:
+            return Path(path)
         return save_sae(sae or self.finished_sae(), path, self.feature_density())
 
     def plot_density(self, path):
@@ -350,11 +372,19 @@ def train_sae(sae_cfg: SAEConfig, train_cfg: TrainConfig, out_dir, batches_from,
               resume: bool = True, device: str | torch.device = "cpu") -> Path:
     """Returns out_dir/sae, training it first unless out_dir/sae/cfg.json exists (checkpoints, curves
     and density histograms go to out_dir/train). resume=False starts over: it ignores the checkpoint
-    and retrains a finished SAE."""
+    and retrains a finished SAE. Under torchrun the ranks train it data-parallel (`Trainer`); rank 0 writes."""
     out = Path(out_dir)
-    with hold(out, "training"):  # two runs on one folder would overwrite each other's checkpoints
-        if resume and (out / "sae" / "cfg.json").exists():
-            check_same_training(out / "sae", train_cfg, sae_cfg)
-            return out / "sae"
-        trainer = Trainer(sae_cfg, train_cfg, out / "train", batches_from, progress=progress, device=device)
-        return trainer.save(out / "sae", trainer.train(resume=resume))
+    lay = distributed.layout([str(sae_cfg.hook_spec)], "data", train_cfg.batch_size)
+    if lay.data_parallel:
+        distributed.check_shared(out)
+    # two runs on one folder would overwrite each other's checkpoints
+    with hold(out, "training") if distributed.is_main() else contextlib.nullcontext():
+        path = out / "sae"
+        if resume and (path / "cfg.json").exists():
+            check_same_training(path, train_cfg, sae_cfg)
+        else:
+            trainer = Trainer(sae_cfg, train_cfg, out / "train", batches_from, progress=progress and distributed.is_main(),
+                              device=device, data_parallel=lay.data_parallel, writer=distributed.is_main())
+            trainer.save(path, trainer.train(resume=resume))
+    distributed.barrier()
+    return path

@@ -3,7 +3,7 @@ step, an lr multiplier, and the state it saves in checkpoints. `Trainer` runs th
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
@@ -43,9 +43,11 @@ class Recipe:
     state_keys: tuple[str, ...] = ()  # attributes saved in checkpoints (tensors or JSON values)
     resample_steps: frozenset[int] = frozenset()  # steps after which the trainer calls `resample`
 
-    def __init__(self, sae: SAE, cfg: TrainConfig):
+    def __init__(self, sae: SAE, cfg: TrainConfig, data_parallel: bool = False):
         self.check(cfg)
         self.sae, self.cfg = sae, cfg
+        # the batch is this rank's part of a global batch: batch-wide quantities are reduced across ranks
+        self.data_parallel = data_parallel
 
     @classmethod
     def check(cls, cfg: TrainConfig) -> None:
@@ -53,6 +55,9 @@ class Recipe:
 
     def loss(self, x: torch.Tensor, step: int) -> StepOutput:
         raise NotImplementedError
+
+    def observe(self, fired: torch.Tensor, n_inputs: int) -> None:
+        """After a step: on how many of the (global) batch's `n_inputs` inputs each latent fired."""
 
     def before_optimizer_step(self) -> None:
         """After backward: keep a unit-norm decoder row from growing along itself."""
@@ -80,6 +85,42 @@ class Recipe:
     def load_state_dict(self, state: dict) -> None:
         for k in self.state_keys:
             setattr(self, k, state[k])
+
+
+@torch.no_grad()
+def high_loss_inputs(reconstruct: Callable[[torch.Tensor], torch.Tensor], inputs: Iterator[torch.Tensor], n: int,
+                     n_inputs: int, seed: int) -> torch.Tensor:
+    """[n, d_in]: inputs drawn from the first `n_inputs` of `inputs` with probability proportional to the
+    square of their loss under `reconstruct` (Bricken et al. 2023, "Neuron Resampling")."""
+    xs, losses, seen = [], [], 0
+    while seen < n_inputs:
+        x = next(inputs)
+        xs.append(x)
+        losses.append((reconstruct(x) - x).pow(2).sum(-1))
+        seen += len(x)
+    x, probs = torch.cat(xs), torch.cat(losses).pow(2)
+    pick = torch.multinomial(probs / probs.sum(), n, replacement=n > len(x), generator=torch.Generator().manual_seed(seed))
+    return x[pick]
+
+
+@torch.no_grad()
+def reinit_latents(sae: SAE, idx: torch.Tensor, directions: torch.Tensor, enc_norm: float, b_enc: float,
+                   opt: torch.optim.Optimizer) -> None:
+    """Point latents `idx` at `directions` (unit decoder rows; encoder columns of norm `enc_norm`, bias `b_enc`)
+    and restart their Adam moments."""
+    v = directions / directions.norm(dim=1, keepdim=True).clamp_min(1e-8)
+    sae.W_dec[idx] = v
+    sae.W_enc[:, idx] = v.T * enc_norm
+    sae.b_enc[idx] = b_enc
+    for p in (sae.W_enc, sae.b_enc, sae.W_dec):
+        st = opt.state.get(p)
+        if not st:  # no Adam step taken yet
+            continue
+        for key in ("exp_avg", "exp_avg_sq"):
+            if p is sae.W_enc:
+                st[key][:, idx] = 0  # latents are W_enc's columns
+            else:
+                st[key][idx] = 0
 
 
 def remove_parallel_grad(sae: SAE) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from ... import distributed
 from ..sparse_step import sae_step
 from .topk import TopKRecipe
 
@@ -23,15 +24,22 @@ class BatchTopKRecipe(TopKRecipe):
     architecture = "standard"  # trained as a ReLU SAE whose activation is BatchTopK; saved as "jumprelu"
     state_keys = (*TopKRecipe.state_keys, "threshold")
 
-    def __init__(self, sae, cfg):
-        super().__init__(sae, cfg)
+    def __init__(self, sae, cfg, data_parallel=False):
+        super().__init__(sae, cfg, data_parallel)
         self.threshold: torch.Tensor | None = None  # running estimate of the smallest kept activation (on the device)
 
+    def sparse(self, x, batch_of_ranks=True):
+        """The decoder and the backward touch only the kept entries. `batch_of_ranks`: in a data-parallel run, x is
+        this rank's part of the global batch (the B*k kept are the global batch's)."""
+        return sae_step(self.sae, x, batch_k=self.cfg.k, across_ranks=self.data_parallel and batch_of_ranks)
+
     def activate(self, x):
-        """The sparse step: the decoder and the backward touch only the kept entries."""
-        step = sae_step(self.sae, x, batch_k=self.cfg.k)
+        """`sparse`, and the threshold's running estimate."""
+        step = self.sparse(x)
         with torch.no_grad():  # a tensor, so a GPU step does not wait for the host
             low = step.smallest  # inf when nothing was kept: no information
+            if self.data_parallel:
+                low = distributed.all_min(low.clone())
             if self.threshold is None:
                 self.threshold = torch.where(torch.isfinite(low), low, 0.0)
             else:

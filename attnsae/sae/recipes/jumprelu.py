@@ -60,8 +60,8 @@ class JumpReLURecipe(Recipe):
     architecture = "jumprelu"
     options = ("l0_coeff", "bandwidth", "init_threshold")
 
-    def __init__(self, sae, cfg):
-        super().__init__(sae, cfg)
+    def __init__(self, sae, cfg, data_parallel=False):
+        super().__init__(sae, cfg, data_parallel)
         sae.set_threshold_(cfg.init_threshold)
 
     def loss(self, x, step):

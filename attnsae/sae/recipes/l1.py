@@ -9,7 +9,7 @@ import math
 import torch
 
 from ..sparse_step import sae_step
-from .base import Recipe, StepOutput
+from .base import Recipe, StepOutput, high_loss_inputs, reinit_latents
 
 # A resampled latent's encoder row is its new direction times this fraction of the alive latents'
 # mean encoder norm (Bricken et al. 2023, "Neuron Resampling"; anthropic_neuron_resample_scale in
@@ -25,8 +25,8 @@ class L1Recipe(Recipe):
     options = ("l1_coeff", "resample_every", "n_resamples", "resample_inputs", "resample_warmup")
     state_keys = ("last_resample", "n_resampled")
 
-    def __init__(self, sae, cfg):
-        super().__init__(sae, cfg)
+    def __init__(self, sae, cfg, data_parallel=False):
+        super().__init__(sae, cfg, data_parallel)
         every = cfg.resample_every or max(1, cfg.steps // 5)
         self.resample_steps = frozenset(every * i for i in range(1, cfg.n_resamples + 1) if every * i < cfg.steps)
         self.last_resample = 0  # step of the last resample: the lr warm-back starts there
@@ -46,37 +46,15 @@ class L1Recipe(Recipe):
 
     @torch.no_grad()
     def resample(self, dead, step, inputs, opt):
-        """Bricken et al.'s resampling: each dead latent gets the direction of an input drawn with
-        probability proportional to its squared reconstruction loss; its Adam moments restart."""
+        """Bricken et al.'s resampling: each dead latent gets the direction of a high-loss input (minus b_dec), an
+        encoder column of a fifth of the alive latents' mean norm, zero bias; its Adam moments restart."""
         idx = dead.nonzero().flatten()
         if len(idx) == 0:
             return 0
         sae = self.sae
-        xs, losses, n = [], [], 0
-        while n < self.cfg.resample_inputs:
-            x = next(inputs)
-            xs.append(x)
-            losses.append((sae(x).reconstruction - x).pow(2).sum(-1))
-            n += len(x)
-        x, loss = torch.cat(xs), torch.cat(losses)
-        g = torch.Generator().manual_seed(self.cfg.seed + step)
-        probs = loss.pow(2)
-        pick = torch.multinomial(probs / probs.sum(), len(idx), replacement=len(idx) > len(x), generator=g)
-        v = x[pick] - sae.b_dec
-        v = v / v.norm(dim=1, keepdim=True).clamp_min(1e-8)
+        x = high_loss_inputs(lambda x: sae(x).reconstruction, inputs, len(idx), self.cfg.resample_inputs, self.cfg.seed + step)
         alive = ~dead
-        enc_norm = sae.W_enc[:, alive].norm(dim=0).mean() if alive.any() else torch.tensor(1.0, device=sae.W_enc.device)
-        sae.W_dec[idx] = v
-        sae.W_enc[:, idx] = v.T * enc_norm * RESAMPLE_ENCODER_SCALE
-        sae.b_enc[idx] = 0.0
-        for p in (sae.W_enc, sae.b_enc, sae.W_dec):
-            st = opt.state.get(p)
-            if not st:  # no Adam step taken yet
-                continue
-            for key in ("exp_avg", "exp_avg_sq"):
-                if p is sae.W_enc:
-                    st[key][:, idx] = 0  # latents are W_enc's columns
-                else:
-                    st[key][idx] = 0
+        enc_norm = sae.W_enc[:, alive].norm(dim=0).mean().item() if alive.any() else 1.0
+        reinit_latents(sae, idx, x - sae.b_dec, enc_norm * RESAMPLE_ENCODER_SCALE, 0.0, opt)
         self.last_resample, self.n_resampled = step, self.n_resampled + 1
         return len(idx)

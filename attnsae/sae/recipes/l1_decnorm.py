@@ -18,8 +18,8 @@ class L1DecoderNormRecipe(Recipe):
     options = ("l1_coeff",)
     unit_norm_decoder = False
 
-    def __init__(self, sae, cfg):
-        super().__init__(sae, cfg)
+    def __init__(self, sae, cfg, data_parallel=False):
+        super().__init__(sae, cfg, data_parallel)
         with torch.no_grad():
             sae.W_dec.mul_(DECODER_INIT_NORM)  # rows are unit-norm after SAE.reset_parameters
             sae.W_enc.copy_(sae.W_dec.T)

@@ -17,8 +17,8 @@ class MatryoshkaBatchTopKRecipe(BatchTopKRecipe):
     name = "matryoshka_batchtopk"
     options = (*BatchTopKRecipe.options, "prefixes")
 
-    def __init__(self, sae, cfg):
-        super().__init__(sae, cfg)
+    def __init__(self, sae, cfg, data_parallel=False):
+        super().__init__(sae, cfg, data_parallel)
         # the prefix sizes m_1 < ... < m_M = d_sae
         self.widths = tuple(sorted({max(1, round(a * sae.d_sae)) for a in cfg.prefixes} | {sae.d_sae}))
 
