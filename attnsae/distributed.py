@@ -61,7 +61,13 @@ def init(backend: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
 
 
 def shutdown() -> None:
+    """Leave the process group, all ranks together (a rank that tears down while another still talks to it can abort
+    the other); after a failure the barrier fails at once and the rank just leaves."""
     if dist.is_initialized():
+        try:
+            dist.barrier()
+        except RuntimeError:
+            pass
         dist.destroy_process_group()
 
 
@@ -83,7 +89,8 @@ def local_rank() -> int:
 
 
 def is_main() -> bool:
-    return rank() == 0
+    """Rank 0 (or one process); the launcher's RANK says so also before joining and after leaving."""
+    return rank() == 0 if dist.is_initialized() else rank_env() == 0
 
 
 def _collective(fn, *args):

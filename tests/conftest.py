@@ -20,21 +20,45 @@ def peer(name: str):
 
 def hf_tiny(family: str, seed: int = 0, vocab: int = 101):
     """A tiny random Hugging Face model of each family, with perturbed norm gains."""
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+    import transformers as t
 
     torch.manual_seed(seed)
+    small = dict(hidden_size=96, num_attention_heads=6, num_key_value_heads=2, head_dim=16, intermediate_size=96,
+                 vocab_size=101, rope_theta=1e4, bos_token_id=0, eos_token_id=1, pad_token_id=None)
+    if family == "mistral":  # a window shorter than the test sequences, so that it matters
+        return _perturbed(t.MistralForCausalLM(t.MistralConfig(num_hidden_layers=2, sliding_window=5, **small)))
+    if family == "qwen2":
+        return _perturbed(t.Qwen2ForCausalLM(t.Qwen2Config(num_hidden_layers=2, tie_word_embeddings=True, **small)))
+    if family == "gemma":  # multi-query attention, as Gemma-2B
+        return _perturbed(t.GemmaForCausalLM(t.GemmaConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4,
+                                                           num_key_value_heads=1, head_dim=16, intermediate_size=96,
+                                                           vocab_size=101, bos_token_id=2, eos_token_id=1, pad_token_id=0)))
+    if family == "gemma2":  # soft-caps small enough to bite on random weights
+        return _perturbed(t.Gemma2ForCausalLM(t.Gemma2Config(
+            num_hidden_layers=3, hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+            intermediate_size=96, vocab_size=101, sliding_window=6, query_pre_attn_scalar=16, attn_logit_softcapping=0.5,
+            final_logit_softcapping=2.0, layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+            bos_token_id=2, eos_token_id=1, pad_token_id=0)))
+    if family == "gpt_neox":  # Pythia's layout: parallel attention and MLP, rotary on a quarter of each head
+        return _perturbed(t.GPTNeoXForCausalLM(t.GPTNeoXConfig(
+            num_hidden_layers=2, hidden_size=64, num_attention_heads=4, intermediate_size=128, vocab_size=101,
+            max_position_embeddings=64, rope_parameters={"rope_theta": 1e4, "partial_rotary_factor": 0.25,
+                                                         "rope_type": "default"}, bos_token_id=0, eos_token_id=0)))
     if family == "gpt2":
-        hf = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=vocab, n_positions=64,
-                                        bos_token_id=0, eos_token_id=0))
+        hf = t.GPT2LMHeadModel(t.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=vocab, n_positions=64,
+                                            bos_token_id=0, eos_token_id=0))
     elif family == "llama":
-        hf = LlamaForCausalLM(LlamaConfig(num_hidden_layers=2, hidden_size=96, num_attention_heads=6, num_key_value_heads=2,
-                                          head_dim=16, intermediate_size=96, vocab_size=101, rope_theta=1e4,
-                                          bos_token_id=0, eos_token_id=1, pad_token_id=None))
+        hf = t.LlamaForCausalLM(t.LlamaConfig(num_hidden_layers=2, **small))
     else:
-        hf = Gemma3ForCausalLM(Gemma3TextConfig(num_hidden_layers=3, hidden_size=64, num_attention_heads=4, num_key_value_heads=1,
-                                                head_dim=32, intermediate_size=96, vocab_size=101, sliding_window=8,
-                                                layer_types=["sliding_attention", "sliding_attention", "full_attention"],
-                                                query_pre_attn_scalar=32, bos_token_id=2, eos_token_id=1, pad_token_id=0))
+        hf = t.Gemma3ForCausalLM(t.Gemma3TextConfig(
+            num_hidden_layers=3, hidden_size=64, num_attention_heads=4, num_key_value_heads=1, head_dim=32,
+            intermediate_size=96, vocab_size=101, sliding_window=8, query_pre_attn_scalar=32,
+            layer_types=["sliding_attention", "sliding_attention", "full_attention"], bos_token_id=2, eos_token_id=1,
+            pad_token_id=0))
+    return _perturbed(hf)
+
+
+def _perturbed(hf):
     with torch.no_grad():
         for name, p in hf.named_parameters():
             if "norm" in name or "ln" in name:
@@ -44,7 +68,7 @@ def hf_tiny(family: str, seed: int = 0, vocab: int = 101):
     return hf.eval()
 
 
-FAMILIES = ["gpt2", "llama", "gemma3"]
+FAMILIES = ["gpt2", "llama", "gemma3", "mistral", "qwen2", "gemma", "gemma2", "gpt_neox"]
 
 
 @pytest.fixture(params=FAMILIES)

@@ -116,7 +116,9 @@ def test_variance_explained_by_a_planted_head_and_source_tokens(tiny, windows):
         sae.W_enc[c.d_head:2 * c.d_head, 0] = 3 * torch.randn(c.d_head)
         sae.b_enc[0] = 5.0  # fires almost everywhere
     w = windows[:, :12]
-    out = variance_explained(model, sae, 0, w, thresholds=(0.0, 5.0), source_tokens=list(range(c.d_vocab)),
+    parts = feature_dfa(model, sae, torch.from_numpy(w.astype(np.int64)), [0])
+    high = float(parts["pre"][:, 1:, 0].median())  # a second threshold half the tokens pass
+    out = variance_explained(model, sae, 0, w, thresholds=(0.0, high), source_tokens=list(range(c.d_vocab)),
                              batch_size=8, top_sources=c.d_vocab, progress=False)
     t0, t4 = out["thresholds"]
     assert t0["n_tokens"] > t4["n_tokens"] > 0
@@ -125,7 +127,6 @@ def test_variance_explained_by_a_planted_head_and_source_tokens(tiny, windows):
     assert t0["chosen_tokens_fve"] == pytest.approx(1.0, abs=1e-6)  # every source token chosen
     assert sum(s for _, s in t0["source_token_fve"]) == pytest.approx(1.0, abs=1e-6)  # over all tokens
     # the BOS source token alone explains a share matching a direct computation
-    parts = feature_dfa(model, sae, torch.from_numpy(w.astype(np.int64)), [0])
     act = torch.relu(parts["pre"][:, 1:, 0])
     m = act > 0
     y = parts["by_head"][:, 1:, 0].sum(-1)[m].double()

@@ -69,7 +69,7 @@ def test_logit_effect_is_the_direct_path_through_the_norm_gains(built):
     block = model.blocks[1]
     for f, row in zip(feats, rows):
         u = (sae.W_dec[f] @ block.W_O).detach()[None]
-        if c.family == "gemma3":
+        if c.post_norms:
             u, s = block.normalize(u, "ln1_post")
             u = u * s  # undo the division by the RMS, keep the (1 + w) gain
         b = getattr(model, "ln_final_b", None)

@@ -47,7 +47,8 @@ def test_perfect_reconstruction_scores_100_and_zero_scores_0(tiny, windows):
     perfect = fidelity(model, identity_sae(model), windows, progress=False)
     assert perfect.ce_recovered == pytest.approx(1.0, abs=1e-4)
     assert perfect.kl_sae == pytest.approx(0.0, abs=1e-6)
-    assert perfect.delta_ce_zero > 0  # zero-ablation hurts the random model, so the ratio means something
+    # zero ablation moves the loss (on random text and weights it may lower it), so the ratio means something
+    assert abs(perfect.delta_ce_zero) > 1e-5
     zero = fidelity(model, zero_sae(model), windows, progress=False)
     assert zero.ce_recovered == pytest.approx(0.0, abs=1e-4)
     assert zero.ce_sae == pytest.approx(zero.ce_zero, abs=1e-5)
@@ -110,7 +111,7 @@ def test_a_partial_reconstruction_lands_between(tiny, windows):
     with torch.no_grad():
         sae.W_dec.mul_(0.5)  # half of z: CE in between clean and zero ablation
     r = fidelity(model, sae, windows, progress=False)
-    assert r.ce_clean < r.ce_sae < r.ce_zero and 0 < r.ce_recovered < 1
+    assert min(r.ce_clean, r.ce_zero) < r.ce_sae < max(r.ce_clean, r.ce_zero) and 0 < r.ce_recovered < 1
 
 
 def test_fidelity_many_equals_each_splice_in_a_whole_forward(tiny, windows):
@@ -183,18 +184,21 @@ def test_splice_with_edit_and_error_term_zero_ablates_one_feature(tiny, windows)
     sae = identity_sae(model)
     tokens = torch.from_numpy(windows[:2].astype(np.int64))
     name = sae.cfg.hook_name
+    _, clean = model.run_with_cache(tokens, [name])
+    j = int((clean[name].flatten(2)[:, 1:] > 0).sum((0, 1)).argmax())  # a feature (dimension) that fires somewhere
 
-    def kill0(f):
+    def kill(f):
         f = f.clone()
-        f[..., 0] = 0
+        f[..., j] = 0
         return f
 
-    _, clean = model.run_with_cache(tokens, [name])
-    _, edited = model.run_with_hooks(tokens, [(name, sae_hook(sae, keep_error=True, edit=kill0))], cache=[name])
+    _, edited = model.run_with_hooks(tokens, [(name, sae_hook(sae, keep_error=True, edit=kill))], cache=[name])
     diff = edited[name].flatten(2) - clean[name].flatten(2)
-    # only dimension 0 changes (where it was positive), and only at positions >= 1
+    # only dimension j changes (where it was positive), and only at positions >= 1
     assert diff[:, 0].abs().max() == 0
-    assert (diff[:, 1:, 1:].abs().max() == 0) and diff[:, 1:, 0].abs().max() > 0
+    others = torch.ones(diff.shape[-1], dtype=torch.bool)
+    others[j] = False
+    assert (diff[:, 1:, others].abs().max() == 0) and diff[:, 1:, j].abs().max() > 0
 
 
 def test_incompatible_saes_are_refused_with_reasons(tiny, windows):

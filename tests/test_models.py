@@ -35,10 +35,10 @@ def check_hooks(model, tokens, atol=1e-5):
         # hook_result is each head's z_h W_O[h] (TransformerLens's: per head, no b_O)
         torch.testing.assert_close(result, torch.einsum("bphd,hdm->bphm", z, blk.W_O_heads), atol=atol, rtol=1e-4)
         # summed over heads, plus b_O: z flattened times W_O, the attention output
-        recon = z.flatten(2) @ blk.W_O + (blk.b_O if c.family == "gpt2" else 0)
-        result = result.sum(2) + (blk.b_O if c.family == "gpt2" else 0)
+        recon = z.flatten(2) @ blk.W_O + (blk.b_O if c.biases else 0)
+        result = result.sum(2) + (blk.b_O if c.biases else 0)
         torch.testing.assert_close(recon, result, atol=atol, rtol=1e-4)
-        if c.family == "gemma3":  # Gemma adds the post-attention-normed output to the residual
+        if c.post_norms:  # Gemma 2 and 3 add the post-attention-normed output to the residual
             torch.testing.assert_close(blk.normalize(result, "ln1_post")[0], attn_out, atol=atol, rtol=1e-4)
         else:
             torch.testing.assert_close(result, attn_out, atol=atol, rtol=1e-4)
@@ -93,7 +93,7 @@ def test_interventions_replace_zero_add(tiny, tokens):
     name = "blocks.0.attn.hook_z"
     _, cache = model.run_with_hooks(tokens, [(name, zero_ablate)], cache=["blocks.0.attn.hook_result", "blocks.0.hook_attn_out"])
     assert (cache["blocks.0.attn.hook_result"] == 0).all()
-    if c.family == "gpt2":  # with every head zeroed the layer adds only b_O
+    if c.biases:  # with every head zeroed the layer adds only b_O
         out = cache["blocks.0.hook_attn_out"]
         torch.testing.assert_close(out, model.blocks[0].b_O.expand_as(out))
     _, clean = model.run_with_cache(tokens, [name], stop_early=False)
@@ -234,3 +234,32 @@ def test_converted_model_cache_follows_weights_overwritten_in_place(tmp_path, to
     cache_dir = home() / "converted" / entries[0]
     _save_converted(again, cache_dir)  # a second writer of an existing entry keeps it and cleans up
     assert sorted(p.name for p in (home() / "converted").iterdir()) == entries
+
+
+def test_an_unsupported_architecture_says_what_is_missing_and_what_is_supported():
+    from attnsae.models.families import family_for
+
+    with pytest.raises(NotImplementedError, match="'mixtral': mixture-of-experts .MoE. layers are not supported "
+                                                  r"\(supported: gpt2, gpt_neox, llama, mistral, qwen2, gemma, gemma2"):
+        family_for("mixtral")
+    with pytest.raises(NotImplementedError, match="'falcon': this architecture is not supported"):
+        family_for("falcon")
+
+
+def test_a_checkpoint_whose_config_and_weights_disagree_is_refused_naming_the_tensor():
+    hf = hf_tiny("qwen2")
+    hf.config.num_key_value_heads = 3  # the weights have 2 kv heads of 16
+    with pytest.raises(ValueError, match=r"checkpoint tensor blocks.0.W_K has shape \(96, 32\) but the config says "
+                                         r"\(96, 48\): the config and the weights disagree"):
+        from_hf(hf)
+    hf = hf_tiny("gemma2")
+    hf.config.query_pre_attn_scalar = 16
+    hf.config.model_type = "gemma3_text"  # Gemma 3's layout wants q/k norms the Gemma 2 weights lack
+    with pytest.raises(ValueError, match="lacks tensor model.layers.0.self_attn.q_norm.weight that a gemma3 model"):
+        from_hf(hf)
+
+
+def test_value_biases_without_an_output_bias_are_not_folded():
+    model = from_hf(hf_tiny("qwen2"))
+    with pytest.raises(ValueError, match="value biases but no output bias"):
+        fold_value_biases_(model)

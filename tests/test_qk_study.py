@@ -62,7 +62,8 @@ def test_a_mismatched_pair_is_refused_naming_the_fix():
         qk_head(model.cfg, "1.6")
 
 
-@pytest.mark.parametrize("family,rotated", [("llama", False), ("llama", True), ("gemma3", False), ("gpt2", False)])
+@pytest.mark.parametrize("family,rotated", [("llama", False), ("llama", True), ("gemma3", False), ("gpt2", False),
+                                            ("gemma2", False), ("gpt_neox", False), ("gpt_neox", True), ("qwen2", False)])
 def test_scores_from_sae_space_equal_the_models(family, rotated):
     """head_score of the cached q and k (through Gemma's q/k norm and the rotary embedding for pre-rotary vectors)
     equals the model's attention scores; prompt_pattern's reconstructed score equals the spliced model's."""
@@ -84,8 +85,8 @@ def test_scores_from_sae_space_equal_the_models(family, rotated):
     spliced = scores(model, tokens, layer, [(q_sae.cfg.hook_name, _splice(q_sae)), (k_sae.cfg.hook_name, _splice(k_sae))])
     assert r.score == pytest.approx(float(spliced[0, qk.head, 9, 4]), rel=1e-4, abs=1e-4)
     # removing a feature changes the score by exactly that feature's term (scores are linear in q for fixed k, without
-    # Gemma's q-norm)
-    if not model.cfg.qk_norm:
+    # Gemma 3's q-norm or Gemma 2's soft-cap)
+    if not (model.cfg.qk_norm or model.cfg.attn_softcap):
         total = sum(f["delta"] for f in r.query_features)
         with torch.no_grad():
             k_hat = k_sae.decode(k_sae.encode(k[4].float()))

@@ -72,7 +72,7 @@ def test_the_readout_is_linear_in_the_residual_stream(trace):
     scale = trace.cache["blocks.1.ln1.hook_scale"][src]
     xc = x - x.mean() if c.norm == "layernorm" else x
     ln = xc / scale * (block.ln1_w.float() + c.norm_gain_offset) + (block.ln1_b if c.norm == "layernorm" else 0)
-    v = (ln @ block.W_V.float() + (block.b_V if c.biases else 0)).view(c.n_kv_heads, c.d_head)
+    v = (ln @ block.W_V.float() + (block.b_V if c.qkv_bias else 0)).view(c.n_kv_heads, c.d_head)
     v = v[torch.arange(c.n_heads) // c.group_size]
     a = trace.cache["blocks.1.attn.hook_pattern"][:, dest, src]
     w = trace.attn_saes[1].W_enc.float()[:, f].view(c.n_heads, c.d_head)

@@ -6,7 +6,7 @@ import torch
 
 from attnsae.models import from_hf
 
-from .conftest import hf_tiny, peer
+from .conftest import FAMILIES, hf_tiny, peer
 
 pytestmark = pytest.mark.peers
 
@@ -20,7 +20,14 @@ def rope_theta(config) -> float:
 def tl_twin(family: str, hf, ours):
     """TransformerLens's HookedTransformer with `hf`'s weights, unprocessed (no LN folding, no centering)."""
     tl = peer("transformer_lens")
-    from transformer_lens.pretrained.weight_conversions import convert_gemma_weights, convert_gpt2_weights, convert_llama_weights
+    from transformer_lens.pretrained.weight_conversions import (
+        convert_gemma_weights,
+        convert_gpt2_weights,
+        convert_llama_weights,
+        convert_mistral_weights,
+        convert_neox_weights,
+        convert_qwen2_weights,
+    )
 
     c = hf.config
     common = dict(n_layers=c.num_hidden_layers, d_model=c.hidden_size, n_ctx=64, d_vocab=c.vocab_size,
@@ -30,32 +37,46 @@ def tl_twin(family: str, hf, ours):
         cfg = tl.HookedTransformerConfig(**common, d_mlp=4 * c.hidden_size, act_fn="gelu_new", normalization_type="LN",
                                          eps=c.layer_norm_epsilon, original_architecture="GPT2LMHeadModel")
         sd = convert_gpt2_weights(hf, cfg)
-    elif family == "gemma3":
+    elif family == "gpt_neox":
+        cfg = tl.HookedTransformerConfig(**common, d_mlp=c.intermediate_size, act_fn="gelu", normalization_type="LN",
+                                         eps=c.layer_norm_eps, positional_embedding_type="rotary",
+                                         rotary_dim=ours.cfg.rotary_dim, rotary_base=ours.cfg.rope_theta,
+                                         parallel_attn_mlp=True, original_architecture="GPTNeoXForCausalLM")
+        sd = convert_neox_weights(hf, cfg)
+    elif family.startswith("gemma"):
         o = ours.cfg
+        extra = {}
+        if family != "gemma":  # Gemma 2 and 3: local and global layers, norms before and after
+            extra = dict(window_size=c.sliding_window, use_local_attn=True, use_normalization_before_and_after=True,
+                         attn_types=["local" if t == "sliding_attention" else "global" for t in c.layer_types])
+        if family == "gemma2":
+            extra |= dict(attn_scores_soft_cap=c.attn_logit_softcapping, output_logits_soft_cap=c.final_logit_softcapping,
+                          attn_scale=c.query_pre_attn_scalar**0.5)
+        if family == "gemma3":
+            extra |= dict(use_qk_norm=True, rotary_base_local=o.rope_local_theta)
         cfg = tl.HookedTransformerConfig(**common | {"d_head": c.head_dim}, d_mlp=c.intermediate_size,
                                          act_fn="gelu_pytorch_tanh", normalization_type="RMS", eps=c.rms_norm_eps,
                                          positional_embedding_type="rotary", rotary_dim=c.head_dim, rotary_base=o.rope_theta,
-                                         rotary_base_local=o.rope_local_theta, use_attn_scale=True,
-                                         n_key_value_heads=c.num_key_value_heads, gated_mlp=True, final_rms=True,
-                                         use_normalization_before_and_after=True, use_qk_norm=True,
-                                         window_size=c.sliding_window, use_local_attn=True,
-                                         attn_types=["local" if t == "sliding_attention" else "global" for t in c.layer_types],
-                                         original_architecture="Gemma3ForCausalLM")
+                                         use_attn_scale=True, n_key_value_heads=c.num_key_value_heads, gated_mlp=True,
+                                         final_rms=True, original_architecture=type(hf).__name__, **extra)
         sd = convert_gemma_weights(hf, cfg)
-    else:
+    else:  # llama, mistral, qwen2
+        local = dict(window_size=c.sliding_window, use_local_attn=True, attn_types=["local"] * c.num_hidden_layers) \
+            if family == "mistral" else {}
         cfg = tl.HookedTransformerConfig(**common | {"d_head": c.head_dim}, d_mlp=c.intermediate_size, act_fn="silu",
                                          normalization_type="RMS", eps=c.rms_norm_eps, positional_embedding_type="rotary",
                                          rotary_dim=c.head_dim, rotary_base=rope_theta(c), gated_mlp=True,
                                          final_rms=True, n_key_value_heads=c.num_key_value_heads,
-                                         original_architecture="LlamaForCausalLM")
-        sd = convert_llama_weights(hf, cfg)
+                                         original_architecture=type(hf).__name__, **local)
+        convert = {"llama": convert_llama_weights, "mistral": convert_mistral_weights, "qwen2": convert_qwen2_weights}
+        sd = convert[family](hf, cfg)
     model = tl.HookedTransformer(cfg)
     model.load_and_process_state_dict(sd, fold_ln=False, center_writing_weights=False, center_unembed=False,
                                       fold_value_biases=False, refactor_factored_attn_matrices=False)
     return model.eval()
 
 
-@pytest.mark.parametrize("family", ["gpt2", "llama", "gemma3"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_every_hook_equals_transformer_lens(family):
     """Both emit the same hook names, and each holds the same values (TL with use_attn_result, so hook_result
     is there). TL flattens Gemma 3's q/k-norm hooks over batch, position and head; ours keep the head axis."""

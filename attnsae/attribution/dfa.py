@@ -6,7 +6,7 @@ By source position:  z_k[dest] = sum_src A_k[dest, src] v_{kv(k)}[src]   (patter
 
 w_i is column i of W_enc split into n_heads slices of d_head; with grouped-query attention the
 value vector is the one of the query head's kv group. The parts sum to the pre-activation up to
-floating-point rounding (tests hold this on GPT-2, Llama and Gemma 3 layouts).
+floating-point rounding (tests hold this on every supported family).
 """
 
 from __future__ import annotations

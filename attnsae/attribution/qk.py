@@ -76,7 +76,7 @@ def _project(trace: PromptTrace, layer: int, head: int, pos: int, side: str, par
     const = torch.zeros(c.d_head)
     if getattr(block, "ln1_b", None) is not None:
         const = const + block.ln1_b.detach().float() @ W
-    if c.biases:
+    if c.qkv_bias:
         const = const + (block.b_Q if side == "q" else block.b_K).detach().float().view(-1, c.d_head)[h]
     if c.qk_norm:
         w = (block.q_norm_w if side == "q" else block.k_norm_w).detach().float() + c.norm_gain_offset

@@ -140,7 +140,7 @@ def value_readout(trace: PromptTrace, layer: int, feature: int, dest: int, src: 
     if c.norm == "layernorm":
         r = r - r.mean()  # P is symmetric
     r = r / trace.cache[f"blocks.{layer}.ln1.hook_scale"][src].float()
-    b_V = torch.zeros(c.n_kv_heads, c.d_head) if not c.biases else block.b_V.detach().float().view(c.n_kv_heads, c.d_head)
+    b_V = torch.zeros(c.n_kv_heads, c.d_head) if not c.qkv_bias else block.b_V.detach().float().view(c.n_kv_heads, c.d_head)
     v_const = b_V[torch.arange(c.n_heads) // c.group_size]  # [n_heads, d_head]
     if getattr(block, "ln1_b", None) is not None:
         v_const = v_const + torch.einsum("m,hmd->hd", block.ln1_b.detach().float(), W_V)

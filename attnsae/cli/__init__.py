@@ -62,8 +62,7 @@ def main(argv=None) -> None:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"attnsae {args.command}{where}: error: {msg}", file=sys.stderr)
         sys.exit(2)
-    finally:
-        distributed.shutdown()
+    distributed.shutdown()
 
 
 def _join(args) -> None:

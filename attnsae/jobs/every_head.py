@@ -84,7 +84,9 @@ def run_every_head(cfg: EveryHeadConfig, progress: bool = True) -> Path:
 
     sae_dirs = run_layers(cfg.layers, progress)
     lap("train")
-    if not distributed.is_main():  # under torchrun the ranks share the training; rank 0 does the rest
+    main = distributed.is_main()
+    distributed.shutdown()  # under torchrun the ranks share the training; rank 0 does the rest alone
+    if not main:
         return out / "index.html"
     model = load_model(cfg.layers.model, dtype="float32", device=cfg.layers.device)
     saes = [load_sae(sae_dirs[l]) for l in sorted(sae_dirs)]

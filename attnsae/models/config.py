@@ -5,18 +5,25 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-FAMILIES = ("gpt2", "llama", "gemma3")
-
 # What a family's architecture does differently, as flags the transformer and the analyses read
 # (TransformerLens's approach: architectures as config, not as branches on a name).
+_LLAMA = dict(norm="rmsnorm", norm_gain_offset=0.0, post_norms=False, qk_norm=False, biases=False, qkv_bias=False,
+              gated_mlp=True, act_fn="silu", embed_scale=False, learned_pos=False, parallel_attn_mlp=False)
+_GEMMA = _LLAMA | dict(norm_gain_offset=1.0, act_fn="gelu_tanh", embed_scale=True)
 FAMILY_TRAITS = {
-    "gpt2": dict(norm="layernorm", norm_gain_offset=0.0, post_norms=False, qk_norm=False, biases=True,
-                 gated_mlp=False, act_fn="gelu_tanh", embed_scale=False, learned_pos=True),
-    "llama": dict(norm="rmsnorm", norm_gain_offset=0.0, post_norms=False, qk_norm=False, biases=False,
-                  gated_mlp=True, act_fn="silu", embed_scale=False, learned_pos=False),
-    "gemma3": dict(norm="rmsnorm", norm_gain_offset=1.0, post_norms=True, qk_norm=True, biases=False,
-                   gated_mlp=True, act_fn="gelu_tanh", embed_scale=True, learned_pos=False),
+    "gpt2": dict(norm="layernorm", norm_gain_offset=0.0, post_norms=False, qk_norm=False, biases=True, qkv_bias=True,
+                 gated_mlp=False, act_fn="gelu_tanh", embed_scale=False, learned_pos=True, parallel_attn_mlp=False),
+    # GPT-NeoX (Pythia): attention and MLP both read the block's input (no resid_mid), rotary on part of each head
+    "gpt_neox": dict(norm="layernorm", norm_gain_offset=0.0, post_norms=False, qk_norm=False, biases=True, qkv_bias=True,
+                     gated_mlp=False, act_fn="gelu", embed_scale=False, learned_pos=False, parallel_attn_mlp=True),
+    "llama": _LLAMA,
+    "mistral": _LLAMA,  # Llama with a sliding window on every layer
+    "qwen2": _LLAMA | dict(qkv_bias=True),
+    "gemma": _GEMMA,  # Gemma 1 (Gemma-2B: multi-query attention)
+    "gemma2": _GEMMA | dict(post_norms=True),
+    "gemma3": _GEMMA | dict(post_norms=True, qk_norm=True),
 }
+FAMILIES = tuple(FAMILY_TRAITS)
 
 
 @dataclass
@@ -33,9 +40,11 @@ class ModelConfig:
     norm_eps: float = 1e-5
     rope_theta: float | None = None  # None: learned absolute positions (GPT-2)
     rope_local_theta: float | None = None  # Gemma 3 sliding-window layers use another base
+    rotary_dim: int | None = None  # rotary on the first rotary_dim of each head's d_head (GPT-NeoX); None: all
     sliding_window: int | None = None
     layer_types: list[str] | None = None  # per layer: "full_attention" | "sliding_attention"
     attn_scale: float | None = None  # None means 1/sqrt(d_head)
+    attn_softcap: float | None = None  # Gemma 2: scores -> c * tanh(scores / c) before the mask
     final_logit_softcap: float | None = None
     tied_embeddings: bool = True
     bos_token_id: int | None = None
@@ -45,11 +54,13 @@ class ModelConfig:
     norm_gain_offset: float | None = None  # Gemma stores norm gains as (gain - 1): gain = w + offset
     post_norms: bool | None = None  # norms after attention and after the MLP, before the residual add (Gemma)
     qk_norm: bool | None = None  # RMSNorm on each head's q and k (Gemma 3)
-    biases: bool | None = None  # b_Q/b_K/b_V/b_O and MLP biases (GPT-2)
+    biases: bool | None = None  # b_O and the MLP biases (GPT-2)
+    qkv_bias: bool | None = None  # b_Q, b_K, b_V (GPT-2, Qwen2)
     gated_mlp: bool | None = None  # act(x W_gate) * (x W_in) instead of act(x W_in + b_in)
-    act_fn: str | None = None  # "gelu_tanh" | "silu"
+    act_fn: str | None = None  # "gelu_tanh" | "gelu" | "silu"
     embed_scale: bool | None = None  # embeddings times sqrt(d_model) (Gemma)
     learned_pos: bool | None = None  # learned absolute positions W_pos (GPT-2) instead of rotary
+    parallel_attn_mlp: bool | None = None  # resid_post = resid_pre + attn(ln1(resid_pre)) + mlp(ln2(resid_pre))
 
     def __post_init__(self):
         if self.family not in FAMILIES:

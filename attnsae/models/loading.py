@@ -200,7 +200,20 @@ def from_hf(hf, weights: str = "unknown") -> Transformer:
     cfg = family.config_from_hf(hf.config)
     sd = {k: v.detach().float() for k, v in hf.state_dict().items()}
     model = Transformer(cfg, Processing(weights=weights))
-    model.load_state_dict({k: v.contiguous() for k, v in family.convert(sd, cfg).items()})
+    try:
+        state = family.convert(sd, cfg)
+    except KeyError as e:
+        raise ValueError(f"the checkpoint lacks tensor {e.args[0]} that a {cfg.family} model with this config needs: the "
+                         "config and the weights disagree") from None
+    want = model.state_dict()
+    for k in sorted(set(state) | set(want)):
+        if k not in state or k not in want:
+            raise ValueError(f"the checkpoint {'lacks' if k not in state else 'has an extra'} tensor {k} for a "
+                             f"{cfg.family} model with this config: the config and the weights disagree")
+        if state[k].shape != want[k].shape:
+            raise ValueError(f"checkpoint tensor {k} has shape {tuple(state[k].shape)} but the config says "
+                             f"{tuple(want[k].shape)}: the config and the weights disagree")
+    model.load_state_dict({k: v.contiguous() for k, v in state.items()})
     return model.eval()
 
 
@@ -208,8 +221,10 @@ def from_hf(hf, weights: str = "unknown") -> Transformer:
 def fold_value_biases_(model: Transformer) -> Transformer:
     """Move b_V into b_O (pattern rows sum to 1, so z shifts by exactly b_V). Changes hook_z."""
     c = model.cfg
-    if not c.biases or model.processing.fold_value_biases:
+    if not c.qkv_bias or model.processing.fold_value_biases:
         return model  # no value biases (Llama, Gemma): nothing to fold, activations unchanged
+    if not c.biases:
+        raise ValueError(f"this {c.family} model has value biases but no output bias b_O to fold them into")
     for blk in model.blocks:
         b_v = blk.b_V.view(c.n_kv_heads, c.d_head)[[c.kv_head(h) for h in range(c.n_heads)]]  # [n_heads, d_head]
         blk.b_O += torch.einsum("hd,hdm->m", b_v, blk.W_O_heads)

@@ -1,4 +1,4 @@
-"""One readable decoder-only transformer for GPT-2, Llama (SmolLM2) and Gemma 3, with hooks.
+"""One readable decoder-only transformer for every supported family (config.FAMILY_TRAITS), with hooks.
 
 Every intermediate has a TransformerLens name and passes through `run.hook(name, x)`, which
 caches it, lets an intervention replace it, or stops the forward once nothing later is needed.
@@ -95,7 +95,7 @@ def _hooked_norm(x, w, b, cfg: ModelConfig, run: Run, prefix: str):
     return _gain(run.hook(prefix + "hook_normalized", xn), w, b, cfg, x.dtype)
 
 
-_ACTIVATIONS = {"silu": F.silu, "gelu_tanh": partial(F.gelu, approximate="tanh")}
+_ACTIVATIONS = {"silu": F.silu, "gelu_tanh": partial(F.gelu, approximate="tanh"), "gelu": F.gelu}
 
 
 def _rotate_half(x):
@@ -104,7 +104,11 @@ def _rotate_half(x):
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotary embedding (HF's rotate-half layout) of x [..., d_head] with a position's cos and sin."""
+    """Rotary embedding (HF's rotate-half layout) of x [..., d_head] with a position's cos and sin; when they are
+    narrower than d_head (partial rotary, GPT-NeoX) the first dimensions rotate and the rest pass through."""
+    r = cos.shape[-1]
+    if r < x.shape[-1]:
+        return torch.cat((apply_rope(x[..., :r], cos, sin), x[..., r:]), dim=-1)
     return x * cos + _rotate_half(x) * sin
 
 
@@ -118,9 +122,10 @@ class Block(nn.Module):
         self.ln1_w, self.ln2_w = z(d), z(d)
         self.W_out = z(cfg.d_mlp, d)
         self.W_in = z(d, cfg.d_mlp)
+        if cfg.qkv_bias:
+            self.b_Q, self.b_K, self.b_V = z(h * dh), z(kv * dh), z(kv * dh)
         if cfg.biases:
-            self.b_Q, self.b_K, self.b_V, self.b_O = z(h * dh), z(kv * dh), z(kv * dh), z(d)
-            self.b_in, self.b_out = z(cfg.d_mlp), z(d)
+            self.b_O, self.b_in, self.b_out = z(d), z(cfg.d_mlp), z(d)
         if cfg.norm == "layernorm":
             self.ln1_b, self.ln2_b = z(d), z(d)
         if cfg.gated_mlp:
@@ -166,7 +171,7 @@ class Block(nn.Module):
         q = x @ self.W_Q
         k = x @ self.W_K
         v = x @ self.W_V
-        if c.biases:
+        if c.qkv_bias:
             q, k, v = q + self.b_Q, k + self.b_K, v + self.b_V
         q = q.view(b, n, c.n_heads, c.d_head)
         k = k.view(b, n, c.n_kv_heads, c.d_head)
@@ -184,8 +189,10 @@ class Block(nn.Module):
         kh = k.transpose(1, 2).repeat_interleave(c.group_size, dim=1)
         vh = v.transpose(1, 2).repeat_interleave(c.group_size, dim=1)
         mask = self._mask(n, x.device)
-        if run.needs(p + "hook_attn_scores") or run.needs(p + "hook_pattern"):
+        if run.needs(p + "hook_attn_scores") or run.needs(p + "hook_pattern") or c.attn_softcap:
             scores = (qh @ kh.transpose(-1, -2)) * c.attn_scale
+            if c.attn_softcap:  # Gemma 2, before the mask and the hook, as TransformerLens
+                scores = c.attn_softcap * torch.tanh(scores / c.attn_softcap)
             scores = run.hook(p + "hook_attn_scores", scores.masked_fill(~mask, float("-inf")))
             pattern = run.hook(p + "hook_pattern", torch.softmax(scores.float(), dim=-1).to(x.dtype))
             zh = pattern @ vh
@@ -222,7 +229,11 @@ class Block(nn.Module):
         attn = self.attention(self.norm(resid, "ln1", run), run, rope)
         if post_norms:
             attn = self.norm(attn, "ln1_post", run)
-        resid = run.hook(p + "hook_resid_mid", resid + run.hook(p + "hook_attn_out", attn))
+        attn = run.hook(p + "hook_attn_out", attn)
+        if self.cfg.parallel_attn_mlp:  # both read resid_pre; there is no resid_mid (as in TransformerLens)
+            mlp = run.hook(p + "hook_mlp_out", self.mlp(self.norm(resid, "ln2", run), run))
+            return run.hook(p + "hook_resid_post", resid + attn + mlp)
+        resid = run.hook(p + "hook_resid_mid", resid + attn)
         mlp = self.mlp(self.norm(resid, "ln2", run), run)
         if post_norms:
             mlp = self.norm(mlp, "ln2_post", run)
@@ -303,8 +314,8 @@ class Transformer(nn.Module):
             )
 
     def rope(self, n, layer, dtype, device):
-        """(cos, sin) of the rotary embedding at positions 0..n-1 of `layer` ([n, 1, d_head]: broadcast over heads), or
-        None for a model without one."""
+        """(cos, sin) of the rotary embedding at positions 0..n-1 of `layer` ([n, 1, rotary_dim]: broadcast over heads),
+        or None for a model without one."""
         c = self.cfg
         if c.rope_theta is None:
             return None
@@ -312,7 +323,8 @@ class Transformer(nn.Module):
         key = (n, theta, dtype, device)
         cache = self.__dict__.setdefault("_rope_cache", {})
         if key not in cache:
-            inv = 1.0 / (theta ** (torch.arange(0, c.d_head, 2, dtype=torch.float32, device=device) / c.d_head))
+            d = c.rotary_dim or c.d_head
+            inv = 1.0 / (theta ** (torch.arange(0, d, 2, dtype=torch.float32, device=device) / d))
             freqs = torch.arange(n, dtype=torch.float32, device=device)[:, None] * inv[None]
             emb = torch.cat((freqs, freqs), dim=-1)[:, None, :]  # [pos, 1, d_head] broadcasts over heads
             cache[key] = (emb.cos().to(dtype), emb.sin().to(dtype))

@@ -222,7 +222,7 @@ def _value_fn(model, layer: int, head: int):
     c, blk = model.cfg, model.blocks[layer]
     kv = c.kv_head(head)
     W_V = blk.W_V_heads[kv].detach().float()
-    b_V = blk.b_V.detach().float().view(c.n_kv_heads, c.d_head)[kv] if c.biases else 0
+    b_V = blk.b_V.detach().float().view(c.n_kv_heads, c.d_head)[kv] if c.qkv_bias else 0
 
     def fn(x):
         return blk.normalize(x.float(), "ln1")[0] @ W_V + b_V

@@ -120,7 +120,9 @@ def to_scoring_space(model, qk: QKHead, x: torch.Tensor, pos, side: str) -> torc
 
 
 def head_score(model, qk: QKHead, q: torch.Tensor, k: torch.Tensor, pos_q, pos_k) -> torch.Tensor:
-    """The head's attention score (scaled, before mask and softmax) of query vectors q [..., d_head] at positions
-    pos_q against key vectors k [..., d_head] at pos_k, broadcasting; vectors in the SAEs' space."""
+    """The head's attention score (scaled and, for Gemma 2, soft-capped; before mask and softmax) of query vectors
+    q [..., d_head] at positions pos_q against key vectors k [..., d_head] at pos_k, broadcasting; vectors in the
+    SAEs' space."""
     q, k = to_scoring_space(model, qk, q, pos_q, "q"), to_scoring_space(model, qk, k, pos_k, "k")
-    return (q * k).sum(-1) * model.cfg.attn_scale
+    score, cap = (q * k).sum(-1) * model.cfg.attn_scale, model.cfg.attn_softcap
+    return cap * torch.tanh(score / cap) if cap else score

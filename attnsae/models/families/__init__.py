@@ -7,14 +7,20 @@ file here, a line in BY_MODEL_TYPE, and its traits in `models.config.FAMILY_TRAI
 
 from __future__ import annotations
 
-from . import gemma3, gpt2, llama
+from . import gemma, gemma2, gemma3, gpt2, gpt_neox, llama, mistral, qwen2
 
 # transformers' config.model_type -> the module that converts it
-BY_MODEL_TYPE = {"gpt2": gpt2, "llama": llama, "gemma3_text": gemma3, "gemma3": gemma3}
+BY_MODEL_TYPE = {"gpt2": gpt2, "gpt_neox": gpt_neox, "llama": llama, "mistral": mistral, "qwen2": qwen2, "gemma": gemma,
+                 "gemma2": gemma2, "gemma3_text": gemma3, "gemma3": gemma3}
+# what a model type's name says about why it is not supported
+UNSUPPORTED = {"moe": "mixture-of-experts (MoE) layers are not supported", "mixtral": "mixture-of-experts (MoE) layers "
+               "are not supported", "mamba": "state-space (Mamba) layers are not supported", "bert": "encoder models are "
+               "not supported: attnsae reads causal decoders"}
 
 
 def family_for(model_type: str):
     try:
         return BY_MODEL_TYPE[model_type]
     except KeyError:
-        raise NotImplementedError(f"model type {model_type!r} is not supported (supported: gpt2, llama, gemma3)") from None
+        why = next((w for key, w in UNSUPPORTED.items() if key in model_type), "this architecture is not supported")
+        raise NotImplementedError(f"model type {model_type!r}: {why} (supported: {', '.join(BY_MODEL_TYPE)})") from None

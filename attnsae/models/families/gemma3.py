@@ -25,13 +25,21 @@ def config_from_hf(hc) -> ModelConfig:
     )
 
 
-def convert(sd: dict, cfg: ModelConfig) -> dict:
-    new, g = convert_decoder(sd, cfg)
+def convert_post_norms(new: dict, g, cfg: ModelConfig) -> dict:
+    """The norms Gemma 2 and 3 put around attention and the MLP (HF's post_attention_layernorm is the norm after
+    attention, not before the MLP as in Llama)."""
     for i in range(cfg.n_layers):
         p, b = f"layers.{i}.", f"blocks.{i}."
         new[b + "ln1_post_w"] = g(p + "post_attention_layernorm.weight")
         new[b + "ln2_w"] = g(p + "pre_feedforward_layernorm.weight")
         new[b + "ln2_post_w"] = g(p + "post_feedforward_layernorm.weight")
+    return new
+
+
+def convert(sd: dict, cfg: ModelConfig) -> dict:
+    new, g = convert_decoder(sd, cfg)
+    for i in range(cfg.n_layers):
+        p, b = f"layers.{i}.", f"blocks.{i}."
         new[b + "q_norm_w"] = g(p + "self_attn.q_norm.weight")
         new[b + "k_norm_w"] = g(p + "self_attn.k_norm.weight")
-    return new
+    return convert_post_norms(new, g, cfg)

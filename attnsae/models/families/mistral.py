@@ -1,0 +1,11 @@
+"""Mistral: Llama with a sliding attention window on every layer (`sliding_window`; none in v0.2 and later)."""
+
+from __future__ import annotations
+
+from functools import partial
+
+from .llama import config_from_hf as _llama_config
+from .llama import convert
+
+config_from_hf = partial(_llama_config, family="mistral")
+__all__ = ["config_from_hf", "convert"]
