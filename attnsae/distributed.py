@@ -113,32 +113,26 @@ def _comm(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def all_sum(t: torch.Tensor) -> torch.Tensor:
-    """The sum of `t` over the ranks, in place (returned)."""
+def _all_reduce(t: torch.Tensor, op) -> torch.Tensor:
     if world() > 1:
         c = _comm(t)
-        _collective(dist.all_reduce, c, dist.ReduceOp.SUM)
+        _collective(dist.all_reduce, c, op)
         if c is not t:
             t.copy_(c)
     return t
+
+
+def all_sum(t: torch.Tensor) -> torch.Tensor:
+    """The sum of `t` over the ranks, in place (returned)."""
+    return _all_reduce(t, dist.ReduceOp.SUM)
 
 
 def all_min(t: torch.Tensor) -> torch.Tensor:
-    if world() > 1:
-        c = _comm(t)
-        _collective(dist.all_reduce, c, dist.ReduceOp.MIN)
-        if c is not t:
-            t.copy_(c)
-    return t
+    return _all_reduce(t, dist.ReduceOp.MIN)
 
 
 def all_max(t: torch.Tensor) -> torch.Tensor:
-    if world() > 1:
-        c = _comm(t)
-        _collective(dist.all_reduce, c, dist.ReduceOp.MAX)
-        if c is not t:
-            t.copy_(c)
-    return t
+    return _all_reduce(t, dist.ReduceOp.MAX)
 
 
 def all_mean_grads(params, loss: torch.Tensor) -> torch.Tensor:
@@ -221,7 +215,7 @@ def check_shared(folder) -> None:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     token = [secrets.token_hex(4) if is_main() else None]
-    dist.broadcast_object_list(token)
+    _collective(dist.broadcast_object_list, token)
     mine = folder / f".rank{rank()}.{token[0]}"
     mine.touch()
     barrier()

@@ -36,7 +36,8 @@ class TopKRecipe(Recipe):
         return ((self.tokens_seen - self.last_fired) > self.dead_after).nonzero().flatten()
 
     def sparse(self, x, batch_of_ranks: bool = True) -> SparseStep:
-        """TopK per row. The decoder touches only the k active latents."""
+        """TopK per row (so `batch_of_ranks`, BatchTopK's, changes nothing). The decoder touches only the k active
+        latents."""
         return sae_step(self.sae, x)
 
     def activate(self, x) -> SparseStep:
