@@ -239,8 +239,9 @@ def test_converted_model_cache_follows_weights_overwritten_in_place(tmp_path, to
 def test_an_unsupported_architecture_says_what_is_missing_and_what_is_supported():
     from attnsae.models.families import family_for
 
-    with pytest.raises(NotImplementedError, match="'mixtral': mixture-of-experts .MoE. layers are not supported "
-                                                  r"\(supported: gpt2, gpt_neox, llama, mistral, qwen2, gemma, gemma2"):
+    supported = "gemma, gemma2, gemma3_text, gemma3, gpt2, gpt_neox, llama, mistral, qwen2"
+    with pytest.raises(NotImplementedError, match=rf"'mixtral': mixture-of-experts .MoE. layers are not supported "
+                                                  rf"\(supported: {supported}\)"):
         family_for("mixtral")
     with pytest.raises(NotImplementedError, match="'falcon': this architecture is not supported"):
         family_for("falcon")

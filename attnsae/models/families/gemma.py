@@ -8,5 +8,7 @@ from functools import partial
 from .llama import config_from_hf as _llama_config
 from .llama import convert
 
+MODEL_TYPES = ("gemma",)  # transformers' config.model_type values this file converts
+
 config_from_hf = partial(_llama_config, family="gemma")
-__all__ = ["config_from_hf", "convert"]
+__all__ = ["MODEL_TYPES", "config_from_hf", "convert"]

@@ -9,6 +9,8 @@ from .gemma3 import convert_post_norms
 from .llama import config_from_hf as _llama_config
 from .llama import convert_decoder
 
+MODEL_TYPES = ("gemma2",)  # transformers' config.model_type values this file converts
+
 
 def config_from_hf(hc) -> ModelConfig:
     return _llama_config(hc, family="gemma2", attn_scale=hc.query_pre_attn_scalar**-0.5,

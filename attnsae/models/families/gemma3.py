@@ -6,6 +6,8 @@ from __future__ import annotations
 from ..config import ModelConfig
 from .llama import check_rope, convert_decoder
 
+MODEL_TYPES = ("gemma3_text", "gemma3")  # transformers' config.model_type values this file converts
+
 
 def config_from_hf(hc) -> ModelConfig:
     hc = getattr(hc, "text_config", hc)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from ..config import ModelConfig
 
+MODEL_TYPES = ("gpt2",)  # transformers' config.model_type values this file converts
+
 
 def config_from_hf(hc) -> ModelConfig:
     return ModelConfig(

@@ -7,6 +7,8 @@ from __future__ import annotations
 from ..config import ModelConfig
 from .llama import act_fn, check_rope
 
+MODEL_TYPES = ("gpt_neox",)  # transformers' config.model_type values this file converts
+
 
 def config_from_hf(hc) -> ModelConfig:
     rope = getattr(hc, "rope_parameters", None) or {}

@@ -8,6 +8,8 @@ import torch
 
 from ..config import ModelConfig
 
+MODEL_TYPES = ("llama",)  # transformers' config.model_type values this file converts
+
 # transformers' hidden_act -> ours (transformer._ACTIVATIONS)
 ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "gelu": "gelu"}
 

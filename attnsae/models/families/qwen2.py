@@ -9,6 +9,8 @@ from ..config import ModelConfig
 from .llama import config_from_hf as _llama_config
 from .llama import convert as _llama_convert
 
+MODEL_TYPES = ("qwen2",)  # transformers' config.model_type values this file converts
+
 config_from_hf = partial(_llama_config, family="qwen2")
 
 
