@@ -99,3 +99,41 @@ def test_every_hook_equals_transformer_lens(family):
         assert a.shape == b.shape, (name, a.shape, b.shape)
         torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4, msg=name)
     torch.testing.assert_close(logits.float(), tl_logits.float(), atol=5e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("attn_only", [False, True])
+def test_transformer_lens_checkpoints_load_with_every_hook_equal(tmp_path, attn_only):
+    """A GELU-2L-shaped (or attention-only) HookedTransformer's own config and state dict, saved as TransformerLens's
+    checkpoints are, load into our model with every hook and the logits equal to TransformerLens's."""
+    import json
+
+    from attnsae.models import load_model
+
+    tl = peer("transformer_lens")
+    c = dict(n_layers=2, d_model=64, n_heads=4, d_head=16, d_mlp=128, d_vocab=101, n_ctx=32, act_fn="gelu",
+             attn_only=attn_only, normalization_type="LN", positional_embedding_type="standard")
+    torch.manual_seed(0)
+    theirs = tl.HookedTransformer(tl.HookedTransformerConfig(**c, default_prepend_bos=False, use_attn_result=True,
+                                                             init_weights=True)).eval()
+    with torch.no_grad():  # nonzero biases and gains, so that each is checked
+        for name, p in theirs.named_parameters():
+            if name.endswith(("b_Q", "b_K", "b_V", "b_O", "b_in", "b_out", "b_U", ".b")):
+                p.normal_(0, 0.1)
+            elif name.endswith(".w"):
+                p.add_(0.2 * torch.randn_like(p))
+    (tmp_path / "config.json").write_text(json.dumps(c))
+    torch.save({k: v for k, v in theirs.state_dict().items() if v.is_floating_point()}, tmp_path / "model_final.pth")
+    ours = load_model(str(tmp_path), use_cache=False)
+    tokens = torch.randint(0, 101, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        tl_logits, cache = theirs.run_with_cache(tokens)
+    names = ours.hook_names()
+    assert sorted(names) == sorted(cache.keys())
+    logits, mine = ours.run_with_cache(tokens, names, stop_early=False)
+    for name in names:
+        a, b = mine[name].float(), cache[name].float()
+        if name.endswith("attn_scores"):
+            assert torch.equal(torch.isinf(a), torch.isinf(b)), name
+            a, b = a.nan_to_num(neginf=0), b.nan_to_num(neginf=0)
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4, msg=name)
+    torch.testing.assert_close(logits.float(), tl_logits.float(), atol=5e-5, rtol=1e-4)

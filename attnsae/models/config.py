@@ -13,6 +13,11 @@ _GEMMA = _LLAMA | dict(norm_gain_offset=1.0, act_fn="gelu_tanh", embed_scale=Tru
 FAMILY_TRAITS = {
     "gpt2": dict(norm="layernorm", norm_gain_offset=0.0, post_norms=False, qk_norm=False, biases=True, qkv_bias=True,
                  gated_mlp=False, act_fn="gelu_tanh", embed_scale=False, learned_pos=True, parallel_attn_mlp=False),
+    # checkpoints that exist only in TransformerLens's format (GELU-2L, attn-only-Nl): GPT-2's layout, exact GELU,
+    # an unembedding bias, and no MLP at all in the attention-only models
+    "transformer_lens": dict(norm="layernorm", norm_gain_offset=0.0, post_norms=False, qk_norm=False, biases=True,
+                             qkv_bias=True, gated_mlp=False, act_fn="gelu", embed_scale=False, learned_pos=True,
+                             parallel_attn_mlp=False, unembed_bias=True),
     # GPT-NeoX (Pythia): attention and MLP both read the block's input (no resid_mid), rotary on part of each head
     "gpt_neox": dict(norm="layernorm", norm_gain_offset=0.0, post_norms=False, qk_norm=False, biases=True, qkv_bias=True,
                      gated_mlp=False, act_fn="gelu", embed_scale=False, learned_pos=False, parallel_attn_mlp=True),
@@ -24,6 +29,7 @@ FAMILY_TRAITS = {
     "gemma3": _GEMMA | dict(post_norms=True, qk_norm=True),
 }
 FAMILIES = tuple(FAMILY_TRAITS)
+TRAITS = sorted({t for traits in FAMILY_TRAITS.values() for t in traits})  # a trait a family leaves out is False
 
 
 @dataclass
@@ -61,13 +67,15 @@ class ModelConfig:
     embed_scale: bool | None = None  # embeddings times sqrt(d_model) (Gemma)
     learned_pos: bool | None = None  # learned absolute positions W_pos (GPT-2) instead of rotary
     parallel_attn_mlp: bool | None = None  # resid_post = resid_pre + attn(ln1(resid_pre)) + mlp(ln2(resid_pre))
+    unembed_bias: bool | None = None  # logits = x W_U + b_U (TransformerLens-format checkpoints)
+    attn_only: bool = False  # no MLP (TransformerLens's attn-only models): resid_post = resid_pre + attn_out
 
     def __post_init__(self):
         if self.family not in FAMILIES:
             raise ValueError(f"unknown model family {self.family!r}; supported: {FAMILIES}")
-        for trait, value in FAMILY_TRAITS[self.family].items():
+        for trait in TRAITS:
             if getattr(self, trait) is None:
-                setattr(self, trait, value)
+                setattr(self, trait, FAMILY_TRAITS[self.family].get(trait, False))
         if self.n_kv_heads is None:
             self.n_kv_heads = self.n_heads
         if self.n_heads % self.n_kv_heads:

@@ -20,6 +20,7 @@ import torch
 from .config import ModelConfig, Processing
 from .device import resolve_device
 from .families import family_for
+from .families import transformer_lens as tl_family
 from .transformer import Transformer
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -112,10 +113,13 @@ def load_model(
     if use_cache and (cache_dir / "model.safetensors").exists():
         model = _load_converted(cache_dir)
     else:
-        hf, tok = _load_hf(source, gguf)
-        model = from_hf(hf, weights=_describe_weights(source, gguf, hf))
-        del hf
-        model.tokenizer = tok
+        if _is_transformer_lens(source):
+            model = from_transformer_lens(source)
+        else:
+            hf, tok = _load_hf(source, gguf)
+            model = from_hf(hf, weights=_describe_weights(source, gguf, hf))
+            del hf
+            model.tokenizer = tok
         model.cfg.name = name if name in ALIASES else str(source)
         if fold_value_biases:
             fold_value_biases_(model)
@@ -128,6 +132,11 @@ def load_model(
     # a local model is named by its absolute path, so SAE configs and stores made from it stay valid from any folder
     model.cfg.name = name if name in ALIASES or not Path(name).exists() else str(Path(name).resolve())
     return model.to(device=resolve_device(device), dtype=dtype)
+
+
+def _is_transformer_lens(source) -> bool:
+    config = Path(str(source)) / "config.json"
+    return config.is_file() and tl_family.is_checkpoint(json.loads(config.read_text()))
 
 
 def _describe_weights(source, gguf: bool, hf) -> str:
@@ -198,10 +207,42 @@ def from_hf(hf, weights: str = "unknown") -> Transformer:
     """Copy a transformers causal LM's weights into our layout (x @ W, heads fused)."""
     family = family_for(hf.config.model_type)
     cfg = family.config_from_hf(hf.config)
-    sd = {k: v.detach().float() for k, v in hf.state_dict().items()}
+    return _assemble(cfg, family.convert, {k: v.detach().float() for k, v in hf.state_dict().items()}, weights)
+
+
+def from_transformer_lens(folder) -> Transformer:
+    """A checkpoint in TransformerLens's format (families/transformer_lens.py): config.json and model_final.pth
+    (tensors only) or model.safetensors; the tokenizer too when the folder has one."""
+    folder = Path(folder)
+    weights = [folder / "model.safetensors"] if (folder / "model.safetensors").exists() else sorted(
+        folder.glob("*.pth"), key=lambda p: not p.name.endswith("final.pth"))
+    if not weights:
+        raise FileNotFoundError(f"{folder} has a TransformerLens config.json but no model.safetensors or .pth weights")
+    if weights[0].suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        sd = load_file(str(weights[0]))
+    else:
+        try:  # tensors only: a .pth is a pickle, and nothing else in it is run
+            sd = torch.load(weights[0], map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise ValueError(f"{weights[0]} is not a plain state dict of tensors; refusing to unpickle anything "
+                             f"else ({str(e).splitlines()[0][:100]})") from None
+    cfg = tl_family.config_from_tl(json.loads((folder / "config.json").read_text()))
+    model = _assemble(cfg, tl_family.convert, {k: v.float() for k, v in sd.items()}, f"transformer_lens:{weights[0].name}")
+    if (folder / "tokenizer.json").exists() or (folder / "tokenizer_config.json").exists():
+        from transformers import AutoTokenizer
+
+        model.tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    return model
+
+
+def _assemble(cfg: ModelConfig, convert, sd: dict, weights: str) -> Transformer:
+    """Our model from a checkpoint's state dict `sd` converted by `convert`, refusing one whose tensors and config
+    disagree (naming the tensor and both shapes)."""
     model = Transformer(cfg, Processing(weights=weights))
     try:
-        state = family.convert(sd, cfg)
+        state = convert(sd, cfg)
     except KeyError as e:
         raise ValueError(f"the checkpoint lacks tensor {e.args[0]} that a {cfg.family} model with this config needs: the "
                          "config and the weights disagree") from None

@@ -119,17 +119,21 @@ class Block(nn.Module):
         d, h, kv, dh = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.d_head
         z = lambda *s: nn.Parameter(torch.zeros(*s))  # noqa: E731
         self.W_Q, self.W_K, self.W_V, self.W_O = z(d, h * dh), z(d, kv * dh), z(d, kv * dh), z(h * dh, d)
-        self.ln1_w, self.ln2_w = z(d), z(d)
-        self.W_out = z(cfg.d_mlp, d)
-        self.W_in = z(d, cfg.d_mlp)
+        self.ln1_w = z(d)
         if cfg.qkv_bias:
             self.b_Q, self.b_K, self.b_V = z(h * dh), z(kv * dh), z(kv * dh)
         if cfg.biases:
-            self.b_O, self.b_in, self.b_out = z(d), z(cfg.d_mlp), z(d)
+            self.b_O = z(d)
         if cfg.norm == "layernorm":
-            self.ln1_b, self.ln2_b = z(d), z(d)
-        if cfg.gated_mlp:
-            self.W_gate = z(d, cfg.d_mlp)
+            self.ln1_b = z(d)
+        if not cfg.attn_only:
+            self.ln2_w, self.W_in, self.W_out = z(d), z(d, cfg.d_mlp), z(cfg.d_mlp, d)
+            if cfg.biases:
+                self.b_in, self.b_out = z(cfg.d_mlp), z(d)
+            if cfg.norm == "layernorm":
+                self.ln2_b = z(d)
+            if cfg.gated_mlp:
+                self.W_gate = z(d, cfg.d_mlp)
         if cfg.qk_norm:
             self.q_norm_w, self.k_norm_w = z(dh), z(dh)
         if cfg.post_norms:
@@ -230,6 +234,8 @@ class Block(nn.Module):
         if post_norms:
             attn = self.norm(attn, "ln1_post", run)
         attn = run.hook(p + "hook_attn_out", attn)
+        if self.cfg.attn_only:  # as TransformerLens: no resid_mid and no MLP hooks
+            return run.hook(p + "hook_resid_post", resid + attn)
         if self.cfg.parallel_attn_mlp:  # both read resid_pre; there is no resid_mid (as in TransformerLens)
             mlp = run.hook(p + "hook_mlp_out", self.mlp(self.norm(resid, "ln2", run), run))
             return run.hook(p + "hook_resid_post", resid + attn + mlp)
@@ -253,6 +259,8 @@ class Transformer(nn.Module):
         self.ln_final_w = nn.Parameter(torch.zeros(cfg.d_model))
         if not cfg.tied_embeddings:
             self.W_U_untied = nn.Parameter(torch.zeros(cfg.d_model, cfg.d_vocab))
+        if cfg.unembed_bias:
+            self.b_U = nn.Parameter(torch.zeros(cfg.d_vocab))
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         self.tokenizer = None  # set by the loader; analysis code asks the model for it
 
@@ -362,7 +370,8 @@ class Transformer(nn.Module):
         """The final norm (ln_final hooks), W_U and Gemma's logit soft-cap: residual [..., d_model] -> logits."""
         c = self.cfg
         x = _hooked_norm(x, self.ln_final_w, getattr(self, "ln_final_b", None), c, run, "ln_final.")
-        logits = run.hook("unembed.hook_out", (run.hook("unembed.hook_in", x) @ self.W_U).float())
+        logits = run.hook("unembed.hook_in", x) @ self.W_U
+        logits = run.hook("unembed.hook_out", (logits + self.b_U if c.unembed_bias else logits).float())
         if c.final_logit_softcap:  # after unembed.hook_out, as in TransformerLens
             logits = torch.tanh(logits / c.final_logit_softcap) * c.final_logit_softcap
         return logits
