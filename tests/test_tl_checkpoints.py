@@ -62,8 +62,8 @@ def test_a_transformer_lens_checkpoint_loads_with_every_hook_fact(tmp_path, attn
 
 
 def test_unsupported_or_unsafe_transformer_lens_checkpoints_are_refused(tmp_path):
-    with pytest.raises(NotImplementedError, match="positional embedding 'shortformer'"):
-        load_model(str(write_checkpoint(tmp_path / "a", GELU_2L | {"positional_embedding_type": "shortformer"},
+    with pytest.raises(NotImplementedError, match="positional embedding 'alibi' .supported: standard, shortformer"):
+        load_model(str(write_checkpoint(tmp_path / "a", GELU_2L | {"positional_embedding_type": "alibi"},
                                         tl_state(GELU_2L))), use_cache=False)
     with pytest.raises(NotImplementedError, match="activation 'solu_ln'"):
         load_model(str(write_checkpoint(tmp_path / "b", GELU_2L | {"act_fn": "solu_ln"}, tl_state(GELU_2L))),
@@ -91,3 +91,32 @@ def test_attribution_runs_on_a_transformer_lens_checkpoint(tmp_path):
     want = sae.pre_acts(cache["blocks.1.attn.hook_z"].flatten(2))[..., [1, 2]]
     torch.testing.assert_close(out["by_source"].sum((-1, -2)) + out["bias"], want, atol=1e-5, rtol=1e-5)
     assert head_attribution(sae, model.cfg.n_heads).shape == (sae.d_sae, model.cfg.n_heads)
+
+
+def test_recursive_dfa_and_qk_tables_are_exact_on_an_attention_only_shortformer_model(tmp_path):
+    """attn-only-2L's layout: no MLP, and positions that enter only queries and keys. The residual stream's parts (no
+    position embedding, no MLP outputs) still sum to each source term, and the QK table (with the positions in each
+    side's constant) to the attention score."""
+    from attnsae.attribution.qk import qk_table
+    from attnsae.attribution.rdfa import PromptTrace, source_parts, traced_dfa
+
+    from .test_attribution import random_sae
+
+    c = GELU_2L | {"attn_only": True, "positional_embedding_type": "shortformer"}
+    model = load_model(str(write_checkpoint(tmp_path / "m", c, tl_state(c))), use_cache=False)
+    assert model.cfg.shortformer_pos and not model.cfg.pos_in_residual
+    tokens = torch.randint(0, 101, (12,), generator=torch.Generator().manual_seed(3))
+    trace = PromptTrace(model, tokens, {0: random_sae(model, layer=0, seed=1), 1: random_sae(model, layer=1, seed=2)})
+    dest = len(trace) - 1
+    for f in (3, 11):
+        d = traced_dfa(trace, 1, f, dest)
+        assert float(d.bias + d.by_source.sum()) == pytest.approx(d.pre, rel=1e-4, abs=1e-5)
+        for src in (0, 4, dest):
+            parts = source_parts(trace, 1, f, dest, src, top=None)
+            assert set(parts["components"]) == {"embed", "attn_out.0"}
+            total = sum(parts["components"].values()) + parts["value_bias"]
+            assert total == pytest.approx(parts["total"], rel=1e-4, abs=1e-5)
+            assert parts["total"] == pytest.approx(float(d.by_source[src].sum()), rel=1e-4, abs=1e-5)
+    for head in range(model.cfg.n_heads):
+        t = qk_table(trace, 1, head, dest, 4)
+        assert abs(float(t["table"].sum()) - t["score"]) <= 1e-5 * float(t["table"].abs().sum()) + 1e-6

@@ -11,6 +11,7 @@ parts against the other's constant, that sums exactly to the score the model com
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -40,7 +41,7 @@ def residual_parts(trace: PromptTrace, layer: int, pos: int, resid_sae: bool = F
         vecs = [acts[j] * W[j] for j in active] + [x - recon, sae.b_dec.detach().float()]
         return [f"resid L{layer}.F{j}" for j in active] + ["resid error", "resid bias"], torch.stack(vecs)
     names, vecs = ["embed"], [trace.cache["hook_embed"][pos]]
-    if c.learned_pos:
+    if c.pos_in_residual:
         names.append("pos_embed")
         vecs.append(trace.cache["hook_pos_embed"][pos])
     for l in range(layer):
@@ -59,8 +60,9 @@ def residual_parts(trace: PromptTrace, layer: int, pos: int, resid_sae: bool = F
             parts = torch.stack([acts[j] * W[j] for j in active] + [err]) @ W_O if active else (err @ W_O)[None]
             names += [f"L{l}.F{j}" for j in active] + [f"L{l} error", f"L{l} bias"]
             vecs += list(post_attention(trace, l, torch.cat([parts, bias[None]]), pos))
-        names.append(f"mlp_out.{l}")
-        vecs.append(trace.cache[act_name("mlp_out", l)][pos])
+        if not c.attn_only:
+            names.append(f"mlp_out.{l}")
+            vecs.append(trace.cache[act_name("mlp_out", l)][pos])
     return names, torch.stack(vecs)
 
 
@@ -76,6 +78,8 @@ def _project(trace: PromptTrace, layer: int, head: int, pos: int, side: str, par
     const = torch.zeros(c.d_head)
     if getattr(block, "ln1_b", None) is not None:
         const = const + block.ln1_b.detach().float() @ W
+    if c.shortformer_pos:  # the position's embedding enters queries and keys after ln1
+        const = const + model.W_pos[pos].detach().float() @ W
     if c.qkv_bias:
         const = const + (block.b_Q if side == "q" else block.b_K).detach().float().view(-1, c.d_head)[h]
     if c.qk_norm:
@@ -91,8 +95,10 @@ def _project(trace: PromptTrace, layer: int, head: int, pos: int, side: str, par
 
 def qk_table(trace: PromptTrace, layer: int, head: int, dest: int, src: int, resid_sae: bool = False) -> dict:
     """Head `head` of `layer`'s attention score from `dest` to `src` split into query part x key part terms:
-    {score (the model's), rows, cols (part names; the last row and column are each side's constant: ln1's bias,
-    b_Q / b_K), table [rows, cols] summing to the score}. Parts: residual_parts at dest (query) and src (key)."""
+    {score (the model's; for Gemma 2 the score before its soft-cap, c * atanh(capped / c), since the terms add up
+    before the cap, and capped_score beside it), rows, cols (part names; the last row and column are each side's
+    constant: ln1's bias, b_Q / b_K), table [rows, cols] summing to the score}. Parts: residual_parts at dest
+    (query) and src (key)."""
     c = trace.model.cfg
     if not 0 <= head < c.n_heads:
         raise ValueError(f"head {head} out of range: the model has {c.n_heads} heads")
@@ -111,8 +117,9 @@ def qk_table(trace: PromptTrace, layer: int, head: int, dest: int, src: int, res
     k, k0 = _project(trace, layer, head, src, "k", k_parts)
     q, k = torch.cat([q, q0[None]]), torch.cat([k, k0[None]])
     table = (q @ k.T) * c.attn_scale
-    return {"layer": layer, "head": head, "dest": dest, "src": src,
-            "score": float(trace.cache[act_name("attn_scores", layer)][head, dest, src]),
+    score, cap = float(trace.cache[act_name("attn_scores", layer)][head, dest, src]), c.attn_softcap
+    capped = {"score": cap * math.atanh(score / cap), "capped_score": score} if cap else {"score": score}
+    return {"layer": layer, "head": head, "dest": dest, "src": src, **capped,
             "rows": q_names + ["query constant"], "cols": k_names + ["key constant"], "table": table}
 
 

@@ -64,7 +64,8 @@ class PromptTrace:
         names = ["hook_embed"] + (["hook_pos_embed"] if c.learned_pos else [])
         for l in range(last + 1):
             names += [act_name("resid_pre", l), f"blocks.{l}.ln1.hook_scale", act_name("pattern", l), act_name("v", l),
-                      act_name("z", l), act_name("attn_out", l), act_name("mlp_out", l), act_name("attn_scores", l)]
+                      act_name("z", l), act_name("attn_out", l), act_name("attn_scores", l)]
+            names += [] if c.attn_only else [act_name("mlp_out", l)]
             if c.post_norms:
                 names.append(f"blocks.{l}.ln1_post.hook_scale")
             if c.qk_norm:  # for attribution.qk
@@ -183,11 +184,12 @@ def source_parts(trace: PromptTrace, layer: int, feature: int, dest: int, src: i
     model, c = trace.model, trace.model.cfg
     r, value_bias = value_readout(trace, layer, feature, dest, src)
     comps = {"embed": float(trace.cache["hook_embed"][src] @ r)}
-    if c.learned_pos:
+    if c.pos_in_residual:
         comps["pos_embed"] = float(trace.cache["hook_pos_embed"][src] @ r)
     for l in range(layer):
         comps[f"attn_out.{l}"] = float(trace.cache[act_name("attn_out", l)][src] @ r)
-        comps[f"mlp_out.{l}"] = float(trace.cache[act_name("mlp_out", l)][src] @ r)  # an MLP: not split further
+        if not c.attn_only:
+            comps[f"mlp_out.{l}"] = float(trace.cache[act_name("mlp_out", l)][src] @ r)  # an MLP: not split further
     out = {"layer": layer, "feature": feature, "dest": dest, "src": src,
            "total": float(trace.cache[act_name("resid_pre", layer)][src] @ r) + value_bias,
            "value_bias": value_bias, "components": comps, "upstream": {}, "resid": None}

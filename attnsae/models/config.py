@@ -69,6 +69,9 @@ class ModelConfig:
     parallel_attn_mlp: bool | None = None  # resid_post = resid_pre + attn(ln1(resid_pre)) + mlp(ln2(resid_pre))
     unembed_bias: bool | None = None  # logits = x W_U + b_U (TransformerLens-format checkpoints)
     attn_only: bool = False  # no MLP (TransformerLens's attn-only models): resid_post = resid_pre + attn_out
+    # shortformer positions (TransformerLens's attn-only models): W_pos is added to ln1's output for the queries and
+    # keys of every layer, never to the residual stream
+    shortformer_pos: bool = False
 
     def __post_init__(self):
         if self.family not in FAMILIES:
@@ -82,6 +85,11 @@ class ModelConfig:
             raise ValueError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
         if self.attn_scale is None:
             self.attn_scale = self.d_head**-0.5
+
+    @property
+    def pos_in_residual(self) -> bool:
+        """Whether the residual stream holds a learned position embedding (not rotary, not shortformer)."""
+        return self.learned_pos and not self.shortformer_pos
 
     @property
     def d_attn(self) -> int:

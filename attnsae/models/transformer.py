@@ -169,11 +169,13 @@ class Block(nn.Module):
         return _hooked_norm(x, getattr(self, f"{which}_w"), getattr(self, f"{which}_b", None), self.cfg, run,
                             f"{self.p}{which}.")
 
-    def attention(self, x, run: Run, rope):
+    def attention(self, x, run: Run, rope, qk_pos=None):
+        """`qk_pos`: shortformer positions [n, d_model], added to the input of the queries and keys only."""
         c, p = self.cfg, self.p + "attn."
         b, n, _ = x.shape
-        q = x @ self.W_Q
-        k = x @ self.W_K
+        qk_in = x if qk_pos is None else x + qk_pos
+        q = qk_in @ self.W_Q
+        k = qk_in @ self.W_K
         v = x @ self.W_V
         if c.qkv_bias:
             q, k, v = q + self.b_Q, k + self.b_K, v + self.b_V
@@ -227,10 +229,10 @@ class Block(nn.Module):
         out = post @ self.W_out
         return out + self.b_out if c.biases else out
 
-    def forward(self, resid, run: Run, rope):
+    def forward(self, resid, run: Run, rope, qk_pos=None):
         p, post_norms = self.p, self.cfg.post_norms
         resid = run.hook(p + "hook_resid_pre", resid)
-        attn = self.attention(self.norm(resid, "ln1", run), run, rope)
+        attn = self.attention(self.norm(resid, "ln1", run), run, rope, qk_pos)
         if post_norms:
             attn = self.norm(attn, "ln1_post", run)
         attn = run.hook(p + "hook_attn_out", attn)
@@ -352,14 +354,17 @@ class Transformer(nn.Module):
             x = x * torch.tensor(c.d_model**0.5, dtype=x.dtype)
         x = run.hook("hook_embed", x)
         if c.learned_pos:
-            x = x + run.hook("hook_pos_embed", self.W_pos[:n][None].expand_as(x))
+            pos = run.hook("hook_pos_embed", self.W_pos[:n][None].expand_as(x))
+            if not c.shortformer_pos:  # shortformer positions enter each layer's queries and keys instead
+                x = x + pos
         return x
 
     def blocks_from(self, start: int, x: torch.Tensor, run: Run) -> torch.Tensor:
         """Blocks start.. applied to the residual stream x (blocks.{start}.hook_resid_pre)."""
         n = x.shape[1]
+        qk_pos = self.W_pos[:n] if self.cfg.shortformer_pos else None
         for i in range(start, self.cfg.n_layers):
-            x = self.blocks[i](x, run, self.rope(n, i, x.dtype, x.device))
+            x = self.blocks[i](x, run, self.rope(n, i, x.dtype, x.device), qk_pos)
         return x
 
     def final_norm(self, x: torch.Tensor):

@@ -1,4 +1,5 @@
-"""Checkpoints that exist only in TransformerLens's format (Neel Nanda's GELU-1L...4L, attn-only-1L...4L): a folder
+"""Checkpoints that exist only in TransformerLens's format (Neel Nanda's GELU-1L...4L, attn-only-1L...4L with their
+shortformer positions): a folder
 with TransformerLens's `config.json` (d_model, n_layers, n_heads, d_head, d_mlp, d_vocab, n_ctx, act_fn, attn_only,
 normalization_type, positional_embedding_type / shortformer_pos) and its state dict under TransformerLens's
 parameter names (`model_final.pth`, loaded tensors-only, or `model.safetensors`). Not a transformers model type."""
@@ -22,7 +23,7 @@ def config_from_tl(c: dict) -> ModelConfig:
     pos = c.get("positional_embedding_type", "shortformer" if c.get("shortformer_pos") else "standard")
     missing = [why for bad, why in (
         (norm != "LN", f"normalization {norm!r} (only LN is supported)"),
-        (pos != "standard", f"positional embedding {pos!r} (only standard learned positions are supported)"),
+        (pos not in ("standard", "shortformer"), f"positional embedding {pos!r} (supported: standard, shortformer)"),
         (c["act_fn"] not in ACTIVATIONS, f"activation {c['act_fn']!r} (supported: {', '.join(ACTIVATIONS)})"),
         (bool(c.get("final_rms")) or bool(c.get("gated_mlp")), "final RMS norm or gated MLP"),
     ) if bad]
@@ -31,7 +32,8 @@ def config_from_tl(c: dict) -> ModelConfig:
     return ModelConfig(
         family="transformer_lens", n_layers=c["n_layers"], d_model=c["d_model"], n_heads=c["n_heads"], d_head=c["d_head"],
         d_mlp=c.get("d_mlp") or 0, d_vocab=c["d_vocab"], n_ctx=c["n_ctx"], norm_eps=c.get("eps", 1e-5),
-        act_fn=ACTIVATIONS[c["act_fn"]], attn_only=bool(c.get("attn_only")), tied_embeddings=False,
+        act_fn=ACTIVATIONS[c["act_fn"]], attn_only=bool(c.get("attn_only")), shortformer_pos=pos == "shortformer",
+        tied_embeddings=False,
         bos_token_id=c.get("bos_token_id"))
 
 
