@@ -29,6 +29,8 @@ def tl_state(c: dict, seed: int = 0) -> dict:
         if not c["attn_only"]:
             sd |= {p + "ln2.w": 1 + r(d), p + "ln2.b": r(d), p + "mlp.W_in": r(d, m), p + "mlp.b_in": r(m),
                    p + "mlp.W_out": r(m, d), p + "mlp.b_out": r(d)}
+        if c["act_fn"] == "solu_ln":  # SoLU's LayerNorm over the MLP's width
+            sd |= {p + "mlp.ln.w": 1 + r(m), p + "mlp.ln.b": r(m)}
     return sd
 
 
@@ -43,15 +45,16 @@ def write_checkpoint(folder, c: dict, sd: dict):
     return folder
 
 
-@pytest.mark.parametrize("attn_only", [False, True])
-def test_a_transformer_lens_checkpoint_loads_with_every_hook_fact(tmp_path, attn_only):
-    c = GELU_2L | {"attn_only": attn_only}
+@pytest.mark.parametrize("attn_only,act_fn", [(False, "gelu"), (True, "gelu"), (False, "solu_ln")])
+def test_a_transformer_lens_checkpoint_loads_with_every_hook_fact(tmp_path, attn_only, act_fn):
+    c = GELU_2L | {"attn_only": attn_only, "act_fn": act_fn}
     model = load_model(str(write_checkpoint(tmp_path / "m", c, tl_state(c))), use_cache=False)
     assert model.cfg.family == "transformer_lens" and model.cfg.attn_only == attn_only
     tokens = torch.randint(0, 101, (2, 12), generator=torch.Generator().manual_seed(1))
     check_hooks(model, tokens)
     names = model.hook_names()
     assert ("blocks.0.hook_resid_mid" in names) != attn_only and ("blocks.1.mlp.hook_post" in names) != attn_only
+    assert ("blocks.1.mlp.hook_mid" in names) == ("blocks.1.mlp.ln.hook_scale" in names) == (act_fn == "solu_ln")
     logits, cache = model.run_with_cache(tokens, ["unembed.hook_in", "blocks.1.hook_resid_post"], stop_early=False)
     torch.testing.assert_close(logits, cache["unembed.hook_in"] @ model.W_U + model.b_U)  # the unembedding bias
     if attn_only:  # the residual stream is the embeddings plus the attention outputs only
@@ -65,8 +68,8 @@ def test_unsupported_or_unsafe_transformer_lens_checkpoints_are_refused(tmp_path
     with pytest.raises(NotImplementedError, match="positional embedding 'alibi' .supported: standard, shortformer"):
         load_model(str(write_checkpoint(tmp_path / "a", GELU_2L | {"positional_embedding_type": "alibi"},
                                         tl_state(GELU_2L))), use_cache=False)
-    with pytest.raises(NotImplementedError, match="activation 'solu_ln'"):
-        load_model(str(write_checkpoint(tmp_path / "b", GELU_2L | {"act_fn": "solu_ln"}, tl_state(GELU_2L))),
+    with pytest.raises(NotImplementedError, match="activation 'gelu_fast'"):
+        load_model(str(write_checkpoint(tmp_path / "b", GELU_2L | {"act_fn": "gelu_fast"}, tl_state(GELU_2L))),
                    use_cache=False)
     with pytest.raises(ValueError, match="refusing to unpickle"):  # a pickle that is more than tensors
         load_model(str(write_checkpoint(tmp_path / "c", GELU_2L, {"x": Payload()})), use_cache=False)

@@ -101,17 +101,18 @@ def test_every_hook_equals_transformer_lens(family):
     torch.testing.assert_close(logits.float(), tl_logits.float(), atol=5e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("attn_only,pos", [(False, "standard"), (True, "standard"), (True, "shortformer")])
-def test_transformer_lens_checkpoints_load_with_every_hook_equal(tmp_path, attn_only, pos):
-    """A GELU-2L-shaped (or attention-only, or attn-only-2L-shaped with shortformer positions) HookedTransformer's own
-    config and state dict, saved as TransformerLens's checkpoints are, load into our model with every hook and the
-    logits equal to TransformerLens's."""
+@pytest.mark.parametrize("attn_only,pos,act_fn", [(False, "standard", "gelu"), (True, "standard", "gelu"),
+                                                  (True, "shortformer", "gelu"), (False, "standard", "solu_ln")])
+def test_transformer_lens_checkpoints_load_with_every_hook_equal(tmp_path, attn_only, pos, act_fn):
+    """A GELU-2L-shaped HookedTransformer (or attention-only, attn-only-2L-shaped with shortformer positions, or
+    SoLU-2L-shaped)'s own config and state dict, saved as TransformerLens's checkpoints are, load into our model with
+    every hook and the logits equal to TransformerLens's."""
     import json
 
     from attnsae.models import load_model
 
     tl = peer("transformer_lens")
-    c = dict(n_layers=2, d_model=64, n_heads=4, d_head=16, d_mlp=128, d_vocab=101, n_ctx=32, act_fn="gelu",
+    c = dict(n_layers=2, d_model=64, n_heads=4, d_head=16, d_mlp=128, d_vocab=101, n_ctx=32, act_fn=act_fn,
              attn_only=attn_only, normalization_type="LN", positional_embedding_type=pos)
     torch.manual_seed(0)
     theirs = tl.HookedTransformer(tl.HookedTransformerConfig(**c, default_prepend_bos=False, use_attn_result=True,

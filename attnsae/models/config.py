@@ -63,7 +63,7 @@ class ModelConfig:
     biases: bool | None = None  # b_O and the MLP biases (GPT-2)
     qkv_bias: bool | None = None  # b_Q, b_K, b_V (GPT-2, Qwen2)
     gated_mlp: bool | None = None  # act(x W_gate) * (x W_in) instead of act(x W_in + b_in)
-    act_fn: str | None = None  # "gelu_tanh" | "gelu" | "silu"
+    act_fn: str | None = None  # "gelu_tanh" | "gelu" | "silu" | "solu_ln" (SoLU then a LayerNorm)
     embed_scale: bool | None = None  # embeddings times sqrt(d_model) (Gemma)
     learned_pos: bool | None = None  # learned absolute positions W_pos (GPT-2) instead of rotary
     parallel_attn_mlp: bool | None = None  # resid_post = resid_pre + attn(ln1(resid_pre)) + mlp(ln2(resid_pre))

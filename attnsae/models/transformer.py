@@ -134,6 +134,8 @@ class Block(nn.Module):
                 self.ln2_b = z(d)
             if cfg.gated_mlp:
                 self.W_gate = z(d, cfg.d_mlp)
+            if cfg.act_fn == "solu_ln":  # the LayerNorm after SoLU
+                self.mlp_ln_w, self.mlp_ln_b = z(cfg.d_mlp), z(cfg.d_mlp)
         if cfg.qk_norm:
             self.q_norm_w, self.k_norm_w = z(dh), z(dh)
         if cfg.post_norms:
@@ -219,10 +221,14 @@ class Block(nn.Module):
 
     def mlp(self, x, run: Run):
         c, p = self.cfg, self.p + "mlp."
-        act = _ACTIVATIONS[c.act_fn]
+        act = _ACTIVATIONS.get(c.act_fn)
         if c.gated_mlp:  # act(x W_gate) * (x W_in), names as TransformerLens
             pre = run.hook(p + "hook_pre", x @ self.W_gate)
             post = act(pre) * run.hook(p + "hook_pre_linear", x @ self.W_in)
+        elif c.act_fn == "solu_ln":  # SoLU, x * softmax(x), then a LayerNorm (Elhage et al. 2022), hooks as TransformerLens
+            pre = run.hook(p + "hook_pre", x @ self.W_in + self.b_in)
+            mid = run.hook(p + "hook_mid", pre * torch.softmax(pre, dim=-1))
+            post = _hooked_norm(mid, self.mlp_ln_w, self.mlp_ln_b, c, run, p + "ln.")
         else:
             post = act(run.hook(p + "hook_pre", x @ self.W_in + self.b_in))
         post = run.hook(p + "hook_post", post)
@@ -303,7 +309,7 @@ class Transformer(nn.Module):
             "attn.k_norm.hook_normalized", "attn.hook_rot_q", "attn.hook_rot_k", "attn.hook_attn_scores", "attn.hook_pattern",
             "attn.hook_z", "attn.hook_result", "ln1_post.hook_scale", "ln1_post.hook_normalized",
             "hook_attn_out", "hook_resid_mid", "ln2.hook_scale", "ln2.hook_normalized", "mlp.hook_pre",
-            "mlp.hook_pre_linear", "mlp.hook_post",
+            "mlp.hook_pre_linear", "mlp.hook_mid", "mlp.ln.hook_scale", "mlp.ln.hook_normalized", "mlp.hook_post",
             "ln2_post.hook_scale", "ln2_post.hook_normalized", "hook_mlp_out", "hook_resid_post",
         ]
         names = ["hook_embed", "hook_pos_embed", hooks.FINAL_SCALE, "ln_final.hook_normalized", "unembed.hook_in",

@@ -1,5 +1,5 @@
-"""Checkpoints that exist only in TransformerLens's format (Neel Nanda's GELU-1L...4L, attn-only-1L...4L with their
-shortformer positions): a folder
+"""Checkpoints that exist only in TransformerLens's format (Neel Nanda's GELU-1L...4L, SoLU-1L...12L,
+attn-only-1L...4L with their shortformer positions): a folder
 with TransformerLens's `config.json` (d_model, n_layers, n_heads, d_head, d_mlp, d_vocab, n_ctx, act_fn, attn_only,
 normalization_type, positional_embedding_type / shortformer_pos) and its state dict under TransformerLens's
 parameter names (`model_final.pth`, loaded tensors-only, or `model.safetensors`). Not a transformers model type."""
@@ -10,7 +10,8 @@ from ..config import ModelConfig
 
 MODEL_TYPES = ()  # no transformers model_type: `load_checkpoint` reads the folder
 
-ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "silu": "silu"}
+ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "silu": "silu",
+               "solu_ln": "solu_ln"}
 
 
 def is_checkpoint(cfg: dict) -> bool:
@@ -52,4 +53,6 @@ def convert(sd: dict, cfg: ModelConfig) -> dict:
             new[b + "ln2_w"], new[b + "ln2_b"] = sd[p + "ln2.w"], sd[p + "ln2.b"]
             for n in ("W_in", "b_in", "W_out", "b_out"):
                 new[b + n] = sd[p + f"mlp.{n}"]
+            if cfg.act_fn == "solu_ln":
+                new[b + "mlp_ln_w"], new[b + "mlp_ln_b"] = sd[p + "mlp.ln.w"], sd[p + "mlp.ln.b"]
     return new
