@@ -7,11 +7,11 @@ parameter names (`model_final.pth`, loaded tensors-only, or `model.safetensors`)
 from __future__ import annotations
 
 from ..config import ModelConfig
+from . import llama
 
 MODEL_TYPES = ()  # no transformers model_type: `load_checkpoint` reads the folder
 
-ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "silu": "silu",
-               "solu_ln": "solu_ln"}
+ACTIVATIONS = llama.ACTIVATIONS | {"solu_ln": "solu_ln"}  # TL names activations as transformers does, plus SoLU
 
 
 def is_checkpoint(cfg: dict) -> bool:
