@@ -53,8 +53,10 @@ def test_harvest_from_a_gpu_model_stores_what_the_cpu_stores(tiny, windows, tmp_
     torch.testing.assert_close(gpu.rows(rows), cpu.rows(rows), atol=1e-5, rtol=1e-4)
 
 
-def test_training_on_the_gpu_follows_the_cpu_run(tmp_path):
-    """The same seed and batches on both devices: the same recipe state and close weights (fp32 matmuls)."""
+@pytest.mark.parametrize("recipe,extra", [("topk", {}), ("batchtopk", {"firing_floor": 0.05})])
+def test_training_on_the_gpu_follows_the_cpu_run(recipe, extra, tmp_path):
+    """The same seed and batches on both devices: the same recipe state and close weights (fp32 matmuls); BatchTopK
+    with a firing floor's selection biases (plain autograd on the GPU, the sparse step on the CPU)."""
     from attnsae.sae import SAEConfig, TrainConfig, Trainer
 
     x = torch.randn(4096, 16, generator=torch.Generator().manual_seed(0))
@@ -65,8 +67,11 @@ def test_training_on_the_gpu_follows_the_cpu_run(tmp_path):
 
     saes = {}
     for device in ("cpu", "cuda"):
-        cfg = TrainConfig(recipe="topk", k=4, expansion=2, steps=40, batch_size=64, dtype="float32", checkpoint_every=20)
-        t = Trainer(SAEConfig(d_in=16, d_sae=32, architecture="topk", k=4), cfg, tmp_path / device, batches, False, device)
+        cfg = TrainConfig(recipe=recipe, k=4, expansion=2, steps=40, batch_size=64, dtype="float32", checkpoint_every=20,
+                          **extra)
+        arch = "topk" if recipe == "topk" else "standard"
+        t = Trainer(SAEConfig(d_in=16, d_sae=32, architecture=arch, k=4 if recipe == "topk" else None), cfg,
+                    tmp_path / device, batches, False, device)
         t.train()
         assert t.fire_counts.device.type == device
         saes[device] = t.finished_sae()

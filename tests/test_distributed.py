@@ -68,7 +68,7 @@ RECIPE_RUNS = {  # short runs that exercise each recipe's batch-wide parts: resa
     "l1": {"l1_coeff": 0.5, "resample_every": 20, "n_resamples": 1, "resample_inputs": 256, "resample_warmup": 5},
     "topk": {"k": 3, "dead_window": 256, "resample_every": 20, "n_resamples": 1, "resample_inputs": 256},
     "batchtopk": {"k": 3, "dead_window": 256, "resample_every": 20, "n_resamples": 1, "resample_inputs": 256},
-    "matryoshka_batchtopk": {"k": 3, "dead_window": 256},
+    "matryoshka_batchtopk": {"k": 3, "dead_window": 256, "firing_floor": 0.01},
     "jumprelu": {"l0_coeff": 0.1},
     "l1_decnorm": {"l1_coeff": 0.5},
 }

@@ -51,7 +51,7 @@ def small(recipe, **kw):
 
 
 def same_sae(a, b):
-    for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+    for name in ("W_enc", "b_enc", "W_dec", "b_dec") + (("log_threshold",) if a.cfg.architecture == "jumprelu" else ()):
         assert torch.equal(getattr(a, name), getattr(b, name)), name
 
 
@@ -95,22 +95,23 @@ def test_a_trainer_whose_checkpoint_is_ahead_skips_the_batches_it_has_seen(tmp_p
         same_sae(load_sae(got[h]), load_sae(ref[h]))
 
 
-def _many_script(out, recipe):
+def _many_script(out, recipe, extra):
     return textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {os.getcwd()!r})
         from tests.test_many import HOOKS, PlantedSource, configs, small
         from attnsae.sae.many import train_saes
-        cfg = small({recipe!r}, steps=400)
+        cfg = small({recipe!r}, steps=400, **{extra!r})
         train_saes(configs(), cfg, {{h: {str(out)!r} + "/" + h for h in HOOKS}}, PlantedSource(), progress=False)
     """)
 
 
-@pytest.mark.parametrize("recipe", ["batchtopk", "matryoshka_batchtopk"])
-def test_kill_9_then_resume_gives_the_uninterrupted_saes(recipe, tmp_path):
+@pytest.mark.parametrize("recipe,extra", [("batchtopk", {"firing_floor": 0.01}), ("matryoshka_batchtopk", {})])
+def test_kill_9_then_resume_gives_the_uninterrupted_saes(recipe, extra, tmp_path):
+    """BatchTopK with a firing floor: its selection biases and firing rates resume too (a threshold per latent)."""
     ref, victim = tmp_path / "ref", tmp_path / "victim"
-    subprocess.run([sys.executable, "-c", _many_script(ref, recipe)], check=True)
-    proc = subprocess.Popen([sys.executable, "-c", _many_script(victim, recipe)])
+    subprocess.run([sys.executable, "-c", _many_script(ref, recipe, extra)], check=True)
+    proc = subprocess.Popen([sys.executable, "-c", _many_script(victim, recipe, extra)])
     state = victim / HOOKS[1] / "train" / "checkpoint" / "state.json"
     deadline = time.time() + 120
     while not state.exists() or json.loads(state.read_text())["step"] < 50:
@@ -119,7 +120,7 @@ def test_kill_9_then_resume_gives_the_uninterrupted_saes(recipe, tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (victim / HOOKS[0] / "sae").exists()
-    subprocess.run([sys.executable, "-c", _many_script(victim, recipe)], check=True)
+    subprocess.run([sys.executable, "-c", _many_script(victim, recipe, extra)], check=True)
     for h in HOOKS:
         same_sae(load_sae(victim / h / "sae"), load_sae(ref / h / "sae"))
 

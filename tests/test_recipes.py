@@ -289,7 +289,7 @@ def test_the_cli_refuses_an_option_the_recipe_does_not_read(recipe):
     from attnsae.cli.args import RECIPE_OPTIONS, train_config
 
     values = {"--l1": "2", "--k": "4", "--l0-coeff": "0.5", "--bandwidth": "0.1", "--init-threshold": "0.2",
-              "--prefixes": "0.5", "--resample-every": "7"}
+              "--prefixes": "0.5", "--resample-every": "7", "--firing-floor": "0.001"}
     assert set(values) == set(RECIPE_OPTIONS.values())
     base = ["train", "--store", "s", "--out", "o", "--recipe", recipe]
     assert train_config(build_parser().parse_args(base)).recipe == recipe  # none given: the defaults, no complaint
@@ -370,3 +370,70 @@ def test_active_subspace_initialisation_leaves_fewer_dead_latents(tmp_path):
         tr.train()
         silent[frac] = int((tr.tokens - tr.last_fired > 100 * 256).sum())
     assert silent[0.99] <= 2 and silent[0.0] >= 40, silent  # measured: 0 and 86 of 128
+
+
+# ---- the firing floor ----
+
+def test_a_selection_bias_chooses_the_entries_but_not_their_values():
+    """BatchTopK with a select_bias keeps the B*k largest pre + bias, at their pre values; the threshold estimate is
+    on that score, and the finished SAE's threshold for each latent is theta - its bias (a JumpReLU threshold)."""
+    W_dec = torch.tensor([[0.6, 0.8, 0.0], [0.0, 0.6, 0.8], [0.8, 0.0, 0.6]])
+    sae = _tiny_sae("standard", W_dec)
+    recipe = BatchTopKRecipe(sae, TrainConfig(recipe="batchtopk", k=1, firing_floor=0.5))
+    recipe.select_bias[2] = 2.0
+    x = torch.tensor([[3.0, 2.0, 0.5], [0.1, 0.2, 1.0]])  # scores: [[3, 2, 2.5], [0.1, 0.2, 3]]: (0,0) and (1,2) win
+    loss, f, recon, _ = recipe.loss(x, 0)
+    torch.testing.assert_close(f, torch.tensor([[3.0, 0, 0], [0, 0, 1.0]]))
+    loss.backward()
+    kept = (f > 0).float()
+    torch.testing.assert_close(sae.b_enc.grad, (-2 / len(x) * (x - recon.detach()) @ W_dec.T * kept).sum(0))
+    assert recipe.threshold == 3.0  # the smallest kept score (1.0 + 2.0), not the smallest kept value
+    recipe.finalize(sae)
+    assert sae.threshold.tolist() == pytest.approx([3.0, 3.0, 1.0])
+    torch.testing.assert_close(sae.encode(x), torch.tensor([[0.0, 0, 0], [0, 0, 0]]))  # strictly above: 3 > 3 is false
+    torch.testing.assert_close(sae.encode(x + 0.01), (x + 0.01) * torch.tensor([[1.0, 0, 0], [0, 0, 1]]))
+
+
+def test_the_selection_bias_rises_below_the_floor_and_falls_back_to_zero_above_twice_the_floor():
+    from attnsae.sae.recipes.batchtopk import FLOOR_FIRINGS, FLOOR_STEP
+
+    sae = SAE(SAEConfig(d_in=4, d_sae=3))
+    recipe = BatchTopKRecipe(sae, TrainConfig(recipe="batchtopk", k=1, firing_floor=0.1))
+    recipe.threshold = torch.tensor(0.5)  # the bias moves by FLOOR_STEP x the threshold
+    a = 10 * 0.1 / FLOOR_FIRINGS  # the running rate's weight on a batch of 10 inputs
+    rate, bias, step = torch.full((3,), 0.2), torch.zeros(3), 0.5 * FLOOR_STEP
+    for fired in [[10, 0, 0]] * 5 + [[10, 3, 0]] * 3:
+        recipe.observe(torch.tensor(fired), 10)
+        rate = (1 - a) * rate + a * torch.tensor(fired) / 10
+        bias = (bias + torch.where(rate < 0.1, step, torch.where(rate > 0.2, -step, 0.0))).clamp_min(0)
+        torch.testing.assert_close(recipe.firing_rate, rate)
+        torch.testing.assert_close(recipe.select_bias, bias)
+    # latent 0, always firing, stays at 0; 2, always silent, rises from the 4th step on, when its rate falls below
+    # the floor; 1 rises too, until its rate is back above the floor (step 6), then holds
+    assert bias.tolist() == pytest.approx([0, 2 * step, 5 * step])
+
+
+def test_the_firing_floor_keeps_every_latent_firing(tmp_path):
+    """The low-rank data of the subspace test, from the usual init (most latents end silent): with a firing floor of
+    1/1000 inputs all but at most 2 latents fire in the last 100 steps, and the finished SAE, a JumpReLU with a
+    threshold per latent, fires all but a few of them on fresh inputs, reconstructing nearly as well."""
+    data, _ = low_rank_planted(n_feat=256)
+    fresh, _ = low_rank_planted(n_feat=256, n=20_000, seed=0)  # same directions, same distribution
+    silent, ev, fires = {}, {}, {}
+    for floor in (0.0, 1e-3):
+        cfg = TrainConfig(recipe="batchtopk", k=3, steps=300, batch_size=256, lr=1e-3, dtype="float32",
+                          checkpoint_every=10_000, hist_every=0, firing_floor=floor)
+        tr = Trainer(SAEConfig(d_in=64, d_sae=128), cfg, tmp_path / str(floor), batches_of(data, 256), progress=False)
+        tr.train()
+        silent[floor] = int((tr.tokens - tr.last_fired > 100 * 256).sum())
+        sae = tr.finished_sae()
+        with torch.no_grad():
+            out = sae(fresh)
+        fires[floor] = int(((out.feature_acts > 0).sum(0) == 0).sum())
+        ev[floor] = 1 - ((out.reconstruction - fresh).pow(2).sum() / (fresh - fresh.mean(0)).pow(2).sum()).item()
+        if floor:
+            assert sae.threshold.unique().numel() > 1  # a threshold per latent
+            assert sae.threshold.max().item() == pytest.approx(float(tr.recipe.threshold) / tr.scale, rel=1e-5)
+    assert silent[0.0] >= 40 and silent[1e-3] <= 2, silent
+    assert fires[0.0] >= 40 and fires[1e-3] <= 4, (fires, ev)  # measured 95 and 3 of 128
+    assert ev[1e-3] > ev[0.0] - 0.08, ev  # measured 0.874 -> 0.816: here 89 of 128 latents have to be held up

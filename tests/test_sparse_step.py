@@ -270,3 +270,29 @@ def test_batch_topk_grads_equal_autograd(shift, dense_density):
     torch.testing.assert_close(xh1, xh0)
     for a, b in zip(g1, g0):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("dense_density", [1.0, 0.0])
+def test_batch_topk_with_a_selection_bias_grads_equal_autograd(dense_density):
+    """The entries are chosen by pre + bias (a firing floor's), the values and gradients are pre's."""
+    x, params = make(0.0, seed=12)
+    k, bias = 3, 2 * torch.rand(params[1].shape[0], generator=torch.Generator().manual_seed(3))
+
+    def reference_batch(x, W_enc, b_enc, W_dec, b_dec):
+        pre = (x - b_dec) @ W_enc + b_enc
+        keep = flat_batch_topk((pre + bias).detach(), k) > 0
+        f = torch.where(keep & (pre > 0), pre, 0.0)
+        return f, f @ W_dec + b_dec
+
+    f0, xh0, g0 = grads(reference_batch, "mse", x, params)
+    f1, xh1, g1 = grads(sparse_sae_step, "mse", x, params, k=k, batch=True, dense_density=dense_density,
+                        select_bias=bias)
+    torch.testing.assert_close(f1, f0)
+    torch.testing.assert_close(xh1, xh0)
+    for a, b in zip(g1, g0):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    with torch.no_grad():
+        step = sparse_sae_step(x, *params, k=k, batch=True, dense_density=dense_density, select_bias=bias)
+        pre = (x - params[3]) @ params[0] + params[1]
+    assert not torch.equal(f1 > 0, flat_batch_topk(pre, k) > 0)  # the bias changed the choice
+    assert step.smallest.item() == pytest.approx((pre + bias)[f1 > 0].min().item())

@@ -107,7 +107,8 @@ def add_data(p, multi_hook: bool = False, hook: bool = True) -> None:
 # The options that set a TrainConfig field only some recipes read (Recipe.options): given explicitly with a
 # recipe that does not read it, the command refuses it rather than silently ignoring it.
 RECIPE_OPTIONS = {"l1_coeff": "--l1", "k": "--k", "l0_coeff": "--l0-coeff", "bandwidth": "--bandwidth",
-                  "init_threshold": "--init-threshold", "prefixes": "--prefixes", "resample_every": "--resample-every"}
+                  "init_threshold": "--init-threshold", "prefixes": "--prefixes", "resample_every": "--resample-every",
+                  "firing_floor": "--firing-floor"}
 
 
 def add_train(p, base: TrainConfig | None = None, sweep: bool = False) -> None:
@@ -136,12 +137,17 @@ def add_train(p, base: TrainConfig | None = None, sweep: bool = False) -> None:
     p.add_argument("--resample-every", type=POSITIVE, default=None, help="l1, topk, batchtopk, matryoshka_batchtopk: "
                    "re-initialise dead latents towards high-loss inputs every this many steps, at most "
                    f"{base.n_resamples} times (default: {base.resample_every or 'l1: steps / 5; the others: never'})")
+    p.add_argument("--firing-floor", type=FRACTION, default=None, help="batchtopk, matryoshka_batchtopk: keep every "
+                   "latent firing on at least this fraction of inputs, by lowering the threshold of a latent while it is "
+                   f"silent; the saved SAE has a threshold per latent; 0: off (default: {base.firing_floor})")
     p.add_argument("--expansion", type=POSITIVE, default=base.expansion, help="d_sae = expansion * d_in (default: %(default)s)")
     p.add_argument("--steps", type=POSITIVE, default=base.steps, help="(default: %(default)s)")
     p.add_argument("--batch-size", type=POSITIVE, default=base.batch_size, help="(default: %(default)s)")
     p.add_argument("--lr", type=POSITIVE_FLOAT, default=base.lr, help="(default: %(default)s)")
     p.add_argument("--lr-warmup", type=COUNT, default=base.lr_warmup, help="steps of linear lr warm-up from 0; fewer "
                    "latents die under the first large Adam steps (default: %(default)s)")
+    p.add_argument("--lr-decay", type=FRACTION, default=base.lr_decay_frac, help="decay the lr linearly to 0 over this "
+                   "final fraction of the steps (default: %(default)s)")
     p.add_argument("--init-subspace", type=FRACTION, default=base.init_subspace, help="draw the initial decoder (and "
                    "encoder) directions inside the span of the top principal directions holding this fraction of the "
                    "data's variance: attention outputs are low-rank, so random directions leave latents dead; 0: "
@@ -168,7 +174,8 @@ def train_config(args, base: TrainConfig | None = None) -> TrainConfig:
     if isinstance(args.l1, list):  # a sweep sets l1_coeff per SAE
         del given["l1_coeff"]
     cfg = replace(base or TrainConfig(), recipe=args.recipe, expansion=args.expansion, steps=args.steps,
-                  batch_size=args.batch_size, lr=args.lr, lr_warmup=args.lr_warmup, dtype=args.dtype, seed=args.seed,
+                  batch_size=args.batch_size, lr=args.lr, lr_warmup=args.lr_warmup, lr_decay_frac=args.lr_decay,
+                  dtype=args.dtype, seed=args.seed,
                   init_subspace=args.init_subspace, **given)
     recipe.check(cfg)
     return cfg

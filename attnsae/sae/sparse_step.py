@@ -130,12 +130,13 @@ def batch_topk_entries(pre: torch.Tensor, k: int, across_ranks: bool = False) ->
     return rows, cols, pre[rows, cols]
 
 
-def batch_topk(pre: torch.Tensor, k: int, across_ranks: bool = False) -> torch.Tensor:
+def batch_topk(pre: torch.Tensor, k: int, across_ranks: bool = False,
+               select_bias: torch.Tensor | None = None) -> torch.Tensor:
     """relu(pre) [B, d_sae] with all but its B*k largest entries zeroed (BatchTopK; `across_ranks`: of the global
-    batch, as batch_topk_entries)."""
-    rows, cols, vals = batch_topk_entries(pre, k, across_ranks)
+    batch, as batch_topk_entries). `select_bias` [d_sae]: the entries are chosen by pre + select_bias."""
+    rows, cols, _ = batch_topk_entries(pre if select_bias is None else pre + select_bias, k, across_ranks)
     f = torch.zeros_like(pre)
-    f[rows, cols] = vals.clamp_min(0)
+    f[rows, cols] = pre[rows, cols].clamp_min(0)
     return f
 
 
@@ -157,25 +158,31 @@ class SparseStep(NamedTuple):
     fired: torch.Tensor
     """[d_sae]: on how many inputs of the batch each latent fired (from the active set, without a pass over f)"""
     smallest: torch.Tensor
-    """the smallest positive activation of the batch (inf if none): BatchTopK's threshold estimate reads it"""
+    """the smallest positive activation of the batch (inf if none; with a select_bias, the smallest kept score):
+    BatchTopK's threshold estimate reads it"""
 
 
 class _SparseSAEStep(torch.autograd.Function):
     @staticmethod
     @torch.amp.custom_fwd(device_type="cpu")  # backward then runs under forward's autocast state: off
-    def forward(ctx, x, W_enc, b_enc, W_dec, b_dec, k, batch, dtype, apply_b_dec, dense_density, across_ranks):
+    def forward(ctx, x, W_enc, b_enc, W_dec, b_dec, k, batch, dtype, apply_b_dec, dense_density, across_ranks,
+                select_bias):
         ctx.set_materialize_grads(False)  # an unused f gives grad None, not a dense zero tensor
         B, S = x.shape[0], W_enc.shape[1]
         xc = x - b_dec if apply_b_dec else x
+        # BatchTopK with a selection bias chooses by pre + select_bias: added with b_enc, and taken off the winners
+        bias = b_enc if select_bias is None or not batch else b_enc + select_bias
         if dtype == torch.float32:
-            pre = torch.addmm(b_enc, xc, W_enc)
+            pre = torch.addmm(bias, xc, W_enc)
         else:  # as autocast: bf16 matmul, fp32 bias add (one pass that also upcasts)
-            pre = torch.add(xc.to(dtype) @ W_enc.to(dtype), b_enc)
-        entries = None
+            pre = torch.add(xc.to(dtype) @ W_enc.to(dtype), bias)
+        entries = smallest = None
         if batch:  # BatchTopK: then the ReLU path below (relu' = 1 on every kept entry)
-            row, col, vals = batch_topk_entries(pre, k, across_ranks)
+            row, col, scores = batch_topk_entries(pre, k, across_ranks)
+            vals = scores if select_bias is None else scores - select_bias[col]
             keep = vals > 0
             entries = row[keep], col[keep], vals[keep]
+            smallest = _smallest(scores[keep])  # the threshold is on the score the entries were chosen by
             f = torch.zeros_like(pre)
             f[entries[0], entries[1]] = entries[2]
             k, density = None, k / S
@@ -193,7 +200,8 @@ class _SparseSAEStep(torch.autograd.Function):
         if ctx.dense:
             x_hat = _mm(f, W_dec, dtype) + b_dec
             ctx.save_for_backward(xc, W_enc, W_dec, f)
-            fired, smallest = firing_stats(f)
+            fired, smallest_f = firing_stats(f)
+            smallest = smallest_f if smallest is None else smallest
             ctx.mark_non_differentiable(fired, smallest)
             return f, x_hat, fired, smallest
         if k is None:
@@ -211,7 +219,8 @@ class _SparseSAEStep(torch.autograd.Function):
         x_hat = x_hat + b_dec
         ctx.save_for_backward(xc, W_enc, W_dec, row, col, crow, vals)
         active = vals > 0  # TopK keeps entries whose pre <= 0 (as zeros)
-        fired, smallest = torch.bincount(col[active], minlength=S), _smallest(vals)
+        fired = torch.bincount(col[active], minlength=S)
+        smallest = _smallest(vals) if smallest is None else smallest
         ctx.mark_non_differentiable(fired, smallest)
         return f, x_hat, fired, smallest
 
@@ -256,7 +265,7 @@ class _SparseSAEStep(torch.autograd.Function):
             if apply_b_dec:
                 gb_dec = gb_dec - W_enc @ gb_enc
         return (None, gW_enc, gb_enc if ctx.needs_input_grad[2] else None, gW_dec, gb_dec, None, None, None, None, None,
-                None)
+                None, None)
 
 
 def sparse_sae_step(
@@ -271,6 +280,7 @@ def sparse_sae_step(
     apply_b_dec_to_input: bool = True,
     dense_density: float | None = None,
     across_ranks: bool = False,
+    select_bias: torch.Tensor | None = None,
 ) -> SparseStep:
     """(f, x_hat, fired, smallest) for x [B, d_in] (see SparseStep), with a sparse-aware backward.
     `k`: TopK (else ReLU); with `batch`, BatchTopK: the B*k largest activations of the batch.
@@ -278,7 +288,8 @@ def sparse_sae_step(
     region, else float32. Everything returned is fp32 (autocast does not reach inside).
     `dense_density`: run dense above this fraction of active entries (default: measured, per dtype);
     0 forces the dense path, 1 the sparse one. `across_ranks`: BatchTopK over the global batch of a
-    data-parallel run, of which x is this rank's part (batch_topk_entries)."""
+    data-parallel run, of which x is this rank's part (batch_topk_entries). `select_bias` [d_sae] (BatchTopK only):
+    the kept entries are the largest of pre + select_bias, with their values pre; `smallest` is then on that score."""
     if x.dim() != 2:
         raise ValueError(f"x must be [batch, d_in], got shape {tuple(x.shape)}")
     if x.device.type != "cpu":
@@ -292,23 +303,27 @@ def sparse_sae_step(
     x = x.detach().to(W_enc.dtype)
     with torch.autocast("cpu", enabled=False):
         return SparseStep(*_SparseSAEStep.apply(x, W_enc, b_enc, W_dec, b_dec, k, batch, dtype, apply_b_dec_to_input,
-                                                dense_density, across_ranks))
+                                                dense_density, across_ranks, select_bias))
 
 
 def sae_step(sae, x: torch.Tensor, dtype: torch.dtype | None = None, dense_density: float | None = None,
-             batch_k: int | None = None, across_ranks: bool = False) -> SparseStep:
+             batch_k: int | None = None, across_ranks: bool = False, select_bias: torch.Tensor | None = None) -> SparseStep:
     """`sparse_sae_step` on an `attnsae.sae.SAE` (its architecture, k and b_dec convention), or on a ReLU
-    SAE trained with BatchTopK `batch_k` (`across_ranks`: over a data-parallel run's global batch); plain
-    autograd off the CPU, where these kernels were not tuned."""
+    SAE trained with BatchTopK `batch_k` (`across_ranks`: over a data-parallel run's global batch; `select_bias`:
+    see sparse_sae_step); plain autograd off the CPU, where these kernels were not tuned."""
     if sae.cfg.architecture not in ("standard", "topk") or (batch_k and sae.cfg.architecture != "standard"):
         raise ValueError(f"sae_step runs ReLU, TopK and BatchTopK SAEs, not {sae.cfg.architecture!r} (use plain autograd)")
     if x.device.type != "cpu":
         if batch_k:
-            f = batch_topk(sae.pre_acts(x).float(), batch_k, across_ranks)
-            return SparseStep(f, sae.decode(f), *firing_stats(f))
+            pre = sae.pre_acts(x).float()
+            f = batch_topk(pre, batch_k, across_ranks, select_bias)
+            fired, smallest = firing_stats(f)
+            if select_bias is not None:
+                smallest = _smallest(torch.where(f > 0, pre + select_bias, 0.0))
+            return SparseStep(f, sae.decode(f), fired, smallest)
         out = sae(x)
         return SparseStep(out.feature_acts, out.reconstruction, *firing_stats(out.feature_acts))
     k = batch_k or (sae.cfg.k if sae.cfg.architecture == "topk" else None)
     return sparse_sae_step(x, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, k=k, batch=bool(batch_k), dtype=dtype,
                            apply_b_dec_to_input=sae.cfg.apply_b_dec_to_input, dense_density=dense_density,
-                           across_ranks=across_ranks)
+                           across_ranks=across_ranks, select_bias=select_bias)

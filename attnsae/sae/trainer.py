@@ -78,6 +78,9 @@ class TrainConfig:
     dead_threshold: float = DEAD_THRESHOLD  # dead: fires on fewer than this fraction of inputs since the last resample
     # topk, batchtopk, matryoshka: tokens a latent must stay silent to count as dead for AuxK (Gao et al. 2024)
     dead_window: int = 10_000_000
+    # batchtopk, matryoshka: keep every latent firing on at least this fraction of inputs by lowering its own
+    # selection threshold while it is silent (recipes/batchtopk.py); 0: off
+    firing_floor: float = 0.0
     # bookkeeping
     checkpoint_every: int = 500
     hist_every: int = 1000

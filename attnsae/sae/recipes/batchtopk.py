@@ -17,21 +17,51 @@ from .topk import TopKRecipe
 # The threshold estimate starts at the first batch's smallest kept activation and moves this fraction
 # towards each later batch's (SAELens' topk_threshold_lr; the paper averages it over batches).
 THRESHOLD_EMA = 0.01
+# firing_floor: how far a latent's selection bias moves per step, as a fraction of the threshold (after 100 steps
+# below the floor a latent is chosen whenever its pre-activation is positive): up while its firing rate is below the
+# floor, down towards 0 while it is above twice the floor, still in between, so the biases settle rather than cycle.
+FLOOR_STEP = 0.01
+# The firing rate is a running average over about this many firings at the floor's rate.
+FLOOR_FIRINGS = 5
 
 
 class BatchTopKRecipe(TopKRecipe):
     name = "batchtopk"
     architecture = "standard"  # trained as a ReLU SAE whose activation is BatchTopK; saved as "jumprelu"
-    state_keys = (*TopKRecipe.state_keys, "threshold")
+    options = (*TopKRecipe.options, "firing_floor")
+    state_keys = (*TopKRecipe.state_keys, "threshold", "select_bias", "firing_rate")
 
     def __init__(self, sae, cfg, data_parallel=False):
         super().__init__(sae, cfg, data_parallel)
         self.threshold: torch.Tensor | None = None  # running estimate of the smallest kept activation (on the device)
+        # firing_floor: a per-latent bias on the score the B*k are chosen by, never on the activation itself, that
+        # rises while the latent stays silent (bias-based load balancing, as DeepSeek-V3 routes experts without an
+        # auxiliary loss). At inference it lowers that latent's threshold: theta - bias, a JumpReLU threshold.
+        self.select_bias = self.firing_rate = None
+        if cfg.firing_floor:
+            self.select_bias = torch.zeros(sae.d_sae, device=sae.W_enc.device)
+            self.firing_rate = torch.full((sae.d_sae,), 2 * cfg.firing_floor, device=sae.W_enc.device)
+
+    @classmethod
+    def check(cls, cfg):
+        if not 0 <= cfg.firing_floor < 1:
+            raise ValueError(f"firing_floor must be a fraction of inputs in [0, 1), not {cfg.firing_floor}")
 
     def sparse(self, x, batch_of_ranks=True):
         """The decoder and the backward touch only the kept entries. `batch_of_ranks`: in a data-parallel run, x is
         this rank's part of the global batch (the B*k kept are the global batch's)."""
-        return sae_step(self.sae, x, batch_k=self.cfg.k, across_ranks=self.data_parallel and batch_of_ranks)
+        return sae_step(self.sae, x, batch_k=self.cfg.k, across_ranks=self.data_parallel and batch_of_ranks,
+                        select_bias=self.select_bias)
+
+    @torch.no_grad()
+    def observe(self, fired, n_inputs):
+        super().observe(fired, n_inputs)
+        if self.select_bias is not None and self.threshold is not None:  # the same on every rank, as the counts
+            floor = self.cfg.firing_floor
+            self.firing_rate.lerp_(fired.to(self.firing_rate) / n_inputs, min(1.0, n_inputs * floor / FLOOR_FIRINGS))
+            step = FLOOR_STEP * self.threshold
+            move = torch.where(self.firing_rate < floor, step, torch.where(self.firing_rate > 2 * floor, -step, 0.0))
+            self.select_bias.add_(move).clamp_min_(0)
 
     def activate(self, x):
         """`sparse`, and the threshold's running estimate."""
@@ -48,4 +78,5 @@ class BatchTopKRecipe(TopKRecipe):
         return step
 
     def finalize(self, sae):
-        sae.set_threshold_(0.0 if self.threshold is None else float(self.threshold))
+        theta = 0.0 if self.threshold is None else float(self.threshold)
+        sae.set_threshold_(theta if self.select_bias is None else theta - self.select_bias.to(sae.W_enc.device))

@@ -24,6 +24,7 @@ class MatryoshkaBatchTopKRecipe(BatchTopKRecipe):
 
     @classmethod
     def check(cls, cfg):
+        super().check(cfg)
         p = (0.0, *cfg.prefixes)
         if len(p) < 2 or any(a >= b for a, b in zip(p, p[1:])) or p[-1] > 1:
             raise ValueError(f"prefixes must be fractions of d_sae rising strictly within (0, 1], not {list(cfg.prefixes)}")
