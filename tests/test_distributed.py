@@ -3,6 +3,7 @@ same global batches; distributed modules equal the one-process many-SAE run; a d
 harvest; a rank that dies stops the others with a clear error, and the run resumes (with another number of ranks)."""
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -280,12 +281,14 @@ def test_train_under_torchrun_equals_one_process_and_other_commands_are_refused(
     assert one.returncode == 0, one.stderr
     a, b = (load_sae(tmp_path / x / "sae").state_dict() for x in ("one", "two"))
     assert _max_diff(a, b) < 1e-5
-    # one line per rank (torchrun then prints its own summary of the failed ranks, traceback included)
+    # one line from whichever rank fails first: torchrun may stop the other before it prints (then it prints its
+    # own summary of the failed ranks, traceback included)
     r = _torchrun("eval", "--sae", str(tmp_path / "one" / "sae"), "--out", str(tmp_path / "e"))
-    assert r.returncode != 0 and "attnsae eval (rank 1): error: this command runs in one process; launch it without " \
-                                 "torchrun" in r.stderr
+    assert r.returncode != 0
+    assert re.search(r"attnsae eval \(rank [01]\): error: this command runs in one process; launch it without torchrun",
+                     r.stderr)
     assert "attnsae/" not in r.stderr  # no traceback through our code
     if not torch.cuda.is_available():
         r = _torchrun("train", *common, "--out", str(tmp_path / "n"), "--dist-backend", "nccl")
-        assert r.returncode != 0 and "attnsae train (rank 0): error: NCCL needs CUDA GPUs" in r.stderr
+        assert r.returncode != 0 and re.search(r"attnsae train \(rank [01]\): error: NCCL needs CUDA GPUs", r.stderr)
         assert "attnsae/" not in r.stderr
