@@ -13,9 +13,9 @@ the same synthetic activations x ~ N(0, 1) [B, d_in], on the same device, and ta
   ours-sparse-<recipe> attnsae.sae.trainer's loop body: recipe.loss under autocast (which runs
                        sparse_step.sae_step), backward, recipe.before_optimizer_step (decoder-parallel
                        grad removal), Adam, recipe.after_optimizer_step (decoder normalisation), firing counts.
-                       Recipes: l1, l1_decnorm, topk, batchtopk (sae_step); jumprelu and matryoshka_batchtopk
-                       (plain autograd: the path column says so). Off the CPU sae_step is plain autograd (its
-                       sparse kernels are CPU ones), so there it is the dense step and the path column says so.
+                       Recipes: l1, l1_decnorm, topk, batchtopk, jumprelu (sae_step) and matryoshka_batchtopk
+                       (sae_step plus the prefixes' dense decoder products). Off the CPU sae_step (and the JumpReLU
+                       recipe) is plain autograd (the sparse kernels are CPU ones): the path column says so.
   ours-dense-<recipe>  the same loop with sae_step forced onto its dense path (plain matmuls); CPU only
                        (on CUDA it would be the ours-sparse row again)
 
@@ -137,7 +137,7 @@ def make_ours(recipe_name, weights, a, dtype, device, sparse):
     sae = SAE(SAEConfig(d_in=D, d_sae=S, architecture=arch, k=a.k if arch == "topk" else None)).to(device)
     if arch == "jumprelu":  # as SAELens' init, so both start from the same function
         sae.set_threshold_(0.01)
-    cfg = TrainConfig(recipe=recipe_name, k=a.k, l1_coeff=a.l1, lr=a.lr, batch_size=a.B, steps=10**6,
+    cfg = TrainConfig(recipe=recipe_name, k=a.k, l1_coeff=a.l1, l0_coeff=a.l1, lr=a.lr, batch_size=a.B, steps=10**6,
                       dtype="bfloat16" if dtype == torch.bfloat16 else "float32")
     recipe = RECIPES[recipe_name](sae, cfg)
     # A recipe's state tensors are made on the CPU (TopK's last_fired) and attnsae's Trainer does not
@@ -155,9 +155,12 @@ def make_ours(recipe_name, weights, a, dtype, device, sparse):
     path = "autograd" if device.type != "cpu" else None  # sae_step's plain-autograd fallback off the CPU
 
     def dense_loss(x):  # the recipe's loss with sae_step forced onto its dense path
-        f, recon = sae_step(sae, x, dtype=dtype, dense_density=0.0)[:2]
+        f, recon, *_, l0 = sae_step(sae, x, dtype=dtype, dense_density=0.0,
+                                    bandwidth=cfg.bandwidth if arch == "jumprelu" else None)
         loss = (recon - x).pow(2).sum(-1).mean()
-        if recipe_name == "l1":
+        if recipe_name == "jumprelu":
+            loss = loss + cfg.l0_coeff * l0
+        elif recipe_name == "l1":
             loss = loss + cfg.l1_coeff * f.sum(-1).mean()
         elif recipe_name == "l1_decnorm":
             loss = loss + cfg.l1_coeff * (f * sae.W_dec.norm(dim=1)).sum(-1).mean()
@@ -204,7 +207,8 @@ IMPLS = {
     "saelens-batchtopk": ("batchtopk", lambda w, a, dt, dev: make_saelens("batchtopk", w, a, dt, dev), flops_dense),
     "ours-sparse-batchtopk": ("batchtopk", lambda w, a, dt, dev: make_ours("batchtopk", w, a, dt, dev, True), flops_ours),
     "saelens-jumprelu": ("jumprelu", lambda w, a, dt, dev: make_saelens("jumprelu", w, a, dt, dev), flops_dense),
-    "ours-jumprelu": ("jumprelu", lambda w, a, dt, dev: make_ours("jumprelu", w, a, dt, dev, True), flops_dense),
+    "ours-dense-jumprelu": ("jumprelu", lambda w, a, dt, dev: make_ours("jumprelu", w, a, dt, dev, False), flops_dense),
+    "ours-sparse-jumprelu": ("jumprelu", lambda w, a, dt, dev: make_ours("jumprelu", w, a, dt, dev, True), flops_ours),
     "saelens-matryoshka": ("matryoshka", lambda w, a, dt, dev: make_saelens("matryoshka", w, a, dt, dev), flops_dense),
     "ours-matryoshka": ("matryoshka", lambda w, a, dt, dev: make_ours("matryoshka_batchtopk", w, a, dt, dev, True),
                         flops_matryoshka),

@@ -163,13 +163,15 @@ def test_autocast_region_means_bf16():
         torch.testing.assert_close(a, b)
 
 
-@pytest.mark.parametrize("arch", ["standard", "topk"])
+@pytest.mark.parametrize("arch", ["standard", "topk", "jumprelu"])
 def test_sae_step_matches_sae_forward(arch):
     torch.manual_seed(0)
     sae = SAE(SAEConfig(d_in=D, d_sae=S, architecture=arch, k=8 if arch == "topk" else None))
     with torch.no_grad():
         sae.b_enc.fill_(-0.3)
         sae.b_dec.normal_()
+        if arch == "jumprelu":
+            sae.set_threshold_(torch.rand(S))
     x = torch.randn(B, D)
     out = sae(x)
     f, x_hat = sae_step(sae, x)[:2]
@@ -183,6 +185,10 @@ def test_rejects_bad_input():
         sparse_sae_step(x[None], *params)
     with pytest.raises(ValueError):
         sparse_sae_step(x, *params, dtype=torch.float16)
+    with pytest.raises(ValueError, match="does not combine"):
+        sparse_sae_step(x, *params, k=4, threshold=torch.ones(S))
+    with pytest.raises(ValueError, match="bandwidth"):
+        sparse_sae_step(x, *params, threshold=torch.ones(S), bandwidth=0.0)
 
 
 def test_wide_sae_beyond_uint16_columns():
@@ -247,11 +253,43 @@ def test_fired_and_smallest_match_f(path, dense_density, shift):
 
     x, params = make(shift, seed=5)
     k, batch = {"relu": (None, False), "topk": (8, False), "batch": (3, True)}[path]
-    f, _, fired, smallest = sparse_sae_step(x, *params, k=k, batch=batch, dense_density=dense_density)
+    f, _, fired, smallest, l0 = sparse_sae_step(x, *params, k=k, batch=batch, dense_density=dense_density)
     want_fired, want_smallest = firing_stats(f)
     assert torch.equal(fired, want_fired) and fired.sum() == (f > 0).sum()
     assert torch.equal(smallest, want_smallest)
     assert (smallest == float("inf")) == (shift == -100.0)
+    assert l0.item() == pytest.approx((f > 0).sum().item() / B)
+
+
+@pytest.mark.parametrize("kind", ["mse", "l1"])
+@pytest.mark.parametrize("shift", [-2.0, 0.0, 1.0])
+@pytest.mark.parametrize("dense_density", [1.0, 0.0])
+def test_jumprelu_grads_equal_the_straight_through_estimator(kind, shift, dense_density):
+    """JumpReLU f = pre * H(pre - theta) and its L0: the sparse step's gradients, threshold included, are those of
+    the recipe's autograd Functions (Rajamanoharan et al.'s pseudo-derivatives), through f and through l0."""
+    from attnsae.sae.recipes.jumprelu import JumpReLU, Step
+
+    x, params = make(shift, seed=13)
+    log_theta = (0.3 * torch.rand(S, generator=torch.Generator().manual_seed(4)) - 1.0).requires_grad_()
+    eps, l0_coeff = 0.2, 0.7
+
+    def loss(f, x_hat, l0):
+        return loss_fn(kind, x, f, x_hat, params[2]) + l0_coeff * l0
+
+    W_enc, b_enc, W_dec, b_dec = params
+    pre = (x - b_dec) @ W_enc + b_enc
+    f0 = JumpReLU.apply(pre, log_theta.exp(), eps)
+    xh0 = f0 @ W_dec + b_dec
+    g0 = torch.autograd.grad(loss(f0, xh0, Step.apply(pre, log_theta.exp(), eps).sum(-1).mean()), [*params, log_theta])
+    step = sparse_sae_step(x, *params, threshold=log_theta.exp(), bandwidth=eps, dense_density=dense_density)
+    g1 = torch.autograd.grad(loss(step.feature_acts, step.reconstruction, step.l0), [*params, log_theta])
+    torch.testing.assert_close(step.feature_acts, f0)
+    torch.testing.assert_close(step.reconstruction, xh0, rtol=1e-5, atol=1e-5)
+    assert step.l0.item() == pytest.approx((f0 > 0).sum().item() / B)
+    in_window = ((pre - log_theta.exp()).abs() < eps / 2).any(0)
+    assert 0 < in_window.sum() and (g0[-1][in_window] != 0).all() and (g0[-1][~in_window] == 0).all()
+    for name, a, b in zip(("W_enc", "b_enc", "W_dec", "b_dec", "log_threshold"), g1, g0):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"grad {name}: {m}")
 
 
 @pytest.mark.parametrize("shift", [-2.0, 0.0, 1.0])

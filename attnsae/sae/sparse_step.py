@@ -1,6 +1,6 @@
 """A sparsity-aware SAE training forward/backward, as one `torch.autograd.Function`.
 
-    pre = (x - b_dec) @ W_enc + b_enc;   f = relu(pre) or topk-relu(pre);   x_hat = f @ W_dec + b_dec
+    pre = (x - b_dec) @ W_enc + b_enc;   f = relu(pre), topk-relu(pre) or pre * H(pre - theta);   x_hat = f @ W_dec + b_dec
 
 Plain autograd spends six [B, d_in] x [d_in, d_sae]-sized matmuls on a step (encoder and decoder
 forward; grad f, grad W_dec, grad W_enc, grad x). Only the encoder forward really needs to be
@@ -16,7 +16,12 @@ elsewhere, so everything else touches only the active set:
 
 The gradients are those of plain autograd on the same expression (tests/test_sparse_step.py),
 including any loss term the caller puts on f (L1, L1 x |W_dec|): grad f arrives dense and is
-read only at the active entries. When f is dense (early in a ReLU run, nnz per row above
+read only at the active entries. JumpReLU's threshold theta gets Rajamanoharan et al.'s
+straight-through gradients (recipes/jumprelu.py), both for f and for the step's L0 output; their
+kernel is non-zero only on the entries within bandwidth/2 of theta, a set as sparse as the active one:
+
+  grad theta         -(theta/eps) * sum over that window of grad f   (sampled_addmm there, as above)
+                     - (1/eps) * (window entries per latent) * grad L0 / B When f is dense (early in a ReLU run, nnz per row above
 `dense_density * d_sae`) the same Function runs the plain dense matmuls instead.
 
 The primitives were chosen by timing the alternatives (benchmarks/bench_sparse_primitives.py;
@@ -140,6 +145,11 @@ def batch_topk(pre: torch.Tensor, k: int, across_ranks: bool = False,
     return f
 
 
+def _sample_rows(B: int) -> torch.Tensor:
+    """Rows spread over a batch of B, to estimate the density of f from."""
+    return torch.linspace(0, B - 1, min(B, _SAMPLE_ROWS)).long() if B else torch.zeros(0, dtype=torch.long)
+
+
 def _smallest(v: torch.Tensor) -> torch.Tensor:
     return v.masked_fill(v <= 0, math.inf).amin() if v.numel() else v.new_tensor(math.inf)
 
@@ -160,13 +170,16 @@ class SparseStep(NamedTuple):
     smallest: torch.Tensor
     """the smallest positive activation of the batch (inf if none; with a select_bias, the smallest kept score):
     BatchTopK's threshold estimate reads it"""
+    l0: torch.Tensor
+    """active latents per input, the batch's mean; for JumpReLU with a bandwidth, with eq. 12's straight-through
+    gradient to the threshold (the L0 penalty's)"""
 
 
 class _SparseSAEStep(torch.autograd.Function):
     @staticmethod
     @torch.amp.custom_fwd(device_type="cpu")  # backward then runs under forward's autocast state: off
     def forward(ctx, x, W_enc, b_enc, W_dec, b_dec, k, batch, dtype, apply_b_dec, dense_density, across_ranks,
-                select_bias):
+                select_bias, threshold, bandwidth):
         ctx.set_materialize_grads(False)  # an unused f gives grad None, not a dense zero tensor
         B, S = x.shape[0], W_enc.shape[1]
         xc = x - b_dec if apply_b_dec else x
@@ -176,8 +189,27 @@ class _SparseSAEStep(torch.autograd.Function):
             pre = torch.addmm(bias, xc, W_enc)
         else:  # as autocast: bf16 matmul, fp32 bias add (one pass that also upcasts)
             pre = torch.add(xc.to(dtype) @ W_enc.to(dtype), bias)
-        entries = smallest = None
-        if batch:  # BatchTopK: then the ReLU path below (relu' = 1 on every kept entry)
+        entries = smallest = window = None
+        if threshold is not None:  # JumpReLU
+            sample = _sample_rows(B)
+            density = (pre[sample] > threshold).float().mean().item() if B else 0.0
+            if density > dense_density:
+                f = torch.where(pre > threshold, pre, 0.0)
+                if bandwidth:  # where the kernel K((pre - theta) / eps) is 1: theta's straight-through gradient
+                    u = (pre - threshold) / bandwidth
+                    window = tuple(i.int() for i in ((u > -0.5) & (u < 0.5)).nonzero(as_tuple=True))
+            else:  # the entries above theta - eps hold the active set and the window: one pass over pre
+                row, col = (pre > threshold - (bandwidth or 0)).nonzero(as_tuple=True)
+                vals, theta = pre[row, col], threshold[col]
+                keep = vals > theta
+                entries = row[keep], col[keep], vals[keep]
+                if bandwidth:
+                    u = (vals - theta) / bandwidth
+                    near = (u > -0.5) & (u < 0.5)
+                    window = row[near].int(), col[near].int()
+                f = torch.zeros_like(pre)
+                f[entries[0], entries[1]] = entries[2]
+        elif batch:  # BatchTopK: then the ReLU path below (relu' = 1 on every kept entry)
             row, col, scores = batch_topk_entries(pre, k, across_ranks)
             vals = scores if select_bias is None else scores - select_bias[col]
             keep = vals > 0
@@ -188,22 +220,23 @@ class _SparseSAEStep(torch.autograd.Function):
             k, density = None, k / S
         elif k is None:
             f = pre.clamp_min_(0)
-            rows = torch.linspace(0, B - 1, min(B, _SAMPLE_ROWS)).long() if B else torch.zeros(0, dtype=torch.long)
-            density = (f[rows] > 0).float().mean().item() if B else 0.0
+            density = (f[_sample_rows(B)] > 0).float().mean().item() if B else 0.0
         else:
             vals, idx = pre.topk(k, dim=-1, sorted=False)
             vals.clamp_min_(0)
             f = torch.zeros_like(pre).scatter_(-1, idx, vals)
             density = k / S
-        ctx.dims = (B, S, k, dtype, apply_b_dec)
+        ctx.dims = (B, S, k, dtype, apply_b_dec, bandwidth)
         ctx.dense = density > dense_density
+        ctx.window = window
+        if window is not None:
+            ctx.theta = threshold.detach()
         if ctx.dense:
             x_hat = _mm(f, W_dec, dtype) + b_dec
             ctx.save_for_backward(xc, W_enc, W_dec, f)
             fired, smallest_f = firing_stats(f)
             smallest = smallest_f if smallest is None else smallest
-            ctx.mark_non_differentiable(fired, smallest)
-            return f, x_hat, fired, smallest
+            return f, x_hat, *_stats(ctx, fired, smallest, B)
         if k is None:
             row, col, vals = entries or (*f.nonzero(as_tuple=True), None)
             vals = f[row, col] if vals is None else vals
@@ -221,14 +254,19 @@ class _SparseSAEStep(torch.autograd.Function):
         active = vals > 0  # TopK keeps entries whose pre <= 0 (as zeros)
         fired = torch.bincount(col[active], minlength=S)
         smallest = _smallest(vals) if smallest is None else smallest
-        ctx.mark_non_differentiable(fired, smallest)
-        return f, x_hat, fired, smallest
+        return f, x_hat, *_stats(ctx, fired, smallest, B)
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cpu")
-    def backward(ctx, grad_f, grad_xhat, _grad_fired, _grad_smallest):
-        B, S, k, dtype, apply_b_dec = ctx.dims
+    def backward(ctx, grad_f, grad_xhat, _grad_fired, _grad_smallest, grad_l0):
+        B, S, k, dtype, apply_b_dec, eps = ctx.dims
         need_enc = ctx.needs_input_grad[1] or ctx.needs_input_grad[2] or (apply_b_dec and ctx.needs_input_grad[4])
+        g_theta = None
+        if ctx.window is not None and ctx.needs_input_grad[12]:
+            w_row, w_col = ctx.window
+            g_theta = torch.zeros(S)
+            if grad_l0 is not None:  # d/dtheta of H(pre - theta) := -(1/eps) K(.)   (eq. 12)
+                g_theta -= torch.bincount(w_col, minlength=S).float() * (grad_l0 / (eps * B))
         if ctx.dense:
             xc, W_enc, W_dec, f = ctx.saved_tensors
             active = f > 0
@@ -236,6 +274,8 @@ class _SparseSAEStep(torch.autograd.Function):
             if grad_xhat is not None:
                 g_f = _mm(grad_xhat, W_dec.T, dtype)
                 g_pre = g_f if g_pre is None else g_pre + g_f
+            if g_theta is not None and g_pre is not None:  # d/dtheta of JumpReLU := -(theta/eps) K(.)   (eq. 11)
+                g_theta -= torch.zeros(S).index_add_(0, w_col, g_pre[w_row, w_col]) * ctx.theta / eps
             g_pre = torch.zeros_like(f) if g_pre is None else torch.where(active, g_pre, 0.0)
             gW_enc = _mm(xc.T, g_pre, dtype) if ctx.needs_input_grad[1] else None
             gb_enc = g_pre.sum(0)
@@ -259,13 +299,28 @@ class _SparseSAEStep(torch.autograd.Function):
             if ctx.needs_input_grad[1]:
                 gW_enc = (_csr(crow_t, row_t, g_vals[perm], (S, B)) @ xc).T
             gb_enc = torch.zeros(S, dtype=vals.dtype).index_add_(0, col, g_vals)
+            if g_theta is not None and (grad_f is not None or grad_xhat is not None):  # eq. 11, at the window
+                w_row, w_col = ctx.window
+                w_crow = torch.zeros(B + 1, dtype=torch.int32)
+                w_crow[1:] = torch.bincount(w_row, minlength=B).cumsum(0)
+                g_win = grad_f[w_row, w_col] if grad_f is not None else torch.zeros(len(w_col))
+                if grad_xhat is not None:
+                    g_win = torch.sparse.sampled_addmm(_csr(w_crow, w_col, g_win, (B, S)), grad_xhat, W_dec.T).values()
+                g_theta -= torch.zeros(S).index_add_(0, w_col, g_win) * ctx.theta / eps
         gb_dec = None
         if ctx.needs_input_grad[4]:
             gb_dec = grad_xhat.sum(0) if grad_xhat is not None else torch.zeros(W_dec.shape[1])
             if apply_b_dec:
                 gb_dec = gb_dec - W_enc @ gb_enc
         return (None, gW_enc, gb_enc if ctx.needs_input_grad[2] else None, gW_dec, gb_dec, None, None, None, None, None,
-                None, None)
+                None, None, g_theta, None)
+
+
+def _stats(ctx, fired, smallest, B):
+    """(fired, smallest, l0) as the step returns them; l0 carries a gradient only to a JumpReLU threshold."""
+    l0 = fired.sum().float() / max(B, 1)
+    ctx.mark_non_differentiable(fired, smallest, *(() if ctx.window is not None else (l0,)))
+    return fired, smallest, l0
 
 
 def sparse_sae_step(
@@ -281,9 +336,13 @@ def sparse_sae_step(
     dense_density: float | None = None,
     across_ranks: bool = False,
     select_bias: torch.Tensor | None = None,
+    threshold: torch.Tensor | None = None,
+    bandwidth: float | None = None,
 ) -> SparseStep:
-    """(f, x_hat, fired, smallest) for x [B, d_in] (see SparseStep), with a sparse-aware backward.
-    `k`: TopK (else ReLU); with `batch`, BatchTopK: the B*k largest activations of the batch.
+    """(f, x_hat, fired, smallest, l0) for x [B, d_in] (see SparseStep), with a sparse-aware backward.
+    `k`: TopK (else ReLU); with `batch`, BatchTopK: the B*k largest activations of the batch. `threshold` [d_sae] > 0:
+    JumpReLU, f = pre * H(pre - threshold); with `bandwidth` eps, the threshold gets the straight-through gradients
+    of Rajamanoharan et al. (2024) with a rectangle kernel, through f and through l0.
     `dtype`: matmul precision, float32 or bfloat16; None: bfloat16 inside a CPU bf16 autocast
     region, else float32. Everything returned is fp32 (autocast does not reach inside).
     `dense_density`: run dense above this fraction of active entries (default: measured, per dtype);
@@ -298,21 +357,35 @@ def sparse_sae_step(
         dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else torch.float32
     if dtype not in DENSE_DENSITY:
         raise ValueError(f"dtype must be float32 or bfloat16, not {dtype}")
+    if threshold is not None and (k is not None or batch):
+        raise ValueError("a threshold (JumpReLU) does not combine with k (TopK, BatchTopK)")
+    if bandwidth is not None and not bandwidth > 0:
+        raise ValueError(f"bandwidth must be > 0, not {bandwidth}")
     if dense_density is None:
         dense_density = DENSE_DENSITY[dtype]
     x = x.detach().to(W_enc.dtype)
     with torch.autocast("cpu", enabled=False):
         return SparseStep(*_SparseSAEStep.apply(x, W_enc, b_enc, W_dec, b_dec, k, batch, dtype, apply_b_dec_to_input,
-                                                dense_density, across_ranks, select_bias))
+                                                dense_density, across_ranks, select_bias, threshold, bandwidth))
 
 
 def sae_step(sae, x: torch.Tensor, dtype: torch.dtype | None = None, dense_density: float | None = None,
-             batch_k: int | None = None, across_ranks: bool = False, select_bias: torch.Tensor | None = None) -> SparseStep:
-    """`sparse_sae_step` on an `attnsae.sae.SAE` (its architecture, k and b_dec convention), or on a ReLU
+             batch_k: int | None = None, across_ranks: bool = False, select_bias: torch.Tensor | None = None,
+             bandwidth: float | None = None) -> SparseStep:
+    """`sparse_sae_step` on an `attnsae.sae.SAE` (its architecture, k, threshold and b_dec convention), or on a ReLU
     SAE trained with BatchTopK `batch_k` (`across_ranks`: over a data-parallel run's global batch; `select_bias`:
-    see sparse_sae_step); plain autograd off the CPU, where these kernels were not tuned."""
-    if sae.cfg.architecture not in ("standard", "topk") or (batch_k and sae.cfg.architecture != "standard"):
-        raise ValueError(f"sae_step runs ReLU, TopK and BatchTopK SAEs, not {sae.cfg.architecture!r} (use plain autograd)")
+    see sparse_sae_step); `bandwidth`: a JumpReLU SAE's threshold gets its straight-through gradients. CPU only: off
+    the CPU, where these kernels were not tuned, plain autograd (for ReLU, TopK and BatchTopK; a JumpReLU recipe
+    runs its own there)."""
+    arch = sae.cfg.architecture
+    if arch not in ("standard", "topk", "jumprelu") or (batch_k and arch != "standard"):
+        raise ValueError(f"sae_step runs ReLU, TopK, BatchTopK and JumpReLU SAEs, not {arch!r} (use plain autograd)")
+    if arch == "jumprelu" or bandwidth is not None:
+        if arch != "jumprelu":
+            raise ValueError(f"a bandwidth is for JumpReLU SAEs, not {arch!r}")
+        return sparse_sae_step(x, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, dtype=dtype,
+                               apply_b_dec_to_input=sae.cfg.apply_b_dec_to_input, dense_density=dense_density,
+                               threshold=sae.threshold, bandwidth=bandwidth)
     if x.device.type != "cpu":
         if batch_k:
             pre = sae.pre_acts(x).float()
@@ -320,9 +393,10 @@ def sae_step(sae, x: torch.Tensor, dtype: torch.dtype | None = None, dense_densi
             fired, smallest = firing_stats(f)
             if select_bias is not None:
                 smallest = _smallest(torch.where(f > 0, pre + select_bias, 0.0))
-            return SparseStep(f, sae.decode(f), fired, smallest)
+            return SparseStep(f, sae.decode(f), fired, smallest, fired.sum() / len(x))
         out = sae(x)
-        return SparseStep(out.feature_acts, out.reconstruction, *firing_stats(out.feature_acts))
+        fired, smallest = firing_stats(out.feature_acts)
+        return SparseStep(out.feature_acts, out.reconstruction, fired, smallest, fired.sum() / len(x))
     k = batch_k or (sae.cfg.k if sae.cfg.architecture == "topk" else None)
     return sparse_sae_step(x, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, k=k, batch=bool(batch_k), dtype=dtype,
                            apply_b_dec_to_input=sae.cfg.apply_b_dec_to_input, dense_density=dense_density,

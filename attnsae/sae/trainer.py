@@ -1,9 +1,9 @@
 """The training loop shared by every recipe (recipes/: the loss, the decoder constraint, lr
 multiplier, resampling), and `train_sae`, which trains an SAE into a run folder unless it is there.
 
-The L1, TopK, BatchTopK and Matryoshka recipes run the SAE through `sparse_step.sae_step`: the same
-gradients as plain autograd, but the decoder and the backward touch only the active latents (Matryoshka
-adds its prefixes' dense products); JumpReLU uses plain autograd.
+Every recipe runs the SAE through `sparse_step.sae_step` on the CPU: the same gradients as plain autograd
+(JumpReLU's threshold: the same straight-through ones), but the decoder and the backward touch only the active
+latents (Matryoshka adds its prefixes' dense products).
 
 The loop checkpoints atomically every `checkpoint_every` steps (checkpoint.py), so `kill -9` loses
 at most one interval, and `resume=True` continues the same run: batches come from a seeded

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from ..sparse_step import sae_step
 from .base import Recipe, StepOutput
 
 
@@ -65,11 +66,15 @@ class JumpReLURecipe(Recipe):
         sae.set_threshold_(cfg.init_threshold)
 
     def loss(self, x, step):
-        """Plain autograd through the two Functions above."""
+        """On the CPU the sparse step (the same gradients: tests/test_sparse_step.py); elsewhere plain autograd through
+        the two Functions above."""
         sae, eps = self.sae, self.cfg.bandwidth
-        pre, theta = sae.pre_acts(x).float(), sae.threshold
-        f = JumpReLU.apply(pre, theta, eps)
-        recon = sae.decode(f)
+        if x.device.type == "cpu":
+            f, recon, fired, _, l0 = sae_step(sae, x, bandwidth=eps)
+        else:
+            pre, theta = sae.pre_acts(x).float(), sae.threshold
+            f, fired = JumpReLU.apply(pre, theta, eps), None
+            recon = sae.decode(f)
+            l0 = Step.apply(pre, theta, eps).sum(-1).mean()
         l2 = (recon - x).pow(2).sum(-1).mean()
-        l0 = Step.apply(pre, theta, eps).sum(-1).mean()
-        return StepOutput(l2 + self.cfg.l0_coeff * l0, f, recon)
+        return StepOutput(l2 + self.cfg.l0_coeff * l0, f, recon, fired)

@@ -33,7 +33,7 @@ class L1Recipe(Recipe):
         self.n_resampled = 0
 
     def loss(self, x, step):
-        f, recon, fired, _ = sae_step(self.sae, x)  # sparse-aware backward, same gradients as autograd
+        f, recon, fired = sae_step(self.sae, x)[:3]  # sparse-aware backward, same gradients as autograd
         l2 = (recon - x).pow(2).sum(-1).mean()
         return StepOutput(l2 + self.cfg.l1_coeff * f.sum(-1).mean(), f, recon, fired)
 

@@ -25,7 +25,7 @@ class L1DecoderNormRecipe(Recipe):
             sae.W_enc.copy_(sae.W_dec.T)
 
     def loss(self, x, step):
-        f, recon, fired, _ = sae_step(self.sae, x)
+        f, recon, fired = sae_step(self.sae, x)[:3]
         warm = min(1.0, step / max(1, L1_WARMUP_FRAC * self.cfg.steps))
         l2 = (recon - x).pow(2).sum(-1).mean()
         l1 = (f * self.sae.W_dec.norm(dim=1)).sum(-1).mean()
