@@ -94,6 +94,20 @@ def test_scores_from_sae_space_equal_the_models(family, rotated):
         assert r.score + total == pytest.approx(only_bias, rel=1e-3, abs=1e-3)
 
 
+def test_training_a_pair_leaves_the_model_alone():
+    """The pattern loss backpropagates through the model's scoring space (Gemma 3's q/k norms): only the SAEs learn,
+    and the model's parameters keep requires_grad and get no .grad."""
+    from attnsae.experiments.qk.objective import qk_data, train_pair
+
+    model = tiny("gemma3")
+    qk = qk_head(model.cfg, "1.0")
+    windows = np.random.default_rng(0).integers(3, 101, (4, 12))
+    q_sae, k_sae, hist = train_pair(model, qk, qk_data(model, qk, windows), k=2, expansion=2, pattern_coeff=1.0,
+                                    steps=3, batch_windows=2, progress=False)
+    assert all(p.requires_grad and p.grad is None for p in model.parameters())
+    assert len(hist) == 2 and all(np.isfinite(h["kl"]) for h in hist)
+
+
 def _splice(sae):
     from attnsae.evals.splice import sae_hook
 

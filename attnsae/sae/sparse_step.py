@@ -234,8 +234,8 @@ class _SparseSAEStep(torch.autograd.Function):
         if ctx.dense:
             x_hat = _mm(f, W_dec, dtype) + b_dec
             ctx.save_for_backward(xc, W_enc, W_dec, f)
-            fired, smallest_f = firing_stats(f)
-            smallest = smallest_f if smallest is None else smallest
+            fired = (f > 0).sum(0)
+            smallest = _smallest(f) if smallest is None else smallest  # BatchTopK's is on the selection score
             return f, x_hat, *_stats(ctx, fired, smallest, B)
         if k is None:
             row, col, vals = entries or (*f.nonzero(as_tuple=True), None)

@@ -70,14 +70,13 @@ def train_pair(model, qk: QKHead, data: QKData, k: int = 8, expansion: int = 16,
                steps: int = 600, batch_windows: int = 8, lr: float = 1e-3, seed: int = 0,
                progress: bool = True) -> tuple[SAE, SAE, list[dict]]:
     """(query SAE, key SAE, history) trained together on `data` with the loss above."""
-    for p in model.parameters():
-        p.requires_grad_(False)
     d = data.q.shape[-1]
     ctx = data.q.shape[1]
     q_sae = _topk_sae(model, qk.q_spec, k, expansion * d, data.q, ctx, seed)
     k_sae = _topk_sae(model, qk.k_spec, k, expansion * d, data.k, ctx, seed + 1)
     var_q, var_k = data.q[:, 1:].flatten(0, 1).var(0).sum(), data.k[:, 1:].flatten(0, 1).var(0).sum()
-    opt = torch.optim.Adam([*q_sae.parameters(), *k_sae.parameters()], lr=lr)
+    params = [*q_sae.parameters(), *k_sae.parameters()]
+    opt = torch.optim.Adam(params, lr=lr)
     g = torch.Generator().manual_seed(seed)
     history = []
     for step in tqdm(range(steps), desc=f"train q/k pair (pattern x{pattern_coeff:g})", disable=not progress, leave=False):
@@ -89,7 +88,7 @@ def train_pair(model, qk: QKHead, data: QKData, k: int = 8, expansion: int = 16,
         kl = pattern_kl(real, recon_scores(model, qk, q_hat, k_hat)).mean()
         loss = mse + pattern_coeff * kl
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward(inputs=params)  # the scoring space's model weights (norms, rotary) stay as they are
         opt.step()
         with torch.no_grad():
             for sae in (q_sae, k_sae):
