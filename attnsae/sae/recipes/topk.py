@@ -46,7 +46,7 @@ class TopKRecipe(Recipe):
 
     def loss(self, x, step):
         sae = self.sae
-        f, recon, fired, _ = self.activate(x)
+        f, recon, fired = self.activate(x)[:3]
         err = x - recon
         loss = err.pow(2).sum(-1).mean()
         with torch.no_grad():
