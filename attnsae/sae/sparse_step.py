@@ -21,8 +21,10 @@ straight-through gradients (recipes/jumprelu.py), both for f and for the step's 
 kernel is non-zero only on the entries within bandwidth/2 of theta, a set as sparse as the active one:
 
   grad theta         -(theta/eps) * sum over that window of grad f   (sampled_addmm there, as above)
-                     - (1/eps) * (window entries per latent) * grad L0 / B When f is dense (early in a ReLU run, nnz per row above
-`dense_density * d_sae`) the same Function runs the plain dense matmuls instead.
+                     - (1/eps) * (window entries per latent) * grad L0 / B
+
+When f is dense (early in a ReLU run, nnz per row above `dense_density * d_sae`) the same Function runs the plain
+dense matmuls instead.
 
 The primitives were chosen by timing the alternatives (benchmarks/bench_sparse_primitives.py;
 B=4096, d_in=768, d_sae=24576, 64 active per row, 2 CPU threads shared with another job, ms):
