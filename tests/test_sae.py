@@ -78,6 +78,43 @@ def test_topk_keeps_at_most_k():
     assert ((f > 0).sum(-1) <= 4).all() and (f >= 0).all()
 
 
+def _entries(f):
+    row, col = f.nonzero(as_tuple=True)
+    return row, col, f[row, col]
+
+
+@pytest.mark.parametrize("arch", ["standard", "jumprelu", "topk"])
+@pytest.mark.parametrize("slack", [None, 0.0])
+def test_active_entries_equal_the_fp32_encoder_even_at_the_threshold(arch, slack, monkeypatch):
+    """SAE.active screens in bf16: thresholds planted a hair (1e-4 |x||w|, far below bf16's error) above and below
+    true pre-activations must still come out as fp32 decides. With no slack the screen misses some: the test bites."""
+    if slack is not None:
+        monkeypatch.setattr("attnsae.sae.sae.SCREEN_SLACK", slack)
+    g = torch.Generator().manual_seed(0)
+    sae = SAE(SAEConfig(d_in=64, d_sae=512, architecture=arch, k=8 if arch == "topk" else None))
+    x = torch.randn(300, 64, generator=g) * 3
+    with torch.no_grad():
+        sae.W_enc.mul_(torch.rand(1, 512, generator=g) + 0.5)  # columns of different norms
+        sae.b_enc.normal_(generator=g)
+        sae.b_dec.normal_(generator=g)
+        if arch == "jumprelu":  # every latent's threshold a hair above or below its pre-activation on row 0
+            pre = sae.pre_acts(x)[0]
+            hair = 1e-4 * (x[0] - sae.b_dec).norm() * sae.W_enc.norm(dim=0)
+            below = torch.arange(512) % 2 == 0
+            sae.log_threshold.copy_((pre.abs() + torch.where(below, -hair, hair)).clamp_min(1e-6).log())
+            planted_on = ((pre > 0) & below).sum()
+    want = _entries(sae.encode(x))
+    got = sae.active(x)
+    same = torch.equal(want[0], got[0]) and torch.equal(want[1], got[1])
+    if slack == 0.0 and arch != "topk":
+        assert not same  # bf16 alone gets entries at the threshold wrong
+        return
+    assert same
+    torch.testing.assert_close(got[2], want[2], rtol=1e-5, atol=1e-5)
+    if arch == "jumprelu":
+        assert (got[0] == 0).sum() == planted_on > 100
+
+
 def test_folding_input_scale_and_decoder_norm_preserve_the_function():
     sae = SAE(SAEConfig(d_in=8, d_sae=16))
     with torch.no_grad():

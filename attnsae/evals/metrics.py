@@ -157,15 +157,13 @@ class SparsityMeter:
     @torch.no_grad()
     def update(self, x: torch.Tensor) -> None:
         x = x.to(self.sae.W_enc.device, non_blocking=True).float()
-        f = self.sae.encode(x)
-        active = f > 0
-        # decode only the active latents: the same sums as f @ W_dec, without a dense [B, d_sae] x [d_sae, d_in] product
-        row, col = active.nonzero(as_tuple=True)
-        counts = active.sum(1)
+        # the active entries only (SAE.active), decoded as such: no dense [B, d_sae] f, no dense decoder product
+        row, col, vals = self.sae.active(x)
+        counts = torch.bincount(row, minlength=len(x))
         recon = F.embedding_bag(col, self.sae.W_dec, counts.cumsum(0) - counts, mode="sum",
-                                per_sample_weights=f[row, col]) + self.sae.b_dec
-        self.fires += active.sum(0).double()
-        self.l0_sum += counts.sum().item()
+                                per_sample_weights=vals) + self.sae.b_dec
+        self.fires += torch.bincount(col, minlength=self.sae.d_sae).double()
+        self.l0_sum += len(row)
         self.err_sum += (recon - x).pow(2).sum().item()
         self.sq_sum += x.pow(2).sum().item()
         self.xs_sum += x.sum(0).double()

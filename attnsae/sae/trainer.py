@@ -273,7 +273,7 @@ class Trainer:
             n_inputs = x.shape[0]
             if self.data_parallel:
                 fired, n_inputs = distributed.all_sum(fired.clone()), n_inputs * distributed.world()
-            self.recipe.observe(fired, n_inputs)
+            self.recipe.observe(fired, n_inputs, self.lr_at(self.step) / self.cfg.lr)
             self.fire_counts += fired
             self.recent_counts += fired
             self.fire_tokens += n_inputs

@@ -56,8 +56,9 @@ class Recipe:
     def loss(self, x: torch.Tensor, step: int) -> StepOutput:
         raise NotImplementedError
 
-    def observe(self, fired: torch.Tensor, n_inputs: int) -> None:
-        """After a step: on how many of the (global) batch's `n_inputs` inputs each latent fired."""
+    def observe(self, fired: torch.Tensor, n_inputs: int, lr_frac: float = 1.0) -> None:
+        """After a step: on how many of the (global) batch's `n_inputs` inputs each latent fired; `lr_frac`: the
+        step's lr as a fraction of the peak lr."""
 
     def before_optimizer_step(self) -> None:
         """After backward: keep a unit-norm decoder row from growing along itself."""

@@ -65,7 +65,7 @@ class TopKRecipe(Recipe):
             loss = loss + AUX_COEFF * aux
         return StepOutput(loss, f, recon, fired)
 
-    def observe(self, fired, n_inputs):
+    def observe(self, fired, n_inputs, lr_frac=1.0):
         self.tokens_seen += n_inputs
         self.last_fired[fired > 0] = self.tokens_seen
 
