@@ -92,28 +92,31 @@ class StatsCollector:
         """window_ids [b]; z [b, p, d_in] (positions before the SAE's first_pos are ignored)."""
         z = z.flatten(2).float()
         b, p, _ = z.shape
-        pre = self.sae.pre_acts(z)
-        act = self.sae.activation(pre)
-        act[:, :self.first] = 0
+        F = self.sae.d_sae
+        rows, fi, vals = self.sae.active(z.view(b * p, -1))  # only the active entries, in (window, position) order
+        bi, pi = rows // p, rows % p
+        keep = pi >= self.first
+        rows, bi, pi, fi, vals = rows[keep], bi[keep], pi[keep], fi[keep], vals[keep]
         self.n_tokens += b * max(p - self.first, 0)
         self.n_windows += b
-        on = act > 0
-        self.count += on.sum((0, 1))
-        self.act_sum += act.sum((0, 1)).double()
-        self.act_max = torch.maximum(self.act_max, act.amax((0, 1)))
+        self.count += torch.bincount(fi, minlength=F)
+        self.act_sum.index_add_(0, fi, vals.double())
+        self.act_max.scatter_reduce_(0, fi, vals, "amax")
 
-        bi, pi, fi = on.nonzero(as_tuple=True)
-        vals = act[bi, pi, fi]
         nb = len(HIST_EDGES) - 1
         self.hist += torch.bincount(fi * nb + torch.bucketize(vals, HIST_EDGES[1:-1]), minlength=self.hist.numel())
 
-        wmax, wpos = act.max(1)  # [b, F]
-        self._merge_top(wmax.T, window_ids[None].expand(wmax.shape[1], -1), wpos.T)
+        # each window's largest activation of each feature and its first position (0 and 0 where it never fires)
+        cell = bi * F + fi
+        wmax = torch.zeros(b * F).scatter_reduce_(0, cell, vals, "amax")
+        at_max = vals == wmax[cell]
+        wpos = torch.zeros(b * F, dtype=torch.long).scatter_reduce_(0, cell[at_max], pi[at_max], "amin", include_self=False)
+        self._merge_top(wmax.view(b, F).T, window_ids[None].expand(F, -1), wpos.view(b, F).T)
         self._merge_sample(bi, pi, fi, vals, window_ids)
 
-        y = pre[bi, pi, fi] - self.bias[fi]
+        y = vals - self.bias[fi]  # the pre-activation without its bias: active entries are their pre-activations
         self.syy.index_add_(0, fi, (y * y).double())
-        sel = torch.sparse_coo_tensor(torch.stack([fi, bi * p + pi]), y, (self.sae.d_sae, b * p), check_invariants=False)
+        sel = torch.sparse_coo_tensor(torch.stack([fi, rows]), y, (F, b * p), check_invariants=False)
         self.syz += torch.sparse.mm(sel, z.view(b * p, -1)).double()
 
     def _merge_top(self, acts, windows, pos):
