@@ -55,7 +55,7 @@ CORRUPT_SAE, PICKLED_SAE = _hostile_files()
     (["eval", "--sae", CORRUPT_SAE, *OUT], "not a readable .safetensors file"),
     (["eval", "--sae", PICKLED_SAE, *OUT], "refusing to unpickle"),
     (["report", "--sae", "nobody/no-such-repo/layer_1", *OUT], "hub"),
-    (["eval", "--sae", "tests/no-such-run/sae", *OUT], "tests/no-such-run/sae does not exist"),  # local, not the hub
+    (["eval", "--sae", "tests/no-such-run/sae", *OUT], "tests/no-such-run/sae is not an SAE folder: it does not exist"),
     (["hooks", "--model", "/nonexistent/model.gguf"], "no GGUF file"),
     (["main", "--ctx", "1", *OUT], "--ctx: 1 is out of range"),
     (["main", "--steps", "0", *OUT], "--steps: 0 is out of range"),

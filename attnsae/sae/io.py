@@ -104,9 +104,9 @@ def load_sae(path, device: str = "cpu") -> SAE:
         return load_reference(path, device)
     if not path.is_dir() and path.with_name(name + ".pt").exists():
         return load_reference(path.with_name(name + ".pt"), device)
-    if not path.exists() and Path(path.parts[0]).is_dir():  # e.g. runs/x/sae: local, though shaped like a hub folder
-        raise FileNotFoundError(f"{path} does not exist (a path is read as a hub folder, owner/repo/folder, only when "
-                                f"no local folder {path.parts[0]}/ is here)")
+    if not path.exists() and not path.is_absolute() and Path(path.parts[0]).is_dir():  # runs/x/sae: local, not the hub
+        raise FileNotFoundError(f"{path} is not an SAE folder: it does not exist (a path is read as a hub folder, "
+                                f"owner/repo/folder, only when there is no local folder {path.parts[0]}/ here)")
     if not path.exists() and re.fullmatch(r"[\w.-]+/[\w.-]+/.+", str(path)):
         path = _from_hub(str(path))
     if (path / GEMMA_SCOPE_NPZ).exists() or (path / GEMMA_SCOPE_2).exists():
