@@ -18,7 +18,7 @@ from .topk import TopKRecipe
 # towards each later batch's (the paper averages it over batches; SAELens' topk_threshold_lr is 0.01). A batch's
 # cut is the (B*k)-th largest of B*d_sae scores, a quantile precise to a fraction of a percent, while the weights
 # and selection biases keep moving it: 0.01 lagged 5-19% behind the cut at the end of SmolLM2 runs (a saved L0 of
-# 7.3 for k = 16) and far more with the firing floor on small tests; 0.1 follows it.
+# 7.0 for k = 16) and far more with the firing floor on small tests; 0.1 follows it.
 THRESHOLD_EMA = 0.1
 # firing_floor: how far a latent's selection bias moves per step at the peak lr, as a fraction of the threshold
 # (after 100 steps below the floor a latent is chosen whenever its pre-activation is positive): up while its firing
