@@ -436,9 +436,9 @@ def test_the_firing_floor_keeps_nearly_every_latent_firing(tmp_path):
         # keeping the chosen entries with pre > 0 (a latent held up by its bias can be chosen at pre <= 0)
         x = fresh * tr.scale
         with torch.no_grad():
-            bias = tr.recipe.select_bias if floor else 0.0
+            bias = tr.recipe.select_bias if floor else torch.zeros(tr.sae.d_sae)
             row, col, score = batch_topk_entries(tr.sae.pre_acts(x) + bias, 3)
-            kept = ((score - (bias[col] if floor else 0.0)) > 0).sum().item() / len(x)
+            kept = ((score - bias[col]) > 0).sum().item() / len(x)
         l0[floor] = ((out.feature_acts > 0).sum(1).float().mean().item(), kept)
         if floor:
             assert sae.threshold.unique().numel() > 1  # a threshold per latent

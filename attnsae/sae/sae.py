@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import warnings
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -22,6 +21,7 @@ from torch import nn
 
 from ..models import hooks
 from ..models.hooks import HookSpec
+from .sparse_step import csr
 
 ARCHITECTURES = ("standard", "topk", "jumprelu")
 
@@ -161,10 +161,8 @@ class SAE(nn.Module):
             as_tuple=True)
         crow = torch.zeros(len(x) + 1, dtype=torch.int64)
         crow[1:] = torch.bincount(row, minlength=len(x)).cumsum(0)
-        with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta state"
-            warnings.simplefilter("ignore", UserWarning)
-            mask = torch.sparse_csr_tensor(crow, col, torch.zeros(len(col)), (len(x), self.d_sae), check_invariants=False)
-            pre = torch.sparse.sampled_addmm(mask, xc, self.W_enc).values() + self.b_enc[col]
+        mask = csr(crow, col, torch.zeros(len(col)), (len(x), self.d_sae))
+        pre = torch.sparse.sampled_addmm(mask, xc, self.W_enc).values() + self.b_enc[col]
         on = pre > floor[col]
         return row[on], col[on], pre[on]
 

@@ -61,7 +61,8 @@ DENSE_DENSITY = {torch.float32: 0.06, torch.bfloat16: 0.04}
 _SAMPLE_ROWS = 256
 
 
-def _csr(crow, col, values, shape):
+def csr(crow, col, values, shape):
+    """A CSR tensor from its parts, without checks or the beta warning."""
     with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta state"
         warnings.simplefilter("ignore", UserWarning)
         return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
@@ -286,7 +287,7 @@ class _SparseSAEStep(torch.autograd.Function):
             xc, W_enc, W_dec, row, col, crow, vals = ctx.saved_tensors
             g_vals = grad_f[row, col] if grad_f is not None else torch.zeros_like(vals)
             if grad_xhat is not None and need_enc:  # grad f at the active entries, plus grad_f there
-                g_vals = torch.sparse.sampled_addmm(_csr(crow, col, g_vals, (B, S)), grad_xhat, W_dec.T).values()
+                g_vals = torch.sparse.sampled_addmm(csr(crow, col, g_vals, (B, S)), grad_xhat, W_dec.T).values()
             if k is not None:  # TopK kept entries whose pre <= 0: relu' = 0 there
                 g_vals = g_vals * (vals > 0)
             # the transposed pattern [d_sae, B], shared by the W_dec and W_enc grads
@@ -296,10 +297,10 @@ class _SparseSAEStep(torch.autograd.Function):
             crow_t[1:] = torch.bincount(col, minlength=S).cumsum(0)
             gW_dec = None
             if grad_xhat is not None and ctx.needs_input_grad[3]:
-                gW_dec = _csr(crow_t, row_t, vals[perm], (S, B)) @ grad_xhat
+                gW_dec = csr(crow_t, row_t, vals[perm], (S, B)) @ grad_xhat
             gW_enc = None
             if ctx.needs_input_grad[1]:
-                gW_enc = (_csr(crow_t, row_t, g_vals[perm], (S, B)) @ xc).T
+                gW_enc = (csr(crow_t, row_t, g_vals[perm], (S, B)) @ xc).T
             gb_enc = torch.zeros(S, dtype=vals.dtype).index_add_(0, col, g_vals)
             if g_theta is not None and (grad_f is not None or grad_xhat is not None):  # eq. 11, at the window
                 w_row, w_col = ctx.window
@@ -307,7 +308,7 @@ class _SparseSAEStep(torch.autograd.Function):
                 w_crow[1:] = torch.bincount(w_row, minlength=B).cumsum(0)
                 g_win = grad_f[w_row, w_col] if grad_f is not None else torch.zeros(len(w_col))
                 if grad_xhat is not None:
-                    g_win = torch.sparse.sampled_addmm(_csr(w_crow, w_col, g_win, (B, S)), grad_xhat, W_dec.T).values()
+                    g_win = torch.sparse.sampled_addmm(csr(w_crow, w_col, g_win, (B, S)), grad_xhat, W_dec.T).values()
                 g_theta -= torch.zeros(S).index_add_(0, w_col, g_win) * ctx.theta / eps
         gb_dec = None
         if ctx.needs_input_grad[4]:

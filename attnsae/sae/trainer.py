@@ -250,8 +250,9 @@ class Trainer:
         """One optimizer step on `batch` (raw activations); returns the history record when it writes one."""
         cfg = self.cfg
         x = self.to_device(batch) * self.scale
+        lr = self.lr_at(self.step)
         for g in self.opt.param_groups:
-            g["lr"] = self.lr_at(self.step)
+            g["lr"] = lr
         with self._autocast:
             loss, f, recon, fired = self.recipe.loss(x, self.step)
         self.opt.zero_grad(set_to_none=True)
@@ -273,7 +274,7 @@ class Trainer:
             n_inputs = x.shape[0]
             if self.data_parallel:
                 fired, n_inputs = distributed.all_sum(fired.clone()), n_inputs * distributed.world()
-            self.recipe.observe(fired, n_inputs, self.lr_at(self.step) / self.cfg.lr)
+            self.recipe.observe(fired, n_inputs, lr / self.cfg.lr)
             self.fire_counts += fired
             self.recent_counts += fired
             self.fire_tokens += n_inputs
