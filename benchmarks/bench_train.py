@@ -12,7 +12,8 @@ the same synthetic activations x ~ N(0, 1) [B, d_in], on the same device, and ta
   saelens-matryoshka   MatryoshkaBatchTopKTrainingSAE with the same nested widths as ours
   ours-sparse-<recipe> attnsae.sae.trainer's loop body: recipe.loss under autocast (which runs
                        sparse_step.sae_step), backward, recipe.before_optimizer_step (decoder-parallel
-                       grad removal), Adam, recipe.after_optimizer_step (decoder normalisation), firing counts.
+                       grad removal), Adam, recipe.after_optimizer_step (decoder normalisation), firing counts
+                       (the step's own where it returns them, as Trainer.train; else from f) and recipe.observe.
                        Recipes: l1, l1_decnorm, topk, batchtopk, jumprelu (sae_step) and matryoshka_batchtopk
                        (sae_step plus the prefixes' dense decoder products). Off the CPU sae_step (and the JumpReLU
                        recipe) is plain autograd (the sparse kernels are CPU ones): the path column says so.
@@ -168,8 +169,12 @@ def make_ours(recipe_name, weights, a, dtype, device, sparse):
         return loss, f, recon
 
     def step(x):
+        fired = None  # as Trainer.train: the recipe's own firing counts when its step knows them
         with autocast:
-            loss, f, recon = recipe.loss(x, step_no)[:3] if sparse else dense_loss(x)
+            if sparse:
+                loss, f, recon, fired = recipe.loss(x, step_no)
+            else:
+                loss, f, recon = dense_loss(x)
         if a.trainer_syncs:  # as Trainer.train: a host round trip per step
             if not torch.isfinite(loss):
                 raise FloatingPointError("loss is not finite")
@@ -182,7 +187,9 @@ def make_ours(recipe_name, weights, a, dtype, device, sparse):
         opt.step()
         recipe.after_optimizer_step()
         with torch.no_grad():
-            fired = (f > 0).sum(0)
+            if fired is None:
+                fired = (f > 0).sum(0)
+            recipe.observe(fired, len(x))
             fire_counts.add_(fired.cpu() if a.trainer_syncs else fired)
         return f, dense
 
