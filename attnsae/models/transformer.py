@@ -192,20 +192,21 @@ class Block(nn.Module):
             cos, sin = rope
             q = run.hook(p + "hook_rot_q", apply_rope(q, cos, sin))
             k = run.hook(p + "hook_rot_k", apply_rope(k, cos, sin))
-        # [b, heads, pos, d_head]; kv heads repeated so query head h reads kv head h // group_size
-        qh = q.transpose(1, 2)
-        kh = k.transpose(1, 2).repeat_interleave(c.group_size, dim=1)
-        vh = v.transpose(1, 2).repeat_interleave(c.group_size, dim=1)
-        mask = self._mask(n, x.device)
+        # [b, heads, pos, d_head]; query head h reads kv head h // group_size
+        qh, kh, vh = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if run.needs(p + "hook_attn_scores") or run.needs(p + "hook_pattern") or c.attn_softcap:
+            kh, vh = kh.repeat_interleave(c.group_size, dim=1), vh.repeat_interleave(c.group_size, dim=1)
+            mask = self._mask(n, x.device)
             scores = (qh @ kh.transpose(-1, -2)) * c.attn_scale
             if c.attn_softcap:  # Gemma 2, before the mask and the hook, as TransformerLens
                 scores = c.attn_softcap * torch.tanh(scores / c.attn_softcap)
             scores = run.hook(p + "hook_attn_scores", scores.masked_fill(~mask, float("-inf")))
             pattern = run.hook(p + "hook_pattern", torch.softmax(scores.float(), dim=-1).to(x.dtype))
             zh = pattern @ vh
-        else:
-            zh = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=c.attn_scale)
+        else:  # causal without a mask and grouped-query without repeating k and v: the same values, 20% faster here
+            windowed = self._windowed(n)
+            zh = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=self._mask(n, x.device) if windowed else None,
+                                                is_causal=not windowed, scale=c.attn_scale, enable_gqa=c.group_size > 1)
         z = run.hook(p + "hook_z", zh.transpose(1, 2))
         if run.needs(p + "hook_result"):  # TransformerLens's: each head's z W_O, [b, p, n_heads, d_model], no b_O
             out = run.hook(p + "hook_result", torch.einsum("bnhd,hdm->bnhm", z, self.W_O_heads)).sum(2)
@@ -213,9 +214,13 @@ class Block(nn.Module):
             out = z.reshape(b, n, c.d_attn) @ self.W_O
         return out + self.b_O if c.biases else out
 
+    def _windowed(self, n) -> bool:
+        """Whether this layer's sliding window is shorter than n positions (then the mask is not plain causal)."""
+        return bool(self.cfg.is_sliding(self.layer) and self.cfg.sliding_window and n > self.cfg.sliding_window)
+
     def _mask(self, n, device):
         mask = torch.ones(n, n, dtype=torch.bool, device=device).tril()
-        if self.cfg.is_sliding(self.layer) and self.cfg.sliding_window and n > self.cfg.sliding_window:
+        if self._windowed(n):
             mask = mask.triu(-(self.cfg.sliding_window - 1))
         return mask
 
