@@ -180,7 +180,7 @@ def make_ours(recipe_name, weights, a, dtype, device, sparse):
                 raise FloatingPointError("loss is not finite")
         else:  # the same check, read once after timing
             finite.logical_and_(torch.isfinite(loss))
-        dense = {True: "dense", False: "sparse"}.get(getattr(f.grad_fn, "dense", None), path or "autograd")
+        dense = {True: "dense", False: "sparse"}.get(getattr(recon.grad_fn, "dense", None), path or "autograd")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         recipe.before_optimizer_step()

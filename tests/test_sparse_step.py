@@ -179,6 +179,30 @@ def test_sae_step_matches_sae_forward(arch):
     torch.testing.assert_close(x_hat, out.reconstruction, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["topk", "batchtopk", "jumprelu"])
+def test_sparse_f_changes_nothing_but_f(kind):
+    """dense_f=False (a loss that reads only x_hat): f comes back as a sparse tensor without a gradient, with the
+    dense f's values, and x_hat, l0 and every gradient are unchanged."""
+    x, params = make(-0.3, seed=11)
+    kw = ({"k": 8} if kind == "topk" else {"k": 8, "batch": True} if kind == "batchtopk"
+          else {"threshold": torch.rand(S) * 0.5, "bandwidth": 0.1})
+    outs = []
+    for dense_f in (True, False):
+        ps = [p.detach().clone().requires_grad_() for p in params]
+        step = sparse_sae_step(x, *ps, dense_density=1.0, dense_f=dense_f, **kw)
+        ((step.reconstruction - x).pow(2).sum() + step.l0).backward()
+        outs.append((step, [p.grad for p in ps]))
+    (dense, g_dense), (sparse, g_sparse) = outs
+    assert sparse.feature_acts.is_sparse and not sparse.feature_acts.requires_grad
+    assert not dense.feature_acts.is_sparse and (dense.feature_acts > 0).sum() > 0
+    torch.testing.assert_close(sparse.feature_acts.to_dense(), dense.feature_acts)
+    torch.testing.assert_close(sparse.reconstruction, dense.reconstruction)
+    assert torch.equal(sparse.fired, dense.fired) and sparse.l0 == dense.l0
+    assert all(g is not None for g in g_sparse + g_dense)
+    for a, b in zip(g_sparse, g_dense):
+        torch.testing.assert_close(a, b)
+
+
 def test_rejects_bad_input():
     x, params = make(0.0)
     with pytest.raises(ValueError):

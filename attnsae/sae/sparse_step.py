@@ -102,11 +102,12 @@ def _largest(pre: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor, tor
     rank = math.ceil(2 * n * m / N) + 32  # twice the expected winners in the sample, plus slack for its noise
     if rank < m:
         bound = sample.topk(rank, sorted=False).values.min()
-        rows, cols = (pre >= bound).nonzero(as_tuple=True)
-        if len(rows) >= n:
-            vals, pick = pre[rows, cols].topk(n, sorted=False)
+        candidates = (flat >= bound).nonzero().squeeze(1)  # flat indices, row-major (take gathers 2x faster than [r, c])
+        if len(candidates) >= n:
+            vals, pick = flat.take(candidates).topk(n, sorted=False)
             order = pick.argsort()  # back to row-major order
-            return rows[pick[order]], cols[pick[order]], vals[order]
+            idx = candidates[pick[order]]
+            return idx // S, idx % S, vals[order]
     vals, idx = flat.topk(n, sorted=False)
     order = idx.argsort()
     idx = idx[order]
@@ -182,7 +183,7 @@ class _SparseSAEStep(torch.autograd.Function):
     @staticmethod
     @torch.amp.custom_fwd(device_type="cpu")  # backward then runs under forward's autocast state: off
     def forward(ctx, x, W_enc, b_enc, W_dec, b_dec, k, batch, dtype, apply_b_dec, dense_density, across_ranks,
-                select_bias, threshold, bandwidth):
+                select_bias, threshold, bandwidth, dense_f):
         ctx.set_materialize_grads(False)  # an unused f gives grad None, not a dense zero tensor
         B, S = x.shape[0], W_enc.shape[1]
         xc = x - b_dec if apply_b_dec else x
@@ -210,36 +211,39 @@ class _SparseSAEStep(torch.autograd.Function):
                     u = (vals - theta) / bandwidth
                     near = (u > -0.5) & (u < 0.5)
                     window = row[near].int(), col[near].int()
-                f = torch.zeros_like(pre)
-                f[entries[0], entries[1]] = entries[2]
+                f = None
         elif batch:  # BatchTopK: then the ReLU path below (relu' = 1 on every kept entry)
             row, col, scores = batch_topk_entries(pre, k, across_ranks)
             vals = scores if select_bias is None else scores - select_bias[col]
             keep = vals > 0
             entries = row[keep], col[keep], vals[keep]
             smallest = _smallest(scores[keep])  # the threshold is on the score the entries were chosen by
-            f = torch.zeros_like(pre)
-            f[entries[0], entries[1]] = entries[2]
-            k, density = None, k / S
+            f, k, density = None, None, k / S
         elif k is None:
             f = pre.clamp_min_(0)
             density = (f[_sample_rows(B)] > 0).float().mean().item() if B else 0.0
         else:
             vals, idx = pre.topk(k, dim=-1, sorted=False)
             vals.clamp_min_(0)
-            f = torch.zeros_like(pre).scatter_(-1, idx, vals)
-            density = k / S
+            entries = torch.arange(B).repeat_interleave(k), idx.flatten(), vals.flatten()
+            f, density = None, k / S
         ctx.dims = (B, S, k, dtype, apply_b_dec, bandwidth)
         ctx.dense = density > dense_density
         ctx.window = window
         if window is not None:
             ctx.theta = threshold.detach()
+        if f is None and (ctx.dense or dense_f):
+            f = torch.zeros_like(pre)
+            f[entries[0], entries[1]] = entries[2]
+        elif f is None:  # nothing downstream reads f densely: its active entries as a sparse tensor, [B, d_sae] all the same
+            f = torch.sparse_coo_tensor(torch.stack(entries[:2]), entries[2], (B, S), check_invariants=False)
+        del pre
         if ctx.dense:
             x_hat = _mm(f, W_dec, dtype) + b_dec
             ctx.save_for_backward(xc, W_enc, W_dec, f)
             fired = (f > 0).sum(0)
             smallest = _smallest(f) if smallest is None else smallest  # BatchTopK's is on the selection score
-            return f, x_hat, *_stats(ctx, fired, smallest, B)
+            return f, x_hat, *_stats(ctx, f, fired, smallest, B)
         if k is None:
             row, col, vals = entries or (*f.nonzero(as_tuple=True), None)
             vals = f[row, col] if vals is None else vals
@@ -257,7 +261,7 @@ class _SparseSAEStep(torch.autograd.Function):
         active = vals > 0  # TopK keeps entries whose pre <= 0 (as zeros)
         fired = torch.bincount(col[active], minlength=S)
         smallest = _smallest(vals) if smallest is None else smallest
-        return f, x_hat, *_stats(ctx, fired, smallest, B)
+        return f, x_hat, *_stats(ctx, f, fired, smallest, B)
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cpu")
@@ -316,13 +320,14 @@ class _SparseSAEStep(torch.autograd.Function):
             if apply_b_dec:
                 gb_dec = gb_dec - W_enc @ gb_enc
         return (None, gW_enc, gb_enc if ctx.needs_input_grad[2] else None, gW_dec, gb_dec, None, None, None, None, None,
-                None, None, g_theta, None)
+                None, None, g_theta, None, None)
 
 
-def _stats(ctx, fired, smallest, B):
-    """(fired, smallest, l0) as the step returns them; l0 carries a gradient only to a JumpReLU threshold."""
+def _stats(ctx, f, fired, smallest, B):
+    """(fired, smallest, l0) as the step returns them; l0 carries a gradient only to a JumpReLU threshold, and a
+    sparse f none."""
     l0 = fired.sum().float() / max(B, 1)
-    ctx.mark_non_differentiable(fired, smallest, *(() if ctx.window is not None else (l0,)))
+    ctx.mark_non_differentiable(fired, smallest, *(() if ctx.window is not None else (l0,)), *((f,) if f.is_sparse else ()))
     return fired, smallest, l0
 
 
@@ -341,6 +346,7 @@ def sparse_sae_step(
     select_bias: torch.Tensor | None = None,
     threshold: torch.Tensor | None = None,
     bandwidth: float | None = None,
+    dense_f: bool = True,
 ) -> SparseStep:
     """(f, x_hat, fired, smallest, l0) for x [B, d_in] (see SparseStep), with a sparse-aware backward.
     `k`: TopK (else ReLU); with `batch`, BatchTopK: the B*k largest activations of the batch. `threshold` [d_sae] > 0:
@@ -351,7 +357,9 @@ def sparse_sae_step(
     `dense_density`: run dense above this fraction of active entries (default: measured, per dtype);
     0 forces the dense path, 1 the sparse one. `across_ranks`: BatchTopK over the global batch of a
     data-parallel run, of which x is this rank's part (batch_topk_entries). `select_bias` [d_sae] (BatchTopK only):
-    the kept entries are the largest of pre + select_bias, with their values pre; `smallest` is then on that score."""
+    the kept entries are the largest of pre + select_bias, with their values pre; `smallest` is then on that score.
+    `dense_f=False`: on the sparse path f comes back as a sparse tensor without a gradient (building the dense one
+    costs a pass over [B, d_sae]), for a loss that reads only x_hat and l0."""
     if x.dim() != 2:
         raise ValueError(f"x must be [batch, d_in], got shape {tuple(x.shape)}")
     if x.device.type != "cpu":
@@ -369,17 +377,17 @@ def sparse_sae_step(
     x = x.detach().to(W_enc.dtype)
     with torch.autocast("cpu", enabled=False):
         return SparseStep(*_SparseSAEStep.apply(x, W_enc, b_enc, W_dec, b_dec, k, batch, dtype, apply_b_dec_to_input,
-                                                dense_density, across_ranks, select_bias, threshold, bandwidth))
+                                                dense_density, across_ranks, select_bias, threshold, bandwidth, dense_f))
 
 
 def sae_step(sae, x: torch.Tensor, dtype: torch.dtype | None = None, dense_density: float | None = None,
              batch_k: int | None = None, across_ranks: bool = False, select_bias: torch.Tensor | None = None,
-             bandwidth: float | None = None) -> SparseStep:
+             bandwidth: float | None = None, dense_f: bool = True) -> SparseStep:
     """`sparse_sae_step` on an `attnsae.sae.SAE` (its architecture, k, threshold and b_dec convention), or on a ReLU
     SAE trained with BatchTopK `batch_k` (`across_ranks`: over a data-parallel run's global batch; `select_bias`:
     see sparse_sae_step); `bandwidth`: a JumpReLU SAE's threshold gets its straight-through gradients. CPU only: off
     the CPU, where these kernels were not tuned, plain autograd (for ReLU, TopK and BatchTopK; a JumpReLU recipe
-    runs its own there)."""
+    runs its own there). `dense_f`: see sparse_sae_step (off the CPU f is always dense)."""
     arch = sae.cfg.architecture
     if arch not in ("standard", "topk", "jumprelu") or (batch_k and arch != "standard"):
         raise ValueError(f"sae_step runs ReLU, TopK, BatchTopK and JumpReLU SAEs, not {arch!r} (use plain autograd)")
@@ -388,7 +396,7 @@ def sae_step(sae, x: torch.Tensor, dtype: torch.dtype | None = None, dense_densi
             raise ValueError(f"a bandwidth is for JumpReLU SAEs, not {arch!r}")
         return sparse_sae_step(x, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, dtype=dtype,
                                apply_b_dec_to_input=sae.cfg.apply_b_dec_to_input, dense_density=dense_density,
-                               threshold=sae.threshold, bandwidth=bandwidth)
+                               threshold=sae.threshold, bandwidth=bandwidth, dense_f=dense_f)
     if x.device.type != "cpu":
         if batch_k:
             pre = sae.pre_acts(x).float()
@@ -403,4 +411,4 @@ def sae_step(sae, x: torch.Tensor, dtype: torch.dtype | None = None, dense_densi
     k = batch_k or (sae.cfg.k if sae.cfg.architecture == "topk" else None)
     return sparse_sae_step(x, sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, k=k, batch=bool(batch_k), dtype=dtype,
                            apply_b_dec_to_input=sae.cfg.apply_b_dec_to_input, dense_density=dense_density,
-                           across_ranks=across_ranks, select_bias=select_bias)
+                           across_ranks=across_ranks, select_bias=select_bias, dense_f=dense_f)

@@ -19,7 +19,8 @@ class StepOutput(NamedTuple):
     """The scalar the trainer backpropagates."""
 
     feature_acts: torch.Tensor
-    """f, [batch, d_sae]; zero where a latent is inactive (the trainer counts firings from it)."""
+    """f, [batch, d_sae]; zero where a latent is inactive (the trainer counts firings from it when `fired` is None).
+    A sparse tensor, without a gradient, from a recipe whose loss does not read it (Recipe.dense_f False)."""
 
     reconstruction: torch.Tensor
     """x_hat, [batch, d_in], on the trainer's scaled inputs."""
@@ -41,6 +42,7 @@ class Recipe:
     options: tuple[str, ...] = ()  # the TrainConfig fields it reads that not every recipe does (the CLI refuses the rest)
     unit_norm_decoder = True
     state_keys: tuple[str, ...] = ()  # attributes saved in checkpoints (tensors or JSON values)
+    dense_f = True  # False: the loss reads only x_hat (and l0), so the CPU step hands f back sparse (sae_step)
     resample_steps: frozenset[int] = frozenset()  # steps after which the trainer calls `resample`
 
     def __init__(self, sae: SAE, cfg: TrainConfig, data_parallel: bool = False):

@@ -56,7 +56,7 @@ class BatchTopKRecipe(TopKRecipe):
         """The decoder and the backward touch only the kept entries. `batch_of_ranks`: in a data-parallel run, x is
         this rank's part of the global batch (the B*k kept are the global batch's)."""
         return sae_step(self.sae, x, batch_k=self.cfg.k, across_ranks=self.data_parallel and batch_of_ranks,
-                        select_bias=self.select_bias)
+                        select_bias=self.select_bias, dense_f=self.dense_f)
 
     @torch.no_grad()
     def observe(self, fired, n_inputs, lr_frac=1.0):

@@ -60,6 +60,7 @@ class JumpReLURecipe(Recipe):
     name = "jumprelu"
     architecture = "jumprelu"
     options = ("l0_coeff", "bandwidth", "init_threshold")
+    dense_f = False
 
     def __init__(self, sae, cfg, data_parallel=False):
         super().__init__(sae, cfg, data_parallel)
@@ -70,7 +71,7 @@ class JumpReLURecipe(Recipe):
         the two Functions above."""
         sae, eps = self.sae, self.cfg.bandwidth
         if x.device.type == "cpu":
-            f, recon, fired, _, l0 = sae_step(sae, x, bandwidth=eps)
+            f, recon, fired, _, l0 = sae_step(sae, x, bandwidth=eps, dense_f=self.dense_f)
         else:
             pre, theta = sae.pre_acts(x).float(), sae.threshold
             f, fired = JumpReLU.apply(pre, theta, eps), None

@@ -16,6 +16,7 @@ from .batchtopk import BatchTopKRecipe
 class MatryoshkaBatchTopKRecipe(BatchTopKRecipe):
     name = "matryoshka_batchtopk"
     options = (*BatchTopKRecipe.options, "prefixes")
+    dense_f = True  # the prefixes' reconstructions read f
 
     def __init__(self, sae, cfg, data_parallel=False):
         super().__init__(sae, cfg, data_parallel)

@@ -18,6 +18,7 @@ class TopKRecipe(Recipe):
     architecture = "topk"
     options = ("k", "dead_window", "resample_every", "n_resamples", "resample_inputs")
     state_keys = ("last_fired", "tokens_seen")
+    dense_f = False
 
     def __init__(self, sae, cfg, data_parallel=False):
         super().__init__(sae, cfg, data_parallel)
@@ -38,7 +39,7 @@ class TopKRecipe(Recipe):
     def sparse(self, x, batch_of_ranks: bool = True) -> SparseStep:
         """TopK per row (so `batch_of_ranks`, BatchTopK's, changes nothing). The decoder touches only the k active
         latents."""
-        return sae_step(self.sae, x)
+        return sae_step(self.sae, x, dense_f=self.dense_f)
 
     def activate(self, x) -> SparseStep:
         """The training step's activation: `sparse`, plus any bookkeeping of the recipe."""
