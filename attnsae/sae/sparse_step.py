@@ -166,7 +166,7 @@ def firing_stats(f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 class SparseStep(NamedTuple):
     feature_acts: torch.Tensor
-    """f [B, d_sae]"""
+    """f [B, d_sae] (a sparse tensor without a gradient with dense_f=False, on the sparse path)"""
     reconstruction: torch.Tensor
     """x_hat [B, d_in]"""
     fired: torch.Tensor
