@@ -415,6 +415,19 @@ def test_the_selection_bias_rises_below_the_floor_and_falls_back_to_zero_above_t
     assert bias.tolist() == pytest.approx([0, 2 * step, 5 * step])
 
 
+def test_the_selection_bias_stops_at_the_threshold():
+    """A latent silent for ever is chosen wherever its pre-activation is positive, never where it is negative: its bias
+    rises to the threshold and no further."""
+    from attnsae.sae.recipes.batchtopk import FLOOR_STEP
+
+    sae = SAE(SAEConfig(d_in=4, d_sae=2))
+    recipe = BatchTopKRecipe(sae, TrainConfig(recipe="batchtopk", k=1, firing_floor=0.1))
+    recipe.threshold = torch.tensor(0.5)
+    for _ in range(3 * round(1 / FLOOR_STEP)):  # three times as many steps as it takes to reach the threshold
+        recipe.observe(torch.tensor([10, 0]), 10)
+    assert recipe.select_bias.tolist() == pytest.approx([0.0, 0.5])
+
+
 def test_the_firing_floor_keeps_nearly_every_latent_firing(tmp_path):
     """The low-rank data of the subspace test, from the usual init (most latents end silent): with a firing floor of
     1/1000 inputs all but at most 2 latents fire in the last 100 steps, and the finished SAE, a JumpReLU with a
