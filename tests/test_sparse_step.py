@@ -267,6 +267,51 @@ def test_batch_topk_equals_the_flat_top_b_times_k(case, sample, monkeypatch):
     assert torch.equal(pre[rows, cols], vals)
 
 
+@pytest.mark.parametrize("sample", [16, 65536])  # the fallback to a full top-k, the sampled bound
+@pytest.mark.parametrize("case", ["random", "bias_above_bound", "negative_bound"])
+def test_batch_topk_of_a_bf16_product_plus_a_bias_equals_that_of_the_fp32_sum(case, sample, monkeypatch):
+    """Chosen from a bf16 matmul output m and an fp32 bias b without their fp32 sum (int16 compares of m's bits),
+    the entries are the largest of m + b all the same: also where b alone beats the bound (those columns compare in
+    fp32) and where the bound is negative (most entries win)."""
+    from attnsae.sae import sparse_step
+
+    monkeypatch.setattr(sparse_step, "_SAMPLE_ENTRIES", sample)
+    g = torch.Generator().manual_seed(4)
+    m = torch.randn(B, S, generator=g).bfloat16()
+    bias = torch.randn(S, generator=g) * 0.3
+    k = 4
+    if case == "bias_above_bound":
+        bias[::64] += 6.0  # two latents whose bias alone beats the cut: their entries all win, negative m too
+    elif case == "negative_bound":
+        bias -= 5.0
+        k = S // 2
+    want = sparse_step.batch_topk_entries(m.float() + bias, k)
+    got = sparse_step.batch_topk_entries(m, k, bias=bias)
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+    if case == "bias_above_bound":
+        boosted = want[1] % 64 == 0
+        assert boosted.sum() == 2 * B and (want[2][boosted] < bias[want[1][boosted]]).any()  # winners with m < 0
+
+
+@pytest.mark.parametrize("dense_density", [1.0, 0.0])
+def test_bf16_batch_topk_matches_autocast_reference(dense_density):
+    """bf16 BatchTopK keeps exactly the entries that autocast's pre-activations (bf16 matmul, fp32 bias add) rank
+    first, with their values."""
+    x, params = make(0.0, seed=13)
+    k, select = 3, torch.rand(S, generator=torch.Generator().manual_seed(5))
+    W_enc, b_enc, W_dec, b_dec = params
+    with torch.no_grad():
+        pre = ((x - b_dec).bfloat16() @ W_enc.bfloat16()).float() + b_enc
+        keep = flat_batch_topk(pre + select, k) > 0
+        want = torch.where(keep & (pre > 0), pre, 0.0)
+    f, x_hat = sparse_sae_step(x, *params, k=k, batch=True, dtype=torch.bfloat16, dense_density=dense_density,
+                               select_bias=select)[:2]
+    assert torch.equal(f > 0, want > 0)
+    torch.testing.assert_close(f, want)  # the values: pre + (b_enc + select) - select, to fp32 rounding
+    assert _rel(x_hat, want @ W_dec + b_dec) < 1e-2  # the dense path decodes in bf16
+
+
 @pytest.mark.parametrize("path", ["relu", "topk", "batch"])
 @pytest.mark.parametrize("dense_density", [1.0, 0.0])
 @pytest.mark.parametrize("shift", [-100.0, -0.5, 1.0])
@@ -314,6 +359,28 @@ def test_jumprelu_grads_equal_the_straight_through_estimator(kind, shift, dense_
     assert 0 < in_window.sum() and (g0[-1][in_window] != 0).all() and (g0[-1][~in_window] == 0).all()
     for name, a, b in zip(("W_enc", "b_enc", "W_dec", "b_dec", "log_threshold"), g1, g0):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"grad {name}: {m}")
+
+
+@pytest.mark.parametrize("dense_density", [1.0, 0.0])
+def test_bf16_jumprelu_matches_autocast_reference(dense_density):
+    """bf16 JumpReLU keeps exactly the entries whose autocast pre-activation (bf16 matmul, fp32 bias add) clears the
+    threshold, with their values, and its threshold's window is that pre-activation's."""
+    from attnsae.sae.recipes.jumprelu import JumpReLU, Step
+
+    x, params = make(0.0, seed=14)
+    theta = 0.5 + torch.rand(S, generator=torch.Generator().manual_seed(6))
+    theta[::16] = 0.01  # near zero: these columns' entries are found by fp32 compares
+    theta = theta.requires_grad_()
+    eps = 0.2
+    W_enc, b_enc, W_dec, b_dec = params
+    pre = ((x - b_dec).bfloat16() @ W_enc.bfloat16()).float() + b_enc
+    f0 = JumpReLU.apply(pre.detach(), theta, eps)
+    g0 = torch.autograd.grad((f0 @ W_dec.detach()).pow(2).sum() + Step.apply(pre.detach(), theta, eps).sum(), theta)[0]
+    step = sparse_sae_step(x, *params, threshold=theta, bandwidth=eps, dtype=torch.bfloat16, dense_density=dense_density)
+    g1 = torch.autograd.grad((step.feature_acts @ W_dec.detach()).pow(2).sum() + step.l0 * B, theta)[0]
+    assert torch.equal(step.feature_acts > 0, f0 > 0) and (f0[:, ::16] > 0).any()
+    torch.testing.assert_close(step.feature_acts, f0)
+    assert _rel(g1, g0) < 1e-2 and (g0 != 0).sum() > 0 and torch.equal(g1 != 0, g0 != 0)
 
 
 @pytest.mark.parametrize("shift", [-2.0, 0.0, 1.0])

@@ -130,4 +130,4 @@ def remove_parallel_grad(sae: SAE) -> None:
     """Project out the gradient component along each (unit-norm) decoder row (Bricken et al. 2023)."""
     g, w = sae.W_dec.grad, sae.W_dec.data
     if g is not None:
-        g.sub_((g * w).sum(dim=1, keepdim=True) * w)
+        g.addcmul_(torch.linalg.vecdot(g, w).unsqueeze(1), w, value=-1)  # in place: no [d_sae, d_in] temporaries
