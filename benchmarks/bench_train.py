@@ -140,12 +140,7 @@ def make_ours(recipe_name, weights, a, dtype, device, sparse):
         sae.set_threshold_(0.01)
     cfg = TrainConfig(recipe=recipe_name, k=a.k, l1_coeff=a.l1, l0_coeff=a.l1, lr=a.lr, batch_size=a.B, steps=10**6,
                       dtype="bfloat16" if dtype == torch.bfloat16 else "float32")
-    recipe = RECIPES[recipe_name](sae, cfg)
-    # A recipe's state tensors are made on the CPU (TopK's last_fired) and attnsae's Trainer does not
-    # move them; indexing them with a CUDA mask fails, so the benchmark moves them (library gap).
-    for key in recipe.state_keys:
-        if isinstance(getattr(recipe, key), torch.Tensor):
-            setattr(recipe, key, getattr(recipe, key).to(device))
+    recipe = RECIPES[recipe_name](sae, cfg)  # its state tensors live on the SAE's device
     load_weights(sae, weights)  # after the recipe, which may rescale the decoder at init
     opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=cfg.betas, fused=True)  # as Trainer
     # Trainer.train counts firings on the CPU (.cpu() each step); here on the device unless --trainer-syncs

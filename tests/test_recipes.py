@@ -370,7 +370,7 @@ def test_active_subspace_initialisation_leaves_fewer_dead_latents(tmp_path):
                           checkpoint_every=10_000, hist_every=0, init_subspace=frac)
         tr = Trainer(SAEConfig(d_in=64, d_sae=128), cfg, tmp_path / str(frac), batches_of(data, 256), progress=False)
         tr.train()
-        silent[frac] = int((tr.tokens - tr.last_fired > 100 * 256).sum())
+        silent[frac] = int((tr.recipe.silent_for() > 100 * 256).sum())
     assert silent[0.99] <= 2 and silent[0.0] >= 40, silent  # measured: 0 and 86 of 128
 
 
@@ -440,7 +440,7 @@ def test_the_firing_floor_keeps_nearly_every_latent_firing(tmp_path):
                           checkpoint_every=10_000, hist_every=0, firing_floor=floor)
         tr = Trainer(SAEConfig(d_in=64, d_sae=128), cfg, tmp_path / str(floor), batches_of(data, 256), progress=False)
         tr.train()
-        silent[floor] = int((tr.tokens - tr.last_fired > 100 * 256).sum())
+        silent[floor] = int((tr.recipe.silent_for() > 100 * 256).sum())
         sae = tr.finished_sae()
         with torch.no_grad():
             out = sae(fresh)

@@ -154,7 +154,7 @@ def test_training_dead_count_is_latents_silent_over_the_last_window(tmp_path, mo
     with torch.no_grad():  # latent 0 wins every row of the first step...
         tr.sae.b_enc[0] = 1e4
     tr.train_step(next(it))
-    assert tr.last_fired[0] == 128 and not tr.silent_mask().any()  # nothing is silent on 128 inputs
+    assert tr.recipe.last_fired[0] == 128 and not tr.silent_mask().any()  # nothing is silent on 128 inputs
     with torch.no_grad():  # ...and never again
         tr.sae.W_enc[:, 0] = 0
         tr.sae.b_enc[0] = -1e4
@@ -162,11 +162,11 @@ def test_training_dead_count_is_latents_silent_over_the_last_window(tmp_path, mo
         tr.train_step(next(it))
     silent = tr.silent_mask()
     assert silent[0] and tr.fire_counts[0] > 0
-    assert not silent[tr.last_fired == tr.tokens].any()  # fired in the last step
+    assert not silent[tr.recipe.silent_for() == 0].any()  # fired in the last step
     assert tr.history[-1]["step"] == 50 and tr.history[-1]["dead"] == int(silent.sum())
     again = Trainer(tr.sae.cfg, cfg, tmp_path, batches_of(data, 128), progress=False)
     again.start(resume=True)
-    assert again.step == 50 and torch.equal(again.last_fired, tr.last_fired)
+    assert again.step == 50 and torch.equal(again.recipe.last_fired, tr.recipe.last_fired)
 
 
 def test_resampling_reinitialises_dead_features_and_warms_lr_back(tmp_path):
@@ -331,12 +331,32 @@ def test_every_recipe_round_trips_its_state_through_a_checkpoint(recipe, tmp_pat
         assert all(torch.equal(tr.opt.state[p][key], back.opt.state[q][key]) for key in ("exp_avg", "exp_avg_sq", "step"))
     if recipe == "l1":
         assert back.recipe.n_resampled == 1 and back.recipe.last_resample == 10
-    if recipe in ("topk", "batchtopk", "matryoshka_batchtopk"):
-        assert back.recipe.tokens_seen == 25 * 64 and back.recipe.last_fired.max() == 25 * 64
+    assert back.recipe.tokens_seen == 25 * 64 and back.recipe.last_fired.max() == 25 * 64
     if recipe in ("batchtopk", "matryoshka_batchtopk"):
         assert back.recipe.threshold > 0
     if recipe == "jumprelu":  # the thresholds are SAE parameters, trained by Adam
         assert not torch.equal(back.sae.log_threshold, torch.full((256,), math.log(tr.cfg.init_threshold)))
+
+
+def test_a_checkpoint_from_before_the_recipes_kept_the_silence_count_resumes(tmp_path):
+    """Older checkpoints held `last_fired` among the trainer's counters and no `tokens_seen` for an L1 recipe: the
+    recipe takes them from there."""
+    from safetensors.torch import load_file, save_file
+
+    data, _ = planted(n=5000)
+    tr = _small_trainer("l1", tmp_path, data, steps=20)
+    tr.train()
+    state, meta = tmp_path / "checkpoint" / "state.safetensors", tmp_path / "checkpoint" / "state.json"
+    t = load_file(str(state))
+    t["last_fired"] = t.pop("recipe.last_fired")
+    save_file(t, str(state))
+    m = json.loads(meta.read_text())
+    del m["recipe"]["tokens_seen"]
+    meta.write_text(json.dumps(m))
+    back = _small_trainer("l1", tmp_path, data, steps=20)
+    assert back.load_checkpoint() and back.recipe.tokens_seen == tr.recipe.tokens_seen == 20 * 64
+    assert torch.equal(back.recipe.last_fired, tr.recipe.last_fired)
+    assert torch.equal(back.silent_mask(), tr.silent_mask())
 
 
 def test_a_checkpoint_left_as_checkpoint_old_is_used(tmp_path):

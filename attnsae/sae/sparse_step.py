@@ -8,7 +8,8 @@ dense: f has a few dozen active entries per row, and relu' (or the TopK selectio
 elsewhere, so everything else touches only the active set:
 
   decoder forward    x_hat = embedding_bag(col, W_dec, offsets, weights=f_active)
-  grad f (active)    sampled_addmm: (grad_xhat @ W_dec^T) at the active entries, + grad_f there
+  grad f (active)    sampled_addmm: (W_dec @ grad_xhat^T) at the active entries, by latent (each W_dec row read
+                     once: 14 ms where by input takes 41), + grad_f there
   grad W_dec         CSR(f)^T @ grad_xhat          (MKL sparse mm; the transposed pattern built once)
   grad W_enc         (CSR(grad_pre)^T @ (x - b_dec))^T
   grad b_enc         index_add of grad_pre over the active columns
@@ -38,7 +39,10 @@ crossover near L0=1000 (density 0.04) in bf16 and about 0.06-0.08 in fp32, hence
 
 `dtype=torch.bfloat16` runs the dense matmuls in bf16 as autocast would (the encoder always;
 the decoder and backward ones on the dense path); parameters, f, x_hat and all gradients are
-fp32, and the sparse parts run in fp32 (MKL's sparse kernels have no bf16).
+fp32, and the sparse parts run in fp32 (MKL's sparse kernels have no bf16). BatchTopK and JumpReLU
+then never form autocast's fp32 pre = bf16 product + b_enc over all B x d_sae entries: their entries are
+found from the bf16 product by comparing its bits as int16 against per-latent bounds (_at_least), and
+pre is formed only there, the same values (at the sizes above, 113 ms of passes become 62).
 """
 
 from __future__ import annotations

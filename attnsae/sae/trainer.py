@@ -142,8 +142,7 @@ class Trainer:
     `writer`: whether this rank writes the checkpoints, plots and SAE (one rank per folder)."""
 
     # what a checkpoint keeps of the trainer besides the SAE, Adam and the recipe
-    COUNTERS = ("step", "tokens", "scale", "history", "fire_counts", "fire_tokens", "recent_counts", "recent_tokens",
-                "last_fired")
+    COUNTERS = ("step", "tokens", "scale", "history", "fire_counts", "fire_tokens", "recent_counts", "recent_tokens")
 
     def __init__(self, sae_cfg: SAEConfig, cfg: TrainConfig, out_dir, batches_from, progress: bool = True,
                  device: str | torch.device = "cpu", data_parallel: bool = False, writer: bool = True):
@@ -169,7 +168,6 @@ class Trainer:
         self.fire_tokens = 0
         self.recent_counts = torch.zeros(sae_cfg.d_sae, dtype=torch.long, device=self.device)  # since the last histogram
         self.recent_tokens = 0
-        self.last_fired = torch.zeros(sae_cfg.d_sae, dtype=torch.long, device=self.device)  # `tokens` at the last firing
 
     def lr_at(self, step: int) -> float:
         lr = self.cfg.lr * self.recipe.lr_scale(step)
@@ -196,7 +194,10 @@ class Trainer:
         if loaded is None:
             return False
         counters, recipe_state = loaded
-        counters.setdefault("last_fired", torch.full_like(self.last_fired, counters["tokens"]))  # older checkpoints
+        # older checkpoints kept the silence count with the trainer (or not at all): every recipe keeps it now
+        recipe_state.setdefault("last_fired", counters.get("last_fired", torch.full_like(self.recipe.last_fired,
+                                                                                         counters["tokens"])))
+        recipe_state.setdefault("tokens_seen", counters["tokens"])
         for k in self.COUNTERS:
             setattr(self, k, counters[k])
         self.recipe.load_state_dict(recipe_state)
@@ -280,7 +281,6 @@ class Trainer:
             self.fire_tokens += n_inputs
             self.tokens += n_inputs
             self.recent_tokens += n_inputs
-            self.last_fired[fired > 0] = self.tokens
         self.step += 1
         if self.step in self.recipe.resample_steps:
             n = self.resample(self.dead_mask())
@@ -330,7 +330,7 @@ class Trainer:
     def silent_mask(self) -> torch.Tensor:
         """Latents that have not fired on the last DEAD_WINDOW inputs: the training curves' "dead" (a count
         since the start would call a latent alive for firing once in the first steps)."""
-        return (self.tokens - self.last_fired) >= DEAD_WINDOW
+        return self.recipe.silent_for() >= DEAD_WINDOW
 
     def feature_density(self) -> torch.Tensor:
         """Firing frequency over the steps since the last histogram (the SAE as it is now,

@@ -41,7 +41,7 @@ class Recipe:
     architecture = "standard"  # the SAEConfig.architecture it trains
     options: tuple[str, ...] = ()  # the TrainConfig fields it reads that not every recipe does (the CLI refuses the rest)
     unit_norm_decoder = True
-    state_keys: tuple[str, ...] = ()  # attributes saved in checkpoints (tensors or JSON values)
+    state_keys: tuple[str, ...] = ("last_fired", "tokens_seen")  # attributes saved in checkpoints (tensors or JSON values)
     dense_f = True  # False: the loss reads only x_hat (and l0), so the CPU step hands f back sparse (sae_step)
     resample_steps: frozenset[int] = frozenset()  # steps after which the trainer calls `resample`
 
@@ -50,6 +50,10 @@ class Recipe:
         self.sae, self.cfg = sae, cfg
         # the batch is this rank's part of a global batch: batch-wide quantities are reduced across ranks
         self.data_parallel = data_parallel
+        # inputs seen, and the count when each latent last fired, on the SAE's device: how long each has been silent
+        # (the trainer's "dead" curve; TopK's AuxK set). A resampled latent starts afresh.
+        self.tokens_seen = 0
+        self.last_fired = torch.zeros(sae.d_sae, dtype=torch.long, device=sae.W_enc.device)
 
     @classmethod
     def check(cls, cfg: TrainConfig) -> None:
@@ -60,7 +64,13 @@ class Recipe:
 
     def observe(self, fired: torch.Tensor, n_inputs: int, lr_frac: float = 1.0) -> None:
         """After a step: on how many of the (global) batch's `n_inputs` inputs each latent fired; `lr_frac`: the
-        step's lr as a fraction of the peak lr."""
+        step's lr as a fraction of the peak lr. A recipe that keeps more statistics extends it."""
+        self.tokens_seen += n_inputs
+        self.last_fired[fired > 0] = self.tokens_seen
+
+    def silent_for(self) -> torch.Tensor:
+        """[d_sae]: inputs since each latent last fired (or since the start, or its resampling)."""
+        return self.tokens_seen - self.last_fired
 
     def before_optimizer_step(self) -> None:
         """After backward: keep a unit-norm decoder row from growing along itself."""
@@ -78,6 +88,27 @@ class Recipe:
     def resample(self, dead: torch.Tensor, step: int, inputs: Iterator[torch.Tensor], opt: torch.optim.Optimizer) -> int:
         """Re-initialise the `dead` latents from `inputs` (scaled batches); returns how many."""
         raise NotImplementedError(f"the {self.name} recipe does not resample")
+
+    @torch.no_grad()
+    def reinit_latents(self, idx: torch.Tensor, directions: torch.Tensor, enc_norm: float, b_enc: float,
+                       opt: torch.optim.Optimizer) -> None:
+        """Point latents `idx` at `directions` (unit decoder rows; encoder columns of norm `enc_norm`, bias `b_enc`),
+        restart their Adam moments and their silence count: resampled, they are new latents."""
+        sae = self.sae
+        v = directions / directions.norm(dim=1, keepdim=True).clamp_min(1e-8)
+        sae.W_dec[idx] = v
+        sae.W_enc[:, idx] = v.T * enc_norm
+        sae.b_enc[idx] = b_enc
+        for p in (sae.W_enc, sae.b_enc, sae.W_dec):
+            st = opt.state.get(p)
+            if not st:  # no Adam step taken yet
+                continue
+            for key in ("exp_avg", "exp_avg_sq"):
+                if p is sae.W_enc:
+                    st[key][:, idx] = 0  # latents are W_enc's columns
+                else:
+                    st[key][idx] = 0
+        self.last_fired[idx] = self.tokens_seen
 
     def finalize(self, sae: SAE) -> None:
         """Turn a copy of the trained SAE into the one to save (acting on scaled inputs)."""
@@ -104,26 +135,6 @@ def high_loss_inputs(reconstruct: Callable[[torch.Tensor], torch.Tensor], inputs
     x, probs = torch.cat(xs), torch.cat(losses).pow(2)
     pick = torch.multinomial(probs / probs.sum(), n, replacement=n > len(x), generator=torch.Generator().manual_seed(seed))
     return x[pick]
-
-
-@torch.no_grad()
-def reinit_latents(sae: SAE, idx: torch.Tensor, directions: torch.Tensor, enc_norm: float, b_enc: float,
-                   opt: torch.optim.Optimizer) -> None:
-    """Point latents `idx` at `directions` (unit decoder rows; encoder columns of norm `enc_norm`, bias `b_enc`)
-    and restart their Adam moments."""
-    v = directions / directions.norm(dim=1, keepdim=True).clamp_min(1e-8)
-    sae.W_dec[idx] = v
-    sae.W_enc[:, idx] = v.T * enc_norm
-    sae.b_enc[idx] = b_enc
-    for p in (sae.W_enc, sae.b_enc, sae.W_dec):
-        st = opt.state.get(p)
-        if not st:  # no Adam step taken yet
-            continue
-        for key in ("exp_avg", "exp_avg_sq"):
-            if p is sae.W_enc:
-                st[key][:, idx] = 0  # latents are W_enc's columns
-            else:
-                st[key][idx] = 0
 
 
 def remove_parallel_grad(sae: SAE) -> None:

@@ -9,7 +9,7 @@ import math
 import torch
 
 from ..sparse_step import sae_step
-from .base import Recipe, StepOutput, high_loss_inputs, reinit_latents
+from .base import Recipe, StepOutput, high_loss_inputs
 
 # A resampled latent's encoder row is its new direction times this fraction of the alive latents'
 # mean encoder norm (Bricken et al. 2023, "Neuron Resampling"; anthropic_neuron_resample_scale in
@@ -23,7 +23,7 @@ WARM_BACK_START = 0.1
 class L1Recipe(Recipe):
     name = "l1"
     options = ("l1_coeff", "resample_every", "n_resamples", "resample_inputs", "resample_warmup")
-    state_keys = ("last_resample", "n_resampled")
+    state_keys = (*Recipe.state_keys, "last_resample", "n_resampled")
 
     def __init__(self, sae, cfg, data_parallel=False):
         super().__init__(sae, cfg, data_parallel)
@@ -55,6 +55,6 @@ class L1Recipe(Recipe):
         x = high_loss_inputs(lambda x: sae(x).reconstruction, inputs, len(idx), self.cfg.resample_inputs, self.cfg.seed + step)
         alive = ~dead
         enc_norm = sae.W_enc[:, alive].norm(dim=0).mean().item() if alive.any() else 1.0
-        reinit_latents(sae, idx, x - sae.b_dec, enc_norm * RESAMPLE_ENCODER_SCALE, 0.0, opt)
+        self.reinit_latents(idx, x - sae.b_dec, enc_norm * RESAMPLE_ENCODER_SCALE, 0.0, opt)
         self.last_resample, self.n_resampled = step, self.n_resampled + 1
         return len(idx)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from ... import distributed
 from ..sparse_step import SparseStep, sae_step
-from .base import Recipe, StepOutput, high_loss_inputs, reinit_latents
+from .base import Recipe, StepOutput, high_loss_inputs
 
 AUX_COEFF = 1 / 32  # weight of the AuxK loss (Gao et al. 2024)
 
@@ -17,14 +17,10 @@ class TopKRecipe(Recipe):
     name = "topk"
     architecture = "topk"
     options = ("k", "dead_window", "resample_every", "n_resamples", "resample_inputs")
-    state_keys = ("last_fired", "tokens_seen")
     dense_f = False
 
     def __init__(self, sae, cfg, data_parallel=False):
         super().__init__(sae, cfg, data_parallel)
-        # tokens_seen when each latent last fired, on the SAE's device
-        self.last_fired = torch.zeros(sae.d_sae, dtype=torch.long, device=sae.W_enc.device)
-        self.tokens_seen = 0
         # a latent silent this long is dead for AuxK: cfg.dead_window (Gao et al.: 10M tokens),
         # or a tenth of the run when that is shorter (our choice, so short runs use AuxK at all)
         self.dead_after = min(cfg.dead_window, cfg.steps * cfg.batch_size // 10)
@@ -34,7 +30,7 @@ class TopKRecipe(Recipe):
 
     def dead_latents(self) -> torch.Tensor:
         """The latents silent for `dead_after` tokens (indices)."""
-        return ((self.tokens_seen - self.last_fired) > self.dead_after).nonzero().flatten()
+        return (self.silent_for() > self.dead_after).nonzero().flatten()
 
     def sparse(self, x, batch_of_ranks: bool = True) -> SparseStep:
         """TopK per row (so `batch_of_ranks`, BatchTopK's, changes nothing). The decoder touches only the k active
@@ -66,10 +62,6 @@ class TopKRecipe(Recipe):
             loss = loss + AUX_COEFF * aux
         return StepOutput(loss, f, recon, fired)
 
-    def observe(self, fired, n_inputs, lr_frac=1.0):
-        self.tokens_seen += n_inputs
-        self.last_fired[fired > 0] = self.tokens_seen
-
     @torch.no_grad()
     def resample(self, dead, step, inputs, opt):
         """Re-initialise the latents AuxK counts as dead (not the trainer's `dead`, which counts firings since the
@@ -89,6 +81,5 @@ class TopKRecipe(Recipe):
         alive[idx] = False
         enc_norm = sae.W_enc[:, alive].norm(dim=0).mean().item() if alive.any() else 1.0
         b_enc = sae.b_enc[alive].mean().item() if alive.any() else 0.0
-        reinit_latents(sae, idx, v, enc_norm, b_enc, opt)
-        self.last_fired[idx] = self.tokens_seen  # a fresh start before AuxK counts them dead again
+        self.reinit_latents(idx, v, enc_norm, b_enc, opt)
         return len(idx)
