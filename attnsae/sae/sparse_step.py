@@ -237,32 +237,31 @@ class _SparseSAEStep(torch.autograd.Function):
         # BatchTopK with a selection bias chooses by pre + select_bias: added with b_enc, and taken off the winners
         bias = b_enc if select_bias is None or not batch else b_enc + select_bias
         # BatchTopK and JumpReLU in bf16 find their entries from the bf16 matmul output and the bias, and add the two
-        # only there (as autocast would: in fp32)
-        lazy_bias = dtype != torch.float32 and (batch or threshold is not None)
+        # only there (as autocast would: in fp32): `pre` is then the bare product and `later` the bias still to add
+        later = bias if dtype != torch.float32 and (batch or threshold is not None) else None
         if dtype == torch.float32:
             pre = torch.addmm(bias, xc, W_enc)
-        elif lazy_bias:
+        elif later is not None:
             pre = xc.to(dtype) @ W_enc.to(dtype)
         else:  # as autocast: bf16 matmul, fp32 bias add (one pass that also upcasts)
             pre = torch.add(xc.to(dtype) @ W_enc.to(dtype), bias)
         entries = smallest = window = None
         if threshold is not None:  # JumpReLU
             sample = pre[_sample_rows(B)]
-            sample = sample.float() + bias if lazy_bias else sample
+            sample = sample if later is None else sample.float() + later
             density = (sample > threshold).float().mean().item() if B else 0.0
             if density > dense_density:
-                pre = torch.add(pre, bias) if lazy_bias else pre
+                pre = pre if later is None else torch.add(pre, later)
                 f = torch.where(pre > threshold, pre, 0.0)
                 if bandwidth:  # where the kernel K((pre - theta) / eps) is 1: theta's straight-through gradient
                     u = (pre - threshold) / bandwidth
                     window = tuple(i.int() for i in ((u > -0.5) & (u < 0.5)).nonzero(as_tuple=True))
             else:  # the entries above theta - eps hold the active set and the window: one pass over pre
                 floor = threshold - (bandwidth or 0)
-                idx = _at_least(pre, floor, bias if lazy_bias else None)
-                vals = _take(pre, idx, bias if lazy_bias else None)
-                above = vals > floor[idx % S]
-                idx, vals = idx[above], vals[above]
-                row, col = idx // S, idx % S
+                idx = _at_least(pre, floor, later)
+                vals, col = _take(pre, idx, later), idx % S
+                above = vals > floor[col]
+                row, col, vals = idx[above] // S, col[above], vals[above]
                 theta = threshold[col]
                 keep = vals > theta
                 entries = row[keep], col[keep], vals[keep]
@@ -272,7 +271,7 @@ class _SparseSAEStep(torch.autograd.Function):
                     window = row[near].int(), col[near].int()
                 f = None
         elif batch:  # BatchTopK: then the ReLU path below (relu' = 1 on every kept entry)
-            row, col, scores = batch_topk_entries(pre, k, across_ranks, bias if lazy_bias else None)
+            row, col, scores = batch_topk_entries(pre, k, across_ranks, later)
             vals = scores if select_bias is None else scores - select_bias[col]
             keep = vals > 0
             entries = row[keep], col[keep], vals[keep]
