@@ -332,6 +332,7 @@ def test_every_recipe_round_trips_its_state_through_a_checkpoint(recipe, tmp_pat
     if recipe == "l1":
         assert back.recipe.n_resampled == 1 and back.recipe.last_resample == 10
     assert back.recipe.tokens_seen == 25 * 64 and back.recipe.last_fired.max() == 25 * 64
+    assert back.finished_sae().cfg.training["tokens_trained"] == 25 * 64
     if recipe in ("batchtopk", "matryoshka_batchtopk"):
         assert back.recipe.threshold > 0
     if recipe == "jumprelu":  # the thresholds are SAE parameters, trained by Adam
@@ -339,8 +340,8 @@ def test_every_recipe_round_trips_its_state_through_a_checkpoint(recipe, tmp_pat
 
 
 def test_a_checkpoint_from_before_the_recipes_kept_the_silence_count_resumes(tmp_path):
-    """Older checkpoints held `last_fired` among the trainer's counters and no `tokens_seen` for an L1 recipe: the
-    recipe takes them from there."""
+    """Older checkpoints held `tokens` and `last_fired` among the trainer's counters and no `tokens_seen` for an L1
+    recipe: the recipe takes them from there."""
     from safetensors.torch import load_file, save_file
 
     data, _ = planted(n=5000)
@@ -351,7 +352,7 @@ def test_a_checkpoint_from_before_the_recipes_kept_the_silence_count_resumes(tmp
     t["last_fired"] = t.pop("recipe.last_fired")
     save_file(t, str(state))
     m = json.loads(meta.read_text())
-    del m["recipe"]["tokens_seen"]
+    m["tokens"] = m["recipe"].pop("tokens_seen")
     meta.write_text(json.dumps(m))
     back = _small_trainer("l1", tmp_path, data, steps=20)
     assert back.load_checkpoint() and back.recipe.tokens_seen == tr.recipe.tokens_seen == 20 * 64

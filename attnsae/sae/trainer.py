@@ -142,7 +142,7 @@ class Trainer:
     `writer`: whether this rank writes the checkpoints, plots and SAE (one rank per folder)."""
 
     # what a checkpoint keeps of the trainer besides the SAE, Adam and the recipe
-    COUNTERS = ("step", "tokens", "scale", "history", "fire_counts", "fire_tokens", "recent_counts", "recent_tokens")
+    COUNTERS = ("step", "scale", "history", "fire_counts", "fire_tokens", "recent_counts", "recent_tokens")
 
     def __init__(self, sae_cfg: SAEConfig, cfg: TrainConfig, out_dir, batches_from, progress: bool = True,
                  device: str | torch.device = "cpu", data_parallel: bool = False, writer: bool = True):
@@ -160,7 +160,6 @@ class Trainer:
         # fused: one kernel for every parameter's update (on the CPU 3x faster than the default loop)
         self.opt = torch.optim.Adam(self.sae.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), fused=True)
         self.step = 0
-        self.tokens = 0
         self.scale = 1.0  # inputs are multiplied by this while training
         self.history: list[dict] = []
         # firing counts stay on the device: no host round trip per step
@@ -194,10 +193,11 @@ class Trainer:
         if loaded is None:
             return False
         counters, recipe_state = loaded
-        # older checkpoints kept the silence count with the trainer (or not at all): every recipe keeps it now
-        recipe_state.setdefault("last_fired", counters.get("last_fired", torch.full_like(self.recipe.last_fired,
-                                                                                         counters["tokens"])))
-        recipe_state.setdefault("tokens_seen", counters["tokens"])
+        if "tokens_seen" not in recipe_state:  # older checkpoints: the trainer counted the inputs (and kept the
+            # silence count, or none); every recipe keeps both now
+            tokens = counters["tokens"]
+            recipe_state["tokens_seen"] = tokens
+            recipe_state.setdefault("last_fired", counters.get("last_fired", torch.full_like(self.recipe.last_fired, tokens)))
         for k in self.COUNTERS:
             setattr(self, k, counters[k])
         self.recipe.load_state_dict(recipe_state)
@@ -279,7 +279,6 @@ class Trainer:
             self.fire_counts += fired
             self.recent_counts += fired
             self.fire_tokens += n_inputs
-            self.tokens += n_inputs
             self.recent_tokens += n_inputs
         self.step += 1
         if self.step in self.recipe.resample_steps:
@@ -343,7 +342,7 @@ class Trainer:
         sae.load_state_dict({k: v.cpu() for k, v in self.sae.state_dict().items()})
         self.recipe.finalize(sae)
         sae.fold_input_scale_(self.scale)
-        sae.cfg.training = self.cfg.to_dict() | {"input_scale": self.scale, "tokens_trained": self.tokens}
+        sae.cfg.training = self.cfg.to_dict() | {"input_scale": self.scale, "tokens_trained": self.recipe.tokens_seen}
         return sae
 
     def save(self, path, sae: SAE | None = None) -> Path:
